@@ -1,0 +1,1 @@
+"""GPA (General-Purpose Audio): ASR, voice-cloning TTS and voice conversion with one causal LM."""

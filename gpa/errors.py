@@ -1,0 +1,53 @@
+"""Typed errors. Each carries a stable ``kind`` that batch jobs write into error rows."""
+
+
+class GPAError(Exception):
+    """Base class of every error raised by :mod:`gpa`."""
+
+    kind = "model_error"
+
+
+class AudioError(GPAError):
+    kind = "audio_error"
+
+
+class UnreadableAudio(AudioError):
+    """The bytes could not be fetched or decoded as audio."""
+
+    kind = "unreadable_audio"
+
+
+class EmptyAudio(AudioError):
+    """The audio decoded to zero samples."""
+
+    kind = "empty_audio"
+
+
+class NonFiniteAudio(AudioError):
+    """The audio contains NaN or infinite samples."""
+
+    kind = "non_finite_audio"
+
+
+class TooShortAudio(AudioError):
+    """The audio is shorter than the model can tokenize."""
+
+    kind = "too_short_audio"
+
+
+class InvalidText(GPAError):
+    """Text input is empty or cannot be tokenized."""
+
+    kind = "invalid_text"
+
+
+class EmptyGeneration(GPAError):
+    """The model produced no usable tokens (e.g. no semantic tokens for TTS)."""
+
+    kind = "empty_generation"
+
+
+class CheckpointError(GPAError):
+    """A checkpoint is missing, incomplete, unsafe or does not match the model."""
+
+    kind = "checkpoint_error"
