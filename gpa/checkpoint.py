@@ -33,9 +33,9 @@ def find_safetensors(directory: str | Path) -> Path:
     if len(files) == 1:
         return files[0]
     if not files:
-        unsafe = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES) if directory.is_dir() else []
-        if unsafe:
-            refuse_pickle(directory / unsafe[0])
+        if directory.is_dir():
+            for unsafe in sorted(p for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES):
+                refuse_pickle(unsafe)
         raise CheckpointError(f"no .safetensors weights in {directory}")
     raise CheckpointError(f"several .safetensors files in {directory}: {[f.name for f in files]}")
 

@@ -1,0 +1,141 @@
+"""Audio input: decode any common format to 16 kHz mono float32, and encode results as FLAC.
+
+soundfile (libsndfile) decodes wav/flac/ogg/opus/mp3; everything else (m4a/aac, video containers, ...) goes
+through PyAV. Channels are mixed by their mean and the rate is converted with soxr, the same for every model
+component (the reference used two different loaders for its two tokenizers; see docs/fidelity.md).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from typing import Union
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from .errors import EmptyAudio, NonFiniteAudio, UnreadableAudio
+from .storage import read_bytes, redact_uri
+
+SAMPLE_RATE = 16000
+
+AudioInput = Union[str, os.PathLike, bytes, tuple]  # noqa: UP007 (a runtime alias)
+"""A path or URI, the encoded bytes of a file, or ``(samples, sample_rate)`` with samples shaped (n,) or (n, ch)."""
+
+
+def load_audio(
+    src: AudioInput,
+    *,
+    sample_rate: int = SAMPLE_RATE,
+    start_s: float | None = None,
+    end_s: float | None = None,
+) -> np.ndarray:
+    """Decode ``src`` to a 1-D float32 array at ``sample_rate``, optionally cut to ``[start_s, end_s)`` seconds.
+
+    Raises :class:`UnreadableAudio`, :class:`EmptyAudio` or :class:`NonFiniteAudio` (all with a ``kind``).
+    """
+    if isinstance(src, tuple):
+        if len(src) != 2:
+            raise UnreadableAudio("an audio tuple must be (samples, sample_rate)")
+        samples, source_rate = np.asarray(src[0]), int(src[1])
+        if samples.ndim == 2 and samples.shape[0] < samples.shape[1] and samples.shape[0] <= 8:
+            samples = samples.T  # accept (channels, n) as torch/torchaudio users pass it
+    else:
+        data, name = _read(src)
+        samples, source_rate = decode(data, name=name)
+    if source_rate <= 0:
+        raise UnreadableAudio(f"invalid sample rate {source_rate}")
+    samples = to_mono(samples)
+    if start_s is not None or end_s is not None:
+        first = int(round(max(start_s or 0.0, 0.0) * source_rate))
+        last = None if end_s is None or end_s < 0 else int(round(end_s * source_rate))
+        samples = samples[first:last]
+    if samples.size == 0:
+        raise EmptyAudio("audio has no samples" + (" in the requested segment" if start_s or end_s else ""))
+    if not np.isfinite(samples).all():
+        raise NonFiniteAudio("audio contains NaN or infinite samples")
+    if source_rate != sample_rate:
+        samples = soxr.resample(samples, source_rate, sample_rate, quality="HQ")
+    return np.ascontiguousarray(samples, dtype=np.float32)
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    samples = np.asarray(samples)
+    if samples.dtype.kind in "iu":  # integer PCM given as an array: scale to [-1, 1)
+        samples = samples.astype(np.float64) / float(np.iinfo(samples.dtype).max + 1)
+    samples = samples.astype(np.float32, copy=False)
+    if samples.ndim == 2:
+        samples = samples.mean(axis=1, dtype=np.float64).astype(np.float32)
+    elif samples.ndim != 1:
+        raise UnreadableAudio(f"audio array must be 1-D or 2-D, got shape {samples.shape}")
+    return samples
+
+
+def decode(data: bytes, *, name: str = "<bytes>") -> tuple[np.ndarray, int]:
+    """Decode encoded audio bytes to ``(samples (n, channels) float32, sample_rate)``."""
+    if not data:
+        raise EmptyAudio(f"{name}: file is empty (0 bytes)")
+    try:
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        return samples, int(rate)
+    except Exception as sf_error:  # libsndfile cannot read it: try FFmpeg
+        try:
+            return _decode_with_pyav(data)
+        except EmptyAudio:
+            raise
+        except Exception as av_error:
+            raise UnreadableAudio(f"{name}: not decodable audio ({_short(sf_error)}; {_short(av_error)})") from None
+
+
+def _decode_with_pyav(data: bytes) -> tuple[np.ndarray, int]:
+    import av
+
+    with av.open(io.BytesIO(data), mode="r") as container:
+        if not container.streams.audio:
+            raise UnreadableAudio("no audio stream")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="fltp", layout=stream.layout, rate=stream.rate)
+        chunks = []
+        for frame in container.decode(stream):
+            for converted in resampler.resample(frame):
+                chunks.append(converted.to_ndarray())
+        for converted in resampler.resample(None):
+            chunks.append(converted.to_ndarray())
+        if not chunks:
+            raise EmptyAudio("audio stream has no samples")
+        return np.concatenate(chunks, axis=1).T.astype(np.float32), int(stream.rate)
+
+
+def _read(src) -> tuple[bytes, str]:
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return bytes(src), "<bytes>"
+    if isinstance(src, (str, os.PathLike)):
+        name = redact_uri(os.fspath(src))
+        try:
+            return read_bytes(src), name
+        except FileNotFoundError:
+            raise UnreadableAudio(f"{name}: file not found") from None
+        except IsADirectoryError:
+            raise UnreadableAudio(f"{name}: is a directory") from None
+        except PermissionError:
+            raise UnreadableAudio(f"{name}: permission denied") from None
+        except OSError as exc:
+            raise UnreadableAudio(f"{name}: cannot read ({type(exc).__name__})") from None
+    raise UnreadableAudio(f"unsupported audio input of type {type(src).__name__}")
+
+
+def _short(exc: Exception, limit: int = 160) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # drop object reprs and errno prefixes that say nothing to a user
+    text = re.sub(r"Error opening <[^>]*>: |\[Errno -?\d+\] |: '<none>'", "", text)
+    return text[:limit]
+
+
+def encode_flac(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """16-bit FLAC bytes of a mono float waveform (clipped to [-1, 1])."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0), sample_rate, format="FLAC",
+             subtype="PCM_16")
+    return buffer.getvalue()

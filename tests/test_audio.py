@@ -1,0 +1,107 @@
+import io
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+
+from gpa.audio import decode, encode_flac, load_audio
+from gpa.errors import EmptyAudio, NonFiniteAudio, UnreadableAudio
+
+
+def tone(seconds=0.5, rate=16000, freq=440.0, channels=1):
+    t = np.arange(int(seconds * rate)) / rate
+    wave = (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    return np.stack([wave] * channels, axis=1) if channels > 1 else wave
+
+
+def encoded(samples, rate, fmt, subtype=None):
+    buf = io.BytesIO()
+    sf.write(buf, samples, rate, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt,subtype", [("WAV", "PCM_16"), ("WAV", "PCM_24"), ("WAV", "FLOAT"), ("WAV", "DOUBLE"),
+                                         ("FLAC", None), ("OGG", "VORBIS"), ("OGG", "OPUS"), ("MP3", None)])
+def test_soundfile_formats_decode_to_16k_mono(fmt, subtype, tmp_path):
+    rate = 48000 if subtype == "OPUS" else 22050
+    data = encoded(tone(1.0, rate), rate, fmt, subtype)
+    path = tmp_path / f"x.{fmt.lower()}"
+    path.write_bytes(data)
+    for src in (data, str(path), path):
+        out = load_audio(src)
+        assert out.dtype == np.float32 and out.ndim == 1
+        assert abs(len(out) - 16000) < 1200  # lossy codecs add priming samples
+        assert 0.3 < np.abs(out).max() < 0.7
+
+
+def test_m4a_goes_through_pyav(tmp_path):
+    path = tmp_path / "x.m4a"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=44100, layout="stereo")
+        samples = np.stack([tone(1.0, 44100), tone(1.0, 44100)])
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="stereo")
+        frame.rate = 44100
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    with pytest.raises(sf.LibsndfileError):
+        sf.read(str(path))
+    out = load_audio(str(path))
+    assert abs(len(out) - 16000) < 1600 and 0.3 < np.abs(out).max() < 0.7
+
+
+def test_channels_are_averaged_and_resampled_with_soxr():
+    left, right = tone(1.0, 8000, 300.0), np.zeros(8000, np.float32)
+    out = load_audio((np.stack([left, right], axis=1), 8000))
+    assert len(out) == 16000
+    ref = load_audio((left, 8000))
+    np.testing.assert_allclose(out, ref / 2, atol=1e-6)
+
+
+def test_integer_arrays_and_channel_first_arrays():
+    pcm = (tone(0.1) * 32767).astype(np.int16)
+    out = load_audio((pcm, 16000))
+    np.testing.assert_allclose(out, tone(0.1), atol=1e-4)
+    stereo_first = np.stack([tone(0.1), tone(0.1)])  # (channels, n)
+    np.testing.assert_allclose(load_audio((stereo_first, 16000)), tone(0.1), atol=1e-6)
+
+
+def test_segment_cut():
+    out = load_audio((tone(2.0), 16000), start_s=0.5, end_s=1.5)
+    assert len(out) == 16000
+    assert len(load_audio((tone(2.0), 16000), start_s=0.5, end_s=-1)) == 24000
+
+
+@pytest.mark.parametrize(
+    "src,error",
+    [
+        (b"", EmptyAudio),
+        (b"this is a text file, not a wav", UnreadableAudio),
+        (encoded(tone(1.0), 16000, "WAV", "PCM_16")[:30], UnreadableAudio),
+        ((np.zeros(0, np.float32), 16000), EmptyAudio),
+        ((np.array([0.0, np.nan], np.float32), 16000), NonFiniteAudio),
+        ((np.array([0.0, np.inf], np.float32), 16000), NonFiniteAudio),
+        ("/nonexistent/file.wav", UnreadableAudio),
+        (12345, UnreadableAudio),
+    ],
+)
+def test_bad_input_raises_typed_errors(src, error):
+    with pytest.raises(error) as info:
+        load_audio(src)
+    assert info.value.kind == error.kind
+    assert "<_io" not in str(info.value)
+
+
+def test_error_messages_never_show_uri_credentials():
+    with pytest.raises(UnreadableAudio) as info:
+        load_audio("file:///nonexistent/secret.wav?X-Amz-Signature=CANARY")
+    assert "CANARY" not in str(info.value)
+
+
+def test_flac_roundtrip():
+    wave = tone(0.5)
+    samples, rate = decode(encode_flac(wave))
+    assert rate == 16000
+    np.testing.assert_allclose(samples[:, 0], wave, atol=1 / 32000)
