@@ -6,6 +6,12 @@ when loaded, so it is refused rather than opened.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -13,6 +19,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .errors import CheckpointError
+from .storage import filesystem, is_uri, redact_uri
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -74,3 +81,125 @@ def load_safetensors_strict(module: nn.Module, path: str | Path) -> None:
 def _abbrev(items: list[str], limit: int = 8) -> str:
     shown = ", ".join(items[:limit])
     return f"[{shown}{f', ... ({len(items) - limit} more)' if len(items) > limit else ''}]"
+
+
+# --- where a checkpoint comes from -------------------------------------------------------------------------------
+
+COMPLETE_MARKER = ".gpa-complete.json"
+HF_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("GPA_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "gpa-batch"
+    )
+    return Path(base) / "checkpoints"
+
+
+def resolve_checkpoint(source: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """A local directory holding the checkpoint named by ``source``.
+
+    ``source`` is a local directory, an object-store prefix (``s3://bucket/prefix``: copied once into the cache,
+    atomically, sizes checked) or a Hugging Face repo id (downloaded when a network exists).
+    """
+    text = os.fspath(source)
+    if is_uri(text):
+        return _download_prefix(text, Path(cache_dir) if cache_dir else default_cache_dir())
+    local = Path(text.removeprefix("file://")).expanduser()
+    if local.is_dir():
+        return local
+    if HF_REPO_ID.match(text) and not local.exists():
+        return _download_hf(text, cache_dir)
+    raise CheckpointError(f"checkpoint not found: {redact_uri(text)} is not a directory, URI or Hugging Face repo id")
+
+
+def _download_prefix(uri: str, cache_dir: Path) -> Path:
+    clean = redact_uri(uri).rstrip("/")
+    target = cache_dir / hashlib.sha256(clean.encode()).hexdigest()[:24]
+    if (target / COMPLETE_MARKER).is_file():
+        return target
+    fs, root = filesystem(uri)
+    root = root.rstrip("/")
+    try:
+        listing = fs.find(root, detail=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot list {clean}: {type(exc).__name__}") from None
+    files = {path: info for path, info in listing.items() if info.get("type", "file") == "file"}
+    if not files:
+        raise CheckpointError(f"no files under {clean}")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # Download into a private temporary directory beside the target and rename it into place: a crash or a
+    # concurrent loader never sees a half-copied checkpoint.
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", suffix=".partial", dir=cache_dir))
+    try:
+        manifest = {}
+        for path, info in sorted(files.items()):
+            relative = path[len(root):].lstrip("/")
+            if not relative or relative.startswith("..") or "/../" in f"/{relative}/":
+                raise CheckpointError(f"refusing object key outside the prefix: {relative!r}")
+            refuse_pickle_if_weights(relative)
+            local = staging / relative
+            local.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(path, str(local))
+            size = local.stat().st_size
+            if info.get("size") is not None and size != int(info["size"]):
+                raise CheckpointError(f"{clean}/{relative}: downloaded {size} bytes, expected {info['size']}")
+            manifest[relative] = {"size": size, "sha256": file_sha256(local)}
+        (staging / COMPLETE_MARKER).write_text(json.dumps({"source": clean, "files": manifest}, indent=1))
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not (target / COMPLETE_MARKER).is_file():  # not a lost race with another loader: a real failure
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def refuse_pickle_if_weights(relative: str) -> None:
+    if Path(relative).suffix in PICKLE_SUFFIXES:
+        refuse_pickle(relative)
+
+
+def _download_hf(repo_id: str, cache_dir: str | os.PathLike | None) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                repo_id,
+                cache_dir=os.fspath(cache_dir) if cache_dir else None,
+                ignore_patterns=[f"*{suffix}" for suffix in PICKLE_SUFFIXES],
+            )
+        )
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot download {repo_id!r} from the Hugging Face Hub ({type(exc).__name__}); without a network, "
+            "download it elsewhere and pass the local directory or an s3:// copy as the model source"
+        ) from None
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def content_hash(directory: str | os.PathLike) -> str:
+    """sha256 over every file of a checkpoint (relative path and contents): a stable id of the weights."""
+    directory = Path(directory)
+    marker = directory / COMPLETE_MARKER
+    if marker.is_file():
+        files = {k: v["sha256"] for k, v in json.loads(marker.read_text())["files"].items()}
+    else:
+        files = {
+            p.relative_to(directory).as_posix(): file_sha256(p)
+            for p in sorted(directory.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")
+        }
+    digest = hashlib.sha256()
+    for relative, sha in sorted(files.items()):
+        digest.update(f"{relative}\0{sha}\n".encode())
+    return digest.hexdigest()
