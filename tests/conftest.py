@@ -21,3 +21,62 @@ def tiny_model(tiny_checkpoint):
     from gpa.model import GPA
 
     return GPA.from_pretrained(tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto) on 127.0.0.1, with the standard AWS environment pointing at it.
+
+    Yields the endpoint URL; the server is stopped after the session.
+    """
+    import re
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    endpoint, deadline = None, time.time() + 30
+    while endpoint is None and time.time() < deadline:
+        line = process.stdout.readline()
+        match = re.search(r"Running on (http://127\.0\.0\.1:\d+)", line)
+        if match:
+            endpoint = match.group(1)
+    if endpoint is None:
+        process.kill()
+        raise RuntimeError("moto server did not start")
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                            "AWS_DEFAULT_REGION")}
+    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
+    try:
+        yield endpoint
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture()
+def s3_bucket(s3_server):
+    """A fresh, empty bucket on the test S3 server; yields its name."""
+    import uuid
+
+    import boto3
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return name

@@ -1,0 +1,110 @@
+import pickle
+
+import boto3
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from gpa.checkpoint import (
+    COMPLETE_MARKER,
+    content_hash,
+    find_safetensors,
+    load_safetensors_strict,
+    resolve_checkpoint,
+)
+from gpa.errors import CheckpointError
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(3, 2)
+        self.norm = torch.nn.LayerNorm(2)
+
+
+def test_strict_loading_names_missing_unexpected_and_mismatched_keys(tmp_path):
+    state = Tiny().state_dict()
+    path = tmp_path / "model.safetensors"
+    save_file({k: v for k, v in state.items() if k != "norm.bias"} | {"extra.weight": torch.zeros(1)}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_safetensors_strict(Tiny(), path)
+    assert "norm.bias" in str(info.value) and "extra.weight" in str(info.value)
+
+    save_file(state | {"proj.weight": torch.zeros(5, 5)}, path)
+    with pytest.raises(CheckpointError, match=r"proj\.weight.*\(5, 5\)"):
+        load_safetensors_strict(Tiny(), path)
+
+    save_file(state, path)
+    model = Tiny()
+    load_safetensors_strict(model, path)
+    assert torch.equal(model.proj.weight, state["proj.weight"])
+
+
+class Boom:
+    """Unpickling this runs code: the loader must never get that far."""
+
+    def __reduce__(self):
+        return (exec, ("open('PWNED', 'w').write('x')",))
+
+
+def test_pickle_weights_are_refused_without_being_opened(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps(Boom()))
+    with pytest.raises(CheckpointError, match="pickle"):
+        find_safetensors(tmp_path)
+    with pytest.raises(CheckpointError, match="safetensors"):
+        load_safetensors_strict(Tiny(), tmp_path / "pytorch_model.bin")
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_corrupt_safetensors_is_a_clear_error(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(CheckpointError, match="cannot read model.safetensors"):
+        load_safetensors_strict(Tiny(), path)
+
+
+def test_local_directory_and_missing_source(tmp_path):
+    assert resolve_checkpoint(tmp_path) == tmp_path
+    with pytest.raises(CheckpointError, match="not found"):
+        resolve_checkpoint(tmp_path / "nope")
+
+
+def test_hf_repo_id_without_network_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="Hugging Face"):
+        resolve_checkpoint("AutoArk-AI/GPA", tmp_path)
+
+
+def test_s3_prefix_is_copied_once_atomically(s3_server, s3_bucket, tmp_path):
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    files = {"config.json": b"{}", "BiCodec/config.yaml": b"a: 1\n", "BiCodec/model.safetensors": b"x" * 1000}
+    for key, body in files.items():
+        s3.put_object(Bucket=s3_bucket, Key=f"gpa/v1/{key}", Body=body)
+    s3.put_object(Bucket=s3_bucket, Key="gpa/v1-other/config.json", Body=b"not ours")
+
+    local = resolve_checkpoint(f"s3://{s3_bucket}/gpa/v1", tmp_path)
+    assert {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()} == {*files, COMPLETE_MARKER}
+    assert (local / "BiCodec/model.safetensors").read_bytes() == files["BiCodec/model.safetensors"]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+    # Cached: a second resolve does not download again (the objects are gone and it still works).
+    for key in files:
+        s3.delete_object(Bucket=s3_bucket, Key=f"gpa/v1/{key}")
+    assert resolve_checkpoint(f"s3://{s3_bucket}/gpa/v1/", tmp_path) == local
+    assert content_hash(local) == content_hash(local)
+
+
+def test_s3_checkpoint_with_pickle_weights_is_refused(s3_server, s3_bucket, tmp_path):
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.put_object(Bucket=s3_bucket, Key="bad/pytorch_model.bin", Body=pickle.dumps(Boom()))
+    with pytest.raises(CheckpointError, match="pickle"):
+        resolve_checkpoint(f"s3://{s3_bucket}/bad", tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_content_hash_tracks_contents(tmp_path):
+    (tmp_path / "a").write_bytes(b"1")
+    first = content_hash(tmp_path)
+    (tmp_path / "a").write_bytes(b"2")
+    assert content_hash(tmp_path) != first
