@@ -35,6 +35,12 @@ class TooShortAudio(AudioError):
     kind = "too_short_audio"
 
 
+class TooLongAudio(AudioError, ValueError):
+    """The audio is longer than a model component accepts in one pass; the caller must chunk it."""
+
+    kind = "too_long_audio"
+
+
 class InvalidText(GPAError):
     """Text input is empty or cannot be tokenized."""
 

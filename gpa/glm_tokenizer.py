@@ -30,17 +30,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from .checkpoint import find_safetensors, load_safetensors_strict
-from .errors import AudioError, CheckpointError, EmptyAudio, NonFiniteAudio
+from .errors import AudioError, CheckpointError, EmptyAudio, NonFiniteAudio, TooLongAudio
 
 SAMPLE_RATE = 16000
 # conv1 has stride 1 and conv2 stride 2 in every Whisper encoder.
 CONV_STRIDE = 2
-
-
-class TooLongAudio(AudioError, ValueError):
-    """The audio is longer than the encoder's positional table allows; the caller must chunk it."""
-
-    kind = "too_long_audio"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -416,6 +410,10 @@ class GLMSpeechTokenizer:
     @property
     def max_samples(self) -> int:
         return self.config.max_samples
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.quantize_vocab_size
 
     def num_tokens(self, num_samples: int) -> int:
         return -(-num_samples // self.samples_per_token)
