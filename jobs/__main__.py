@@ -1,0 +1,7 @@
+"""``python -m jobs <transcribe|synthesize|convert|demo> ...``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,189 @@
+"""``gpa-batch transcribe|synthesize|convert|demo``: the command line of the batch jobs.
+
+Also a valid ``ray job submit`` entrypoint: with ``RAY_ADDRESS`` set it joins that cluster, else it starts Ray
+locally for the duration of the job. Flags override the ``--config`` YAML file, which overrides the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .config import JOBS, JobConfig, parse_actors
+
+SAMPLING_FLAGS = (
+    ("--max-new-tokens", int), ("--temperature", float), ("--top-k", int), ("--top-p", float),
+    ("--repetition-penalty", float), ("--window-s", float),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpa-batch",
+        description="Batch ASR, voice-cloning TTS and voice conversion with GPA on Ray Data: "
+                    "manifests or bucket prefixes in, Parquet and an MLflow run out.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{transcribe,synthesize,convert,demo}")
+    for job in JOBS:
+        helps = {"transcribe": "speech -> text (ASR)", "synthesize": "text + reference voice -> speech (TTS)",
+                 "convert": "speech + reference voice -> the same speech in that voice"}
+        _add_job_arguments(commands.add_parser(job, help=helps[job], argument_default=argparse.SUPPRESS))
+    demo = commands.add_parser("demo", help="run the jobs on the bundled examples with a tiny random checkpoint")
+    demo.add_argument("--output", default="gpa-demo", help="where results go (default: ./gpa-demo)")
+    demo.add_argument("--jobs", default="transcribe,synthesize,convert",
+                      help="comma-separated jobs to run (default: all three)")
+    demo.add_argument("--model", default=None,
+                      help="checkpoint to use instead of the generated tiny one (e.g. AutoArk-AI/GPA)")
+    demo.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite beside the output)")
+    demo.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _add_job_arguments(p: argparse.ArgumentParser) -> None:
+    io = p.add_argument_group("input and output")
+    io.add_argument("--input", help="manifest (.jsonl/.json/.csv/.tsv/.parquet, local or s3://) or, with --glob, "
+                                    "a prefix to list audio files under")
+    io.add_argument("--output", help="output prefix (local dir or s3://bucket/prefix)")
+    io.add_argument("--model", help="checkpoint: local dir, s3:// prefix or Hugging Face id (AutoArk-AI/GPA)")
+    io.add_argument("--config", help="YAML file with any of these settings (flags win)")
+    io.add_argument("--glob", help="list files matching this pattern under --input (e.g. '**/*.mp3')")
+    io.add_argument("--format", dest="input_format", choices=("auto", "jsonl", "csv", "parquet"))
+    io.add_argument("--field-map", action="append", metavar="OURS=THEIRS",
+                    help="map manifest columns to ours, e.g. id=utt_id,audio=path (repeatable)")
+    io.add_argument("--reference", help="reference voice for rows without ref_audio (synthesize, convert)")
+    io.add_argument("--limit", type=int, help="process at most N pending rows")
+    io.add_argument("--audio-storage", choices=("inline", "objects"),
+                    help="FLAC bytes inside the Parquet (inline, default) or as objects under <output>/audio/")
+    io.add_argument("--rows-per-part", type=int, help="rows per Parquet part (default 1000)")
+    io.add_argument("--retry-errors", action="store_true", help="also redo rows that failed in earlier runs")
+
+    pool = p.add_argument_group("actor pool and batching")
+    pool.add_argument("--actors", type=parse_actors, metavar="MIN:MAX", help="model actors (N or MIN:MAX)")
+    pool.add_argument("--batch-size", type=int, help="items per model call (default 8)")
+    pool.add_argument("--bucket-batches", type=int,
+                      help="rows per actor call = batch size x this; they are sorted by length first (default 4)")
+    pool.add_argument("--gpus-per-actor", type=float, help="default: 1 when the cluster has GPUs, else 0")
+    pool.add_argument("--cpus-per-actor", type=float, help="default 0.5 (keep <= 0.5 on small machines)")
+    pool.add_argument("--cpus-per-task", type=float, help="CPUs per decode/encode task (default 0.5)")
+    pool.add_argument("--device", help="cuda / cpu (default: cuda when the actor has a GPU)")
+    pool.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
+    pool.add_argument("--torch-threads", type=int)
+    pool.add_argument("--cache-dir", help="where remote checkpoints are downloaded")
+
+    task = p.add_argument_group("task")
+    task.add_argument("--seed", type=int, help="job seed; each row's seed derives from it and the row id")
+    for flag, kind in SAMPLING_FLAGS:
+        task.add_argument(flag, type=kind, dest=f"opt_{flag[2:].replace('-', '_')}")
+    sampling = task.add_mutually_exclusive_group()
+    sampling.add_argument("--do-sample", dest="opt_do_sample", action="store_const", const=True)
+    sampling.add_argument("--greedy", dest="opt_do_sample", action="store_const", const=False)
+    task.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other task option (repeatable)")
+    task.add_argument("--max-duration-s", type=float, help="longer audio becomes an error row (default 3600)")
+    task.add_argument("--max-text-chars", type=int, help="longer text becomes an error row (default 20000)")
+    task.add_argument("--no-quality", dest="quality", action="store_false",
+                      help="skip round-trip ASR and speaker similarity")
+    task.add_argument("--keep-max-cer", type=float, help="synthesize quality gate: max CER (default 0.5)")
+    task.add_argument("--keep-min-similarity", type=float, help="synthesize quality gate: min similarity (0.5)")
+
+    track = p.add_argument_group("tracking")
+    track.add_argument("--mlflow-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite "
+                                            "beside the output)")
+    track.add_argument("--experiment", help="MLflow experiment (default gpa-batch-<job>)")
+    track.add_argument("--run-name")
+    track.add_argument("--samples", type=int, help="sample outputs logged as artifacts (default 3)")
+    p.add_argument("--json", dest="print_json", action="store_true", help="print the summary as JSON")
+    progress = p.add_mutually_exclusive_group()
+    progress.add_argument("--progress", dest="progress", action="store_const", const=True)
+    progress.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+    p.add_argument("--debug-delay-s", type=float, help=argparse.SUPPRESS)
+
+
+def config_from_args(job: str, args: argparse.Namespace) -> JobConfig:
+    values: dict[str, Any] = {}
+    given = vars(args)
+    if given.get("config"):
+        import yaml
+
+        from . import storage
+
+        loaded = yaml.safe_load(storage.read_bytes(storage.normalize(given["config"]))) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError("--config must be a YAML mapping")
+        values.update(loaded)
+    options = dict(values.pop("options", None) or {})
+    field_map = dict(values.pop("field_map", None) or {})
+    for key, value in given.items():
+        if key in ("command", "config", "print_json", "progress", "option", "field_map"):
+            continue
+        if key.startswith("opt_"):
+            options[key[4:]] = value
+        else:
+            values[key] = value
+    for item in given.get("option") or []:
+        key, _, raw = item.partition("=")
+        options[key.strip().replace("-", "_")] = _literal(raw)
+    for item in given.get("field_map") or []:
+        for pair in item.split(","):
+            ours, sep, theirs = pair.partition("=")
+            if not sep:
+                raise ValueError(f"--field-map expects OURS=THEIRS, got {pair!r}")
+            field_map[ours.strip()] = theirs.strip()
+    values["job"] = job
+    values["options"] = options
+    values["field_map"] = field_map
+    missing = [k for k in ("input", "output", "model") if not values.get(k)]
+    if missing:
+        raise ValueError("missing " + ", ".join(f"--{k}" for k in missing))
+    return JobConfig.from_dict(values)
+
+
+def _literal(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo(output=args.output, jobs=[j.strip() for j in args.jobs.split(",") if j.strip()],
+                        model=args.model, mlflow_uri=args.mlflow_uri, seed=args.seed)
+    try:
+        config = config_from_args(args.command, args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    from .manifest import InputError
+    from .pipeline import JobError, ensure_ray, run_job
+    from .summary import format_summary, summary_dict
+
+    started = ensure_ray()
+    try:
+        result = run_job(config, progress=getattr(args, "progress", None))
+    except (InputError, JobError) as exc:
+        print(f"gpa-batch {config.job}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    if getattr(args, "print_json", False):
+        print(json.dumps(summary_dict(result), indent=1, default=str))
+    else:
+        print(format_summary(result))
+    return 0
+
+
+def job_main(job: str) -> None:
+    """``python -m jobs.<job> ...``."""
+    sys.exit(main([job, *sys.argv[1:]]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The settings of one job run: what the CLI flags and the ``--config`` YAML file fill in."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+JOBS = ("transcribe", "synthesize", "convert")
+
+
+@dataclass
+class JobConfig:
+    job: str
+    input: str
+    output: str
+    model: str
+    # input
+    glob: str | None = None  # list files under --input instead of reading a manifest
+    input_format: str = "auto"  # auto | jsonl | csv | parquet
+    field_map: dict[str, str] = field(default_factory=dict)  # our field -> the manifest's column
+    reference: str | None = None  # default reference audio for rows without one (synthesize, convert)
+    limit: int | None = None  # process at most this many pending rows (the rest stay pending)
+    # pool and batching
+    actors: tuple[int, int] = (1, 1)
+    batch_size: int = 8  # items per model call
+    bucket_batches: int = 4  # each actor call sorts batch_size * bucket_batches rows by length first
+    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    cpus_per_actor: float = 0.5  # <= 0.5 on small machines, or the CPU stages starve
+    cpus_per_task: float = 0.5  # decode/encode tasks
+    device: str | None = None  # None: cuda when the actor has a GPU, else cpu
+    dtype: str | None = None  # None: bfloat16 on cuda, float32 on cpu
+    torch_threads: int | None = None
+    cache_dir: str | None = None
+    # task
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # TranscribeOptions / SynthesizeOptions / ConvertOptions
+    max_duration_s: float = 3600.0  # longer inputs become error rows (too_long_audio)
+    max_text_chars: int = 20_000
+    quality: bool = True  # synthesize: round-trip ASR + speaker similarity; convert: similarities
+    keep_max_cer: float = 0.5
+    keep_min_similarity: float = 0.5
+    rows_per_part: int | None = 1000  # rows per Parquet part (also the unit of work a killed run can lose)
+    audio_storage: str = "inline"  # inline: FLAC bytes in the Parquet; objects: FLAC files under <output>/audio/
+    # resume
+    retry_errors: bool = False
+    # tracking
+    mlflow_uri: str | None = None
+    experiment: str | None = None  # default: gpa-batch-<job>
+    run_name: str | None = None
+    samples: int = 3  # sample outputs logged as MLflow artifacts
+    # testing aid: sleep this long in every model call (to interrupt a run in tests)
+    debug_delay_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.job not in JOBS:
+            raise ValueError(f"unknown job {self.job!r}; choose one of {', '.join(JOBS)}")
+        if isinstance(self.actors, (list, tuple)):
+            self.actors = (int(self.actors[0]), int(self.actors[1]))
+        else:
+            self.actors = parse_actors(str(self.actors))
+        lo, hi = self.actors
+        if lo < 1 or hi < lo:
+            raise ValueError(f"--actors must be MIN:MAX with 1 <= MIN <= MAX, got {lo}:{hi}")
+        if self.batch_size < 1 or self.bucket_batches < 1:
+            raise ValueError("--batch-size and --bucket-batches must be >= 1")
+        if self.audio_storage not in ("inline", "objects"):
+            raise ValueError("--audio-storage must be inline or objects")
+        if self.input_format not in ("auto", "jsonl", "csv", "parquet"):
+            raise ValueError("--format must be auto, jsonl, csv or parquet")
+
+    @property
+    def window_rows(self) -> int:
+        """Rows per actor call: the model sorts them by length and runs them in batches of ``batch_size``."""
+        return self.batch_size * self.bucket_batches
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> JobConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**values)
+
+
+def parse_actors(text: str) -> tuple[int, int]:
+    """``"2"`` -> (2, 2); ``"1:4"`` -> (1, 4)."""
+    try:
+        if ":" in text:
+            lo, hi = text.split(":", 1)
+            return int(lo), int(hi)
+        return int(text), int(text)
+    except ValueError:
+        raise ValueError(f"--actors must be N or MIN:MAX, got {text!r}") from None

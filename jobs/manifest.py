@@ -1,0 +1,332 @@
+"""Reading job inputs: manifests (JSONL, CSV, Parquet; local or ``s3://``) or a listing of audio files.
+
+Every input row becomes a dict of our canonical fields (``id, audio, text, ref_audio, ref_id, source_id,
+begin_time, end_time, seed, duration_hint``) whatever convention the manifest follows:
+
+- ours: the canonical names themselves;
+- GPA's training JSONL: ``task, audio, text, ref_audio, vc_audio, begin_time, end_time`` (seconds; -1 = whole file);
+  rows whose ``task`` belongs to another job are left out and counted;
+- NeMo: ``audio_filepath, duration, text`` (and ``offset``, which makes the row a segment);
+- anything else through a field map (``id=utt_id,audio=path``).
+
+Relative audio paths are resolved against the manifest's own location. A row that cannot be parsed or lacks what
+its job needs becomes an error row (never a dropped row).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import storage
+
+CANONICAL = ("id", "audio", "text", "ref_audio", "ref_id", "source_id", "begin_time", "end_time", "seed",
+             "duration_hint")
+
+# which GPA training ``task`` values each job takes
+GPA_TASKS = {"transcribe": ("stt", "asr", ""), "synthesize": ("tts-a", "tts"), "convert": ("vc",)}
+
+
+@dataclass
+class InputRows:
+    rows: list[dict[str, Any]] = field(default_factory=list)  # valid rows, canonical fields
+    errors: list[dict[str, Any]] = field(default_factory=list)  # {id, error_kind, error, + echo fields}
+    skipped_other_task: int = 0
+    convention: str = "canonical"
+    source: str = ""  # the input URI, redacted
+
+    @property
+    def total(self) -> int:
+        return len(self.rows) + len(self.errors)
+
+
+class InputError(ValueError):
+    """The input as a whole cannot be read (missing manifest, unknown format): the job stops before any work."""
+
+
+def load_inputs(
+    job: str,
+    uri: str,
+    *,
+    glob: str | None = None,
+    input_format: str = "auto",
+    field_map: dict[str, str] | None = None,
+    reference: str | None = None,
+    max_text_chars: int = 20_000,
+) -> InputRows:
+    """Read, normalise and validate the input rows of ``job`` (see module docstring)."""
+    uri = storage.normalize(uri)
+    if glob:
+        raw, convention, base = list_audio_files(uri, glob), "listing", uri
+    else:
+        records = read_records(uri, input_format)
+        convention = detect_convention(records, field_map or {})
+        raw = [_canonical(r, convention, field_map or {}) for r in records]
+        base = storage.parent(uri)
+    out = InputRows(convention=convention, source=storage.redact_uri(uri))
+    seen: set[str] = set()
+    for line, row in enumerate(raw, start=1):
+        if "__parse_error__" in row:
+            out.errors.append({"id": _unique_line_id(line, seen), "error_kind": "invalid_manifest_row",
+                               "error": row["__parse_error__"]})
+            continue
+        task = row.pop("__task__", None)
+        for key in ("audio", "ref_audio"):  # ids derive from paths as written, before they are resolved
+            row[f"__{key}_as_written__"] = row.get(key) if isinstance(row.get(key), str) else None
+        problem = _validate(job, row, reference, max_text_chars)
+        row_id = _derive_id(job, row, line)
+        if task is not None and str(task).strip().lower() not in GPA_TASKS[job]:
+            if any(str(task).strip().lower() in names for names in GPA_TASKS.values()):
+                out.skipped_other_task += 1  # another job's row in a mixed training manifest
+                continue
+            problem = ("invalid_row", f"unknown task {str(task)[:40]!r}")
+        if row_id in seen:
+            problem = ("duplicate_id", "another input row has the same id; only the first one is processed")
+        seen.add(row_id)
+        if problem:
+            kind, message = problem
+            out.errors.append({"id": row_id, "error_kind": kind, "error": message, **_echo(row)})
+            continue
+        row["id"] = row_id
+        for key in ("audio", "ref_audio"):
+            if row.get(key):
+                row[key] = storage.resolve_relative(row[key], base)
+        if job != "transcribe" and not row.get("ref_audio") and reference:
+            row["ref_audio"] = storage.normalize(reference)
+            row["ref_id"] = row.get("ref_id") or storage.basename(reference)
+        if job != "transcribe":
+            row["ref_id"] = row.get("ref_id") or row["__ref_audio_as_written__"]
+        if job == "convert":
+            row["source_id"] = row.get("source_id") or row["__audio_as_written__"]
+        out.rows.append({k: v for k, v in row.items() if not k.startswith("__")})
+    return out
+
+
+def _unique_line_id(line: int, seen: set[str]) -> str:
+    row_id = f"line:{line}"
+    seen.add(row_id)
+    return row_id
+
+
+# --- reading ---------------------------------------------------------------------------------------------------
+
+
+def read_records(uri: str, input_format: str = "auto") -> list[dict[str, Any]]:
+    """The manifest's rows as dicts, in file order. Unparseable JSON lines become ``{"__parse_error__": ...}``."""
+    fmt = input_format if input_format != "auto" else _format_from_name(uri)
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        raise InputError(f"input not found: {storage.redact_uri(uri)}") from None
+    except IsADirectoryError:
+        raise InputError(f"{storage.redact_uri(uri)} is a directory: pass --glob to list its audio files") from None
+    if uri.endswith(".gz"):
+        data = gzip.decompress(data)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return [_jsonable_row(r) for r in pq.read_table(io.BytesIO(data)).to_pylist()]
+    text = data.decode("utf-8-sig")
+    if fmt == "csv":
+        delimiter = "\t" if uri.removesuffix(".gz").endswith(".tsv") else ","
+        return [{k: (v if v != "" else None) for k, v in r.items() if k is not None}
+                for r in csv.DictReader(io.StringIO(text), delimiter=delimiter)]
+    if fmt == "jsonl":
+        stripped = text.lstrip()
+        if stripped.startswith("["):  # a JSON array of objects
+            try:
+                items = json.loads(stripped)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{storage.redact_uri(uri)}: not valid JSON ({exc.msg})") from None
+            return [r if isinstance(r, dict) else {"__parse_error__": "not a JSON object"} for r in items]
+        rows = []
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                value = {"__parse_error__": f"not valid JSON: {exc.msg} at column {exc.colno}"}
+            if not isinstance(value, dict):
+                value = {"__parse_error__": "a manifest line must be a JSON object"}
+            rows.append(value)
+        return rows
+    raise InputError(f"cannot tell the format of {storage.redact_uri(uri)}; pass --format jsonl|csv|parquet")
+
+
+def _format_from_name(uri: str) -> str:
+    name = uri.lower().removesuffix(".gz")
+    if name.endswith((".jsonl", ".ndjson", ".json")):
+        return "jsonl"
+    if name.endswith((".csv", ".tsv")):
+        return "csv"
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    return "unknown"
+
+
+def _jsonable_row(row: dict) -> dict:
+    return {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else v) for k, v in row.items()}
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".mp4", ".wma", ".aiff")
+
+
+def list_audio_files(prefix: str, pattern: str) -> list[dict[str, Any]]:
+    """One row per file under ``prefix`` matching ``pattern``; the id is the path relative to ``prefix`` (stable
+    across runs and machines, as long as the archive's layout does not change)."""
+    from gpa.storage import filesystem
+
+    fs, base = filesystem(prefix)
+    base = base.rstrip("/")
+    if hasattr(fs, "invalidate_cache"):
+        fs.invalidate_cache()
+    matches = sorted(p for p in fs.glob(f"{base}/{pattern.lstrip('/')}") if not fs.isdir(p))
+    if not matches and not fs.exists(base):
+        raise InputError(f"input prefix not found: {storage.redact_uri(prefix)}")
+    scheme = prefix.split("://", 1)[0] + "://" if storage.is_uri(prefix) else ""
+    rows = []
+    for path in matches:
+        relative = path[len(base):].lstrip("/")
+        rows.append({"id": relative, "audio": f"{scheme}{path}"})
+    return rows
+
+
+# --- conventions -----------------------------------------------------------------------------------------------
+
+
+def detect_convention(records: list[dict[str, Any]], field_map: dict[str, str]) -> str:
+    columns: set[str] = set()
+    for r in records[:100]:
+        columns.update(k for k in r if k != "__parse_error__")
+    if field_map:
+        return "field_map"
+    if "audio_filepath" in columns:
+        return "nemo"
+    if "task" in columns or ({"begin_time", "end_time"} <= columns and "vc_audio" in columns):
+        return "gpa"
+    return "canonical"
+
+
+def _canonical(record: dict[str, Any], convention: str, field_map: dict[str, str]) -> dict[str, Any]:
+    if "__parse_error__" in record:
+        return dict(record)
+    if convention == "nemo":
+        row = {"id": record.get("id"), "audio": record.get("audio_filepath"), "text": record.get("text"),
+               "duration_hint": record.get("duration"), "seed": record.get("seed")}
+        if record.get("offset") is not None:
+            offset, duration = _number(record.get("offset")), _number(record.get("duration"))
+            row["begin_time"] = offset
+            row["end_time"] = offset + duration if offset is not None and duration is not None else None
+        return row
+    row = {key: record.get(key) for key in CANONICAL}
+    if convention == "gpa":
+        row["__task__"] = record.get("task") or ""
+    if convention == "field_map":
+        for ours, theirs in field_map.items():
+            if ours not in CANONICAL and ours != "task":
+                raise InputError(f"field map: unknown field {ours!r}; known: {', '.join(CANONICAL)}, task")
+            if ours == "task":
+                row["__task__"] = record.get(theirs) or ""
+            else:
+                row[ours] = record.get(theirs)
+    return row
+
+
+# --- validation and ids ----------------------------------------------------------------------------------------
+
+
+def _validate(job: str, row: dict[str, Any], reference: str | None, max_text_chars: int) -> tuple[str, str] | None:
+    raw_id = row.get("id")
+    if raw_id is not None and not isinstance(raw_id, (str, int)):
+        return "invalid_row", f"id must be a string or an integer, got {type(raw_id).__name__}"
+    if isinstance(raw_id, str) and not raw_id.strip():
+        return "invalid_row", "id is empty"
+    for key in ("audio", "ref_audio", "text", "ref_id", "source_id"):
+        value = row.get(key)
+        if value is not None and not isinstance(value, str):
+            if key in ("ref_id", "source_id") and isinstance(value, int):
+                row[key] = str(value)
+                continue
+            return "invalid_row", f"{key} must be a string, got {type(value).__name__}"
+        if isinstance(value, str) and not value.strip():
+            row[key] = None
+    for key in ("begin_time", "end_time", "duration_hint"):
+        value = row.get(key)
+        if value in (None, ""):
+            row[key] = None
+            continue
+        number = _number(value)
+        if number is None or not math.isfinite(number):
+            return "invalid_row", f"{key} must be a number, got {str(value)[:40]!r}"
+        row[key] = None if number < 0 and key != "duration_hint" else number  # -1 means the whole file
+    if row.get("begin_time") is not None and row.get("end_time") is not None and row["end_time"] <= row["begin_time"]:
+        return "invalid_row", f"end_time {row['end_time']} is not after begin_time {row['begin_time']}"
+    if row.get("seed") not in (None, ""):
+        try:
+            row["seed"] = int(row["seed"])
+        except (TypeError, ValueError):
+            return "invalid_row", f"seed must be an integer, got {str(row['seed'])[:40]!r}"
+    else:
+        row["seed"] = None
+    if job in ("transcribe", "convert") and not row.get("audio"):
+        return "missing_field", "no audio (field 'audio')"
+    if job in ("synthesize", "convert") and not row.get("ref_audio") and not reference:
+        return "missing_field", "no reference audio (field 'ref_audio', or --reference for all rows)"
+    if job == "synthesize":
+        text = row.get("text")
+        if not text or not text.strip():
+            return "invalid_text", "text is empty"
+        if len(text) > max_text_chars:
+            return "invalid_text", f"text has {len(text)} characters; the limit is {max_text_chars} (--max-text-chars)"
+    return None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _derive_id(job: str, row: dict[str, Any], line: int) -> str:
+    """The row's id: its own when it has one, else derived from what it asks for (stable when the manifest is
+    reordered or grows; identical requests get identical ids and are then reported as duplicates)."""
+    raw_id = row.get("id")
+    if isinstance(raw_id, (str, int)) and str(raw_id).strip():
+        return str(raw_id)
+    if raw_id is not None:  # an id of the wrong type or empty: name the row by its line
+        return f"line:{line}"
+    audio = row.get("__audio_as_written__")
+    segment = ""
+    if row.get("begin_time") is not None or row.get("end_time") is not None:
+        begin = row.get("begin_time") or 0.0
+        end = row.get("end_time")
+        segment = f"@{begin:.3f}-{'end' if end is None else f'{end:.3f}'}"
+    if job == "transcribe" and audio:
+        return f"{audio}{segment}"
+    if job == "convert" and audio:
+        ref = row.get("__ref_audio_as_written__") or row.get("ref_id") or ""
+        return f"{audio}{segment}>{_short_hash(ref)}" if ref else f"{audio}{segment}"
+    if job == "synthesize" and row.get("text"):
+        ref = row.get("__ref_audio_as_written__") or row.get("ref_id") or ""
+        return "tts-" + _short_hash(f"{row['text']}\0{ref}")
+    return f"line:{line}"
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _echo(row: dict[str, Any]) -> dict[str, Any]:
+    """Input fields worth keeping on an error row (what the user needs to find the row again)."""
+    return {k: row.get(k) for k in ("audio", "text", "ref_audio", "ref_id", "source_id", "begin_time", "end_time")
+            if row.get(k) is not None}

@@ -1,0 +1,77 @@
+"""Aggregate metrics of a run, computed from the rows it wrote (what MLflow and the summary report)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+
+METRIC_COLUMNS = ("id", "status", "error_kind", "error", "duration_s", "timings", "wer", "cer",
+                  "source_duration_s", "speaker_similarity", "keep")
+
+
+def run_metrics(job: str, table: pa.Table | None, wall_s: float) -> dict[str, float]:
+    """Rows ok/error (by kind), audio hours in/out, throughput, RTFx, latency p50/p95, WER/CER, quality pass rate.
+
+    - throughput: audio seconds (in for transcribe/convert, out for synthesize) per wall-clock second of the run;
+    - RTFx: the same audio seconds per second of model time (summed over actors), i.e. speed per actor;
+    - latency: per row, from the start of its decode to the end of its encode.
+    """
+    m: dict[str, float] = {"wall_s": wall_s}
+    if table is None or table.num_rows == 0:
+        m.update(rows=0, rows_ok=0, rows_error=0)
+        return m
+    rows = table.select([c for c in METRIC_COLUMNS if c in table.column_names]).to_pylist()
+    ok = [r for r in rows if r["status"] == "ok"]
+    m["rows"] = len(rows)
+    m["rows_ok"] = len(ok)
+    m["rows_error"] = len(rows) - len(ok)
+    for kind, n in Counter(r["error_kind"] for r in rows if r["status"] != "ok").items():
+        m[f"rows_error.{kind}"] = n
+    if job == "transcribe":
+        seconds_in = sum(r["duration_s"] or 0.0 for r in ok)
+        seconds_out = 0.0
+        work_s = seconds_in
+    elif job == "convert":
+        seconds_in = sum(r.get("source_duration_s") or 0.0 for r in ok)
+        seconds_out = sum(r["duration_s"] or 0.0 for r in ok)
+        work_s = seconds_in
+    else:
+        seconds_in = 0.0
+        seconds_out = sum(r["duration_s"] or 0.0 for r in ok)
+        work_s = seconds_out
+    m["audio_hours_in"] = seconds_in / 3600
+    m["audio_hours_out"] = seconds_out / 3600
+    m["rows_per_s"] = len(rows) / wall_s if wall_s > 0 else 0.0
+    m["throughput_audio_s_per_s"] = work_s / wall_s if wall_s > 0 else 0.0
+    model_s = sum((r["timings"] or {}).get("model_s") or 0.0 for r in rows)
+    if model_s > 0:
+        m["rtfx"] = work_s / model_s
+    latencies = [r["timings"]["latency_s"] for r in rows if r["timings"] and r["timings"].get("latency_s") is not None]
+    if latencies:
+        m["latency_p50_s"] = float(np.percentile(latencies, 50))
+        m["latency_p95_s"] = float(np.percentile(latencies, 95))
+    for name in ("wer", "cer", "speaker_similarity"):
+        values = [r[name] for r in ok if r.get(name) is not None]
+        if values:
+            m[f"{name}_mean"] = float(np.mean(values))
+            m[f"{name}_rows"] = len(values)
+    if job == "synthesize" and ok:
+        m["quality_pass_rate"] = sum(1 for r in ok if r.get("keep")) / len(ok)
+    return m
+
+
+def error_summary(table: pa.Table | None, examples: int = 20) -> dict:
+    """Counts by kind and the first few error rows of each kind (id and message)."""
+    if table is None:
+        return {"errors": 0, "by_kind": {}, "examples": {}}
+    rows = table.select(["id", "status", "error_kind", "error"]).to_pylist()
+    errors = [r for r in rows if r["status"] != "ok"]
+    by_kind = Counter(r["error_kind"] for r in errors)
+    shown: dict[str, list] = {}
+    for r in errors:
+        bucket = shown.setdefault(r["error_kind"], [])
+        if len(bucket) < examples:
+            bucket.append({"id": r["id"][:300], "error": r["error"]})
+    return {"errors": len(errors), "by_kind": dict(by_kind), "examples": shown}

@@ -1,0 +1,234 @@
+"""The output of a job: Parquet parts, a commit file that says which parts count, and resume.
+
+Layout under the output URI::
+
+    data/part-<run>-<n>.parquet    committed results (what readers read)
+    _gpa_batch/commit.json         the commit file: the list of committed parts (the only source of truth)
+    _SUCCESS                       present when the committed parts cover every row of the last run's input
+    .staging/<run>/                parts of a run in progress, each with a record written after its file
+    audio/                         FLAC objects (only with --audio-storage objects)
+
+A run writes its parts under ``.staging/`` (ignored by pyarrow and ``datasets``, as is everything starting with
+``.`` or ``_``) and commits them at its end: move them into ``data/``, then write ``commit.json`` in one PUT (or an
+atomic rename on a local disk). Object stores have no atomic rename of several objects, so the commit file, not
+the listing of ``data/``, defines the output; files in ``data/`` that it does not list are leftovers of an
+interrupted commit and are removed by the next run. A killed run therefore leaves the previous commit intact and
+``_SUCCESS`` absent; its finished parts (those with a record) are adopted by the next run, so no work is lost.
+
+Rows of a later run supersede rows with the same id from earlier runs (that is how ``--retry-errors`` replaces
+error rows): parts holding superseded rows are rewritten without them in the same commit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from . import storage
+
+FORMAT = "gpa-batch-output/1"
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=columns)
+
+
+@dataclass
+class Commit:
+    job: str = ""
+    parts: list[dict] = field(default_factory=list)  # {"path": "data/...", "rows": n, "run_id": ...}
+    runs: list[dict] = field(default_factory=list)
+    complete: bool = False
+
+    @property
+    def rows(self) -> int:
+        return sum(p["rows"] for p in self.parts)
+
+    def to_json(self) -> bytes:
+        body = {"format": FORMAT, "job": self.job, "rows": self.rows, "complete": self.complete,
+                "parts": self.parts, "runs": self.runs, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        return json.dumps(body, indent=1).encode()
+
+
+class OutputStore:
+    def __init__(self, uri: str):
+        self.uri = storage.normalize(uri)
+        self.data = storage.join(self.uri, "data")
+        self.meta = storage.join(self.uri, "_gpa_batch")
+        self.staging = storage.join(self.uri, ".staging")
+        self.commit_uri = storage.join(self.meta, "commit.json")
+        self.success_uri = storage.join(self.uri, "_SUCCESS")
+
+    # --- reading ---------------------------------------------------------------------------------------------
+
+    def load(self) -> Commit:
+        try:
+            body = json.loads(storage.read_bytes(self.commit_uri))
+        except FileNotFoundError:
+            return Commit()
+        if body.get("format") != FORMAT:
+            raise ValueError(f"{storage.redact_uri(self.commit_uri)} is not a gpa-batch commit file")
+        return Commit(job=body["job"], parts=body["parts"], runs=body.get("runs", []), complete=body["complete"])
+
+    def files(self, commit: Commit | None = None) -> list[str]:
+        """Full URIs of the committed Parquet files (what a reader should read)."""
+        commit = commit or self.load()
+        return [storage.join(self.uri, p["path"]) for p in commit.parts]
+
+    def read(self, columns: list[str] | None = None, commit: Commit | None = None) -> pa.Table | None:
+        files = self.files(commit)
+        if not files:
+            return None
+        return pa.concat_tables([read_parquet(f, columns) for f in files], promote_options="permissive")
+
+    def index(self) -> pa.Table:
+        """``id, status, error_kind`` of every committed row (what resume decides on)."""
+        table = self.read(["id", "status", "error_kind"])
+        if table is None:
+            return pa.table({"id": pa.array([], pa.string()), "status": pa.array([], pa.string()),
+                             "error_kind": pa.array([], pa.string())})
+        return table
+
+    # --- staging ---------------------------------------------------------------------------------------------
+
+    def run_dir(self, run_id: str) -> str:
+        return storage.join(self.staging, run_id)
+
+    def stage(self, run_id: str, name: str, table: pa.Table) -> dict:
+        """Write one part of a running job; its record is written after it, so a record means a whole part."""
+        storage.write_bytes(storage.join(self.run_dir(run_id), name), parquet_bytes(table))
+        record = {"part": name, "rows": table.num_rows, "run_id": run_id}
+        storage.write_bytes(storage.join(self.run_dir(run_id), "records", name + ".json"), json.dumps(record).encode())
+        return record
+
+    def staged_records(self) -> list[dict]:
+        records = []
+        for uri in storage.listdir(self.staging, recursive=True):
+            if uri.endswith(".json") and "/records/" in uri.replace("\\", "/"):
+                try:
+                    records.append(json.loads(storage.read_bytes(uri)))
+                except (ValueError, FileNotFoundError):
+                    continue  # a torn record cannot happen with atomic writes; skip anything odd
+        return records
+
+    # --- committing ------------------------------------------------------------------------------------------
+
+    def start(self) -> Commit:
+        """Called when a run starts: adopt finished parts of killed runs, drop debris, un-mark completeness."""
+        storage.remove(self.success_uri)
+        commit = self.load()
+        committed = {p["path"] for p in commit.parts}
+        adoptable = []
+        for record in self.staged_records():
+            final = _final_name(record)
+            if f"data/{final}" in committed:
+                continue
+            staged = storage.join(self.run_dir(record["run_id"]), record["part"])
+            moved = storage.join(self.data, final)
+            if storage.exists(staged) or storage.exists(moved):
+                adoptable.append(record)
+        if adoptable:
+            commit = self.commit(adoptable, run={"run_id": "recovered", "recovered_parts": len(adoptable)},
+                                 complete=False, commit=commit)
+        committed = {p["path"] for p in commit.parts}
+        for uri in storage.listdir(self.data):
+            if f"data/{storage.basename(uri)}" not in committed:
+                storage.remove(uri)  # a part moved by a commit that never completed
+        storage.remove(self.staging)
+        if commit.complete:
+            commit.complete = False
+            storage.write_bytes(self.commit_uri, commit.to_json())
+        return commit
+
+    def commit(self, records: list[dict], *, run: dict, complete: bool, commit: Commit | None = None,
+               supersede: bool = True) -> Commit:
+        """Make staged parts part of the output; rows they hold supersede older rows with the same ids.
+
+        ``supersede=False`` skips looking for older rows (the caller knows none of the new ids is committed).
+        """
+        commit = commit or self.load()
+        new_parts = []
+        new_ids: set[str] = set()
+        for record in records:
+            final = _final_name(record)
+            staged = storage.join(self.run_dir(record["run_id"]), record["part"])
+            target = storage.join(self.data, final)
+            if storage.exists(staged):
+                new_ids.update(read_parquet(staged, ["id"]).column("id").to_pylist())
+                storage.move(staged, target)
+            else:  # moved by an earlier, interrupted commit
+                new_ids.update(read_parquet(target, ["id"]).column("id").to_pylist())
+            new_parts.append({"path": f"data/{final}", "rows": record["rows"], "run_id": record["run_id"]})
+        kept, replaced = [], []
+        for part in commit.parts:
+            if not supersede:
+                kept.append(part)
+                continue
+            uri = storage.join(self.uri, part["path"])
+            ids = read_parquet(uri, ["id"]).column("id")
+            if new_ids.isdisjoint(ids.to_pylist()):
+                kept.append(part)
+                continue
+            table = read_parquet(uri)
+            mask = pc.invert(pc.is_in(table.column("id"), value_set=pa.array(sorted(new_ids))))
+            remaining = table.filter(mask)
+            replaced.append(uri)
+            if remaining.num_rows:
+                name = f"part-{part['run_id']}-r{uuid.uuid4().hex[:8]}.parquet"
+                storage.write_bytes(storage.join(self.data, name), parquet_bytes(remaining))
+                kept.append({"path": f"data/{name}", "rows": remaining.num_rows, "run_id": part["run_id"]})
+        updated = Commit(job=commit.job or run.get("job", ""), parts=kept + new_parts,
+                         runs=[*commit.runs, run], complete=complete)
+        storage.write_bytes(self.commit_uri, updated.to_json())  # the commit point
+        for uri in replaced:
+            storage.remove(uri)
+        if complete:
+            marker = {"rows": updated.rows, "run_id": run.get("run_id")}
+            storage.write_bytes(self.success_uri, json.dumps(marker).encode())
+        return updated
+
+    def finish_run(self, run_id: str) -> None:
+        storage.remove(self.run_dir(run_id))
+
+
+def _final_name(record: dict) -> str:
+    return record["part"]  # part names already carry the run id and are unique
+
+
+def resume_plan(index: pa.Table, retry_errors: bool) -> tuple[set[str], set[str]]:
+    """(ids already done, ids to redo) from the committed ``index``.
+
+    Done: every id with a committed row. Redo (only with ``--retry-errors``): ids with an error row other than
+    ``duplicate_id`` (a duplicate stays a duplicate however often it is retried) and no ok row.
+    """
+    ids = index.column("id").to_pylist()
+    statuses = index.column("status").to_pylist()
+    kinds = index.column("error_kind").to_pylist()
+    done = set(ids)
+    if not retry_errors:
+        return done, set()
+    ok = {i for i, s in zip(ids, statuses, strict=True) if s == "ok"}
+    failed = {i for i, s, k in zip(ids, statuses, kinds, strict=True) if s != "ok" and k != "duplicate_id"}
+    return done, failed - ok
+
+
+def count_ids(table: pa.Table) -> Counter:
+    return Counter(table.column("id").to_pylist())

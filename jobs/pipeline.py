@@ -1,0 +1,277 @@
+"""The one job skeleton shared by transcribe, synthesize and convert.
+
+    read + validate (driver) -> resume filter -> decode (CPU tasks) -> GPA (actor pool) -> encode (CPU tasks)
+    -> staged Parquet parts -> commit -> metrics, MLflow, summary
+
+Rows that fail validation are written by the driver as error rows; everything else flows through Ray Data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import schema as S
+from . import storage
+from .config import JobConfig
+from .manifest import InputRows, load_inputs
+from .metrics import error_summary, run_metrics
+from .output import OutputStore, count_ids, new_run_id, read_parquet, resume_plan
+from .tasks import INPUT_COLUMNS, TASKS, WORK_SCHEMA, row_seed
+from .tracking import Tracking, log_run
+
+log = logging.getLogger(__name__)
+INPUT_SCHEMA = pa.schema([WORK_SCHEMA.field(c) for c in INPUT_COLUMNS])
+
+
+class JobError(RuntimeError):
+    """The job as a whole cannot run (unreadable input, output of another job, inconsistent write)."""
+
+
+@dataclass
+class JobResult:
+    job: str
+    run_id: str
+    output: str
+    input_rows: int
+    skipped_other_task: int
+    already_done: int
+    processed: int
+    counts: dict[str, int]  # ok / error / error kinds, over the rows of this run
+    committed_rows: int
+    complete: bool
+    files: list[str]
+    metrics: dict[str, float]
+    metrics_path: str
+    tracking: Tracking | None = None
+    wall_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
+    started = time.time()
+    task = TASKS[config.job]
+    run_id = new_run_id()
+    store = OutputStore(config.output)
+    commit = store.start()  # adopts parts of an interrupted run, removes debris
+    if commit.job and commit.job != config.job:
+        raise JobError(f"{storage.redact_uri(store.uri)} holds {commit.job} results; use another --output")
+
+    inputs = load_inputs(config.job, config.input, glob=config.glob, input_format=config.input_format,
+                         field_map=config.field_map, reference=config.reference,
+                         max_text_chars=config.max_text_chars)
+    done, redo = resume_plan(store.index(), config.retry_errors)
+    todo = [r for r in inputs.rows if r["id"] not in done or r["id"] in redo]
+    invalid = [e for e in inputs.errors if e["id"] not in done or e["id"] in redo]
+    cut = 0
+    if config.limit is not None and len(todo) > config.limit:
+        cut = len(todo) - config.limit
+        todo = todo[: config.limit]
+    for row in todo:
+        row["seed"] = row_seed(config.seed, row["id"], row.get("seed"))
+    already_done = sum(1 for r in inputs.rows + inputs.errors if r["id"] in done and r["id"] not in redo)
+
+    expected = Counter([r["id"] for r in todo] + [e["id"] for e in invalid])
+    if invalid:
+        store.stage(run_id, f"part-{run_id}-invalid.parquet", _error_rows(config, invalid, run_id))
+    if todo:
+        _run_pipeline(config, todo, run_id, progress)
+
+    records = [r for r in store.staged_records() if r["run_id"] == run_id]
+    written = Counter()
+    for record in records:
+        written += count_ids(read_parquet(storage.join(store.run_dir(run_id), record["part"]), ["id"]))
+    if written != expected:
+        missing = sum((expected - written).values())
+        extra = sum((written - expected).values())
+        store.finish_run(run_id)
+        raise JobError(f"the run wrote an inconsistent row set ({missing} rows missing, {extra} extra); "
+                       "nothing was committed, rerun the same command")
+
+    complete = cut == 0
+    wall_s = time.time() - started
+    run_info = {"run_id": run_id, "job": config.job, "started": started, "wall_s": wall_s,
+                "rows": sum(expected.values()),
+                "input": storage.redact_uri(config.input)}
+    commit = store.commit(records, run=run_info, complete=complete, supersede=bool(redo & done))
+    store.finish_run(run_id)
+
+    new_files = [storage.join(store.uri, p["path"]) for p in commit.parts if p["run_id"] == run_id]
+    new_rows = (pa.concat_tables([read_parquet(f, _light_columns(task)) for f in new_files])
+                if new_files else None)
+    metrics = run_metrics(config.job, new_rows, wall_s)
+    metrics.update(input_rows=inputs.total, already_done=already_done, committed_rows=commit.rows)
+    if inputs.skipped_other_task:
+        metrics["skipped_other_task"] = inputs.skipped_other_task
+    counts = {"ok": int(metrics.get("rows_ok", 0)), "error": int(metrics.get("rows_error", 0)),
+              **{k.split(".", 1)[1]: int(v) for k, v in metrics.items() if k.startswith("rows_error.")}}
+
+    result = JobResult(
+        job=config.job, run_id=run_id, output=store.uri, input_rows=inputs.total,
+        skipped_other_task=inputs.skipped_other_task, already_done=already_done, processed=sum(expected.values()),
+        counts=counts, committed_rows=commit.rows, complete=complete, files=store.files(commit), metrics=metrics,
+        metrics_path=storage.join(store.meta, "runs", f"{run_id}.json"), wall_s=wall_s,
+        extra={"pending_after_limit": cut, "convention": inputs.convention},
+    )
+    model_source = _first(new_rows, "model_source") or storage.redact_uri(config.model)
+    model_hash = _first(new_rows, "model_hash") or ""
+    params = job_params(config, inputs, model_source, model_hash, run_id)
+    result.tracking = log_run(
+        tracking_uri=config.mlflow_uri, output=store.uri,
+        experiment=config.experiment or f"gpa-batch-{config.job}", run_name=config.run_name or f"{config.job}-{run_id}",
+        params=params, metrics=metrics, artifacts=_artifacts(config, store, new_files, new_rows),
+        tags={"gpa_batch.job": config.job, "gpa_batch.run_id": run_id, "gpa_batch.model_hash": model_hash},
+    )
+    local = {"run_id": run_id, "job": config.job, "params": params, "metrics": metrics,
+             "mlflow": {"uri": result.tracking.uri, "experiment": result.tracking.experiment,
+                        "run_id": result.tracking.run_id, "error": result.tracking.error}}
+    storage.write_bytes(result.metrics_path, json.dumps(local, indent=1, default=str).encode())
+    return result
+
+
+# --- the Ray Data part -----------------------------------------------------------------------------------------
+
+
+def _run_pipeline(config: JobConfig, rows: list[dict], run_id: str, progress: bool | None) -> None:
+    import ray
+
+    from .stages import GPAStage, decode_batch, encode_batch, make_sink
+
+    task = TASKS[config.job]
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress if progress is not None else _interactive()
+    gpus = config.gpus_per_actor
+    if gpus is None:
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    # longest first: similar lengths share a window (little padding) and the stragglers do not come last
+    ordered = sorted(rows, key=task.length, reverse=True)
+    window = config.window_rows
+    blocks = [S.rows_to_table(ordered[i: i + window], INPUT_SCHEMA) for i in range(0, len(ordered), window)]
+    cfg = config.to_dict()
+    # explicit max_retries keeps Ray from fusing the CPU stages into the model actors (different remote args)
+    cpu_args = {"num_cpus": config.cpus_per_task, "max_retries": 3}
+    ds = ray.data.from_arrow(blocks)
+    ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=window, zero_copy_batch=True,
+                        fn_kwargs={"job": config.job, "max_duration_s": config.max_duration_s}, **cpu_args)
+    ds = ds.map_batches(
+        GPAStage, fn_constructor_kwargs={"config": cfg}, batch_format="pyarrow", batch_size=window,
+        compute=ray.data.ActorPoolStrategy(min_size=config.actors[0], max_size=config.actors[1]),
+        num_gpus=gpus, num_cpus=config.cpus_per_actor,
+    )
+    ds = ds.map_batches(encode_batch, batch_format="pyarrow", batch_size=window,
+                        fn_kwargs={"config": cfg, "run_id": run_id}, **cpu_args)
+    ds.write_datasink(make_sink(config.output, run_id, config.rows_per_part), ray_remote_args=dict(cpu_args))
+
+
+def _interactive() -> bool:
+    import sys
+
+    return sys.stderr.isatty()
+
+
+def ensure_ray(num_cpus: int | None = None) -> bool:
+    """Connect to ``RAY_ADDRESS`` when set, else start a local Ray. Returns True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+                 _temp_dir=tempfile.mkdtemp(prefix="gpa-batch-ray-"))
+    return True
+
+
+# --- driver-side rows, params, artifacts -----------------------------------------------------------------------
+
+
+def _error_rows(config: JobConfig, errors: list[dict], run_id: str) -> pa.Table:
+    task = TASKS[config.job]
+    rows = []
+    for e in errors:
+        row = {**e, "status": "error", "seed": None}
+        rows.append(task.output_row(row, None, config, None, {"run_id": run_id}))
+    return S.rows_to_table(rows, task.schema())
+
+
+def _light_columns(task) -> list[str]:
+    return [n for n in task.schema().names if n not in ("audio", "segments", "global_tokens", "semantic_tokens",
+                                                         "source_semantic_tokens")]
+
+
+def _first(table: pa.Table | None, column: str):
+    if table is None:
+        return None
+    for value in table.column(column).to_pylist():
+        if value:
+            return value
+    return None
+
+
+def job_params(config: JobConfig, inputs: InputRows, model_source: str, model_hash: str, run_id: str) -> dict:
+    """MLflow params: what determines the results, URIs without credentials."""
+    task = TASKS[config.job]
+    try:
+        import dataclasses
+
+        options = dataclasses.asdict(task.options(config))
+    except Exception:
+        options = dict(config.options)
+    params = {
+        "job": config.job, "run_id": run_id, "model_source": storage.redact_uri(model_source),
+        "model_hash": model_hash, "input": storage.redact_uri(config.input),
+        "output": storage.redact_uri(config.output),
+        "input_convention": inputs.convention, "glob": config.glob or "", "batch_size": config.batch_size,
+        "bucket_batches": config.bucket_batches, "actors_min": config.actors[0], "actors_max": config.actors[1],
+        "gpus_per_actor": config.gpus_per_actor if config.gpus_per_actor is not None else "auto",
+        "cpus_per_actor": config.cpus_per_actor, "retry_errors": config.retry_errors, "seed": config.seed,
+        "limit": config.limit if config.limit is not None else "", "audio_storage": config.audio_storage,
+        "max_duration_s": config.max_duration_s, "quality": config.quality,
+    }
+    if config.job == "synthesize":
+        params.update(keep_max_cer=config.keep_max_cer, keep_min_similarity=config.keep_min_similarity)
+    params.update({f"options.{k}": v for k, v in options.items()})
+    return params
+
+
+def redacted_config(config: JobConfig) -> dict:
+    values = config.to_dict()
+    for key in ("input", "output", "model", "reference", "mlflow_uri", "cache_dir"):
+        if values.get(key):
+            values[key] = storage.redact_uri(values[key])
+    values["actors"] = f"{config.actors[0]}:{config.actors[1]}"
+    return values
+
+
+def _artifacts(config: JobConfig, store: OutputStore, new_files: list[str], light: pa.Table | None) -> dict[str, bytes]:
+    import yaml
+
+    artifacts = {"config.yaml": yaml.safe_dump(redacted_config(config), sort_keys=False).encode(),
+                 "errors.json": json.dumps(error_summary(light), indent=1).encode()}
+    samples, n = [], 0
+    for uri in new_files:
+        if n >= config.samples:
+            break
+        table = read_parquet(uri)
+        for row in table.filter(pc.equal(table.column("status"), "ok")).slice(0, config.samples - n).to_pylist():
+            n += 1
+            audio = row.pop("audio", None)
+            if audio and audio.get("bytes"):
+                name = storage.safe_name(row["id"], ".flac")
+                artifacts[f"samples/{name}"] = audio["bytes"]
+                row["audio_file"] = name
+            for key in ("global_tokens", "semantic_tokens", "source_semantic_tokens"):
+                if row.get(key) is not None:
+                    row[key] = f"{len(row[key])} tokens"
+            samples.append(row)
+    artifacts["samples/samples.json"] = json.dumps(samples, indent=1, default=str, ensure_ascii=False).encode()
+    return artifacts

@@ -1,0 +1,141 @@
+"""Arrow schemas of the three jobs' outputs (documented in docs/outputs.md) and columnar helpers.
+
+Every Parquet file carries Hugging Face ``datasets`` feature metadata, so ``load_dataset("parquet", ...)`` types
+the ``audio`` column as ``Audio(sampling_rate=16000)``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+
+SAMPLE_RATE = 16000
+
+AUDIO = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+TIMINGS = pa.struct([("decode_s", pa.float64()), ("model_s", pa.float64()), ("encode_s", pa.float64()),
+                     ("latency_s", pa.float64())])
+SEGMENT = pa.struct([("start", pa.float64()), ("end", pa.float64()), ("text", pa.string())])
+TOKENS = pa.list_(pa.int32())
+
+COMMON = [
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),  # ok | error
+    pa.field("error_kind", pa.string()),
+    pa.field("error", pa.string()),
+    pa.field("model_source", pa.string()),
+    pa.field("model_hash", pa.string()),
+    pa.field("params", pa.string()),  # JSON: the task options and the row's seed
+    pa.field("seed", pa.int64()),
+    pa.field("duration_s", pa.float64()),
+    pa.field("timings", TIMINGS),
+    pa.field("run_id", pa.string()),
+]
+
+TRANSCRIBE = [
+    pa.field("audio_uri", pa.string()),
+    pa.field("begin_time", pa.float64()),
+    pa.field("end_time", pa.float64()),
+    pa.field("text", pa.string()),
+    pa.field("segments", pa.list_(SEGMENT)),
+    pa.field("num_glm_tokens", pa.int32()),
+    pa.field("num_semantic_tokens", pa.int32()),
+    pa.field("num_generated_tokens", pa.int32()),
+    pa.field("truncated", pa.bool_()),
+    pa.field("reference", pa.string()),
+    pa.field("wer", pa.float64()),
+    pa.field("cer", pa.float64()),
+]
+
+SYNTHESIZE = [
+    pa.field("text", pa.string()),
+    pa.field("ref_id", pa.string()),
+    pa.field("ref_audio_uri", pa.string()),
+    pa.field("audio", AUDIO),
+    pa.field("sampling_rate", pa.int32()),
+    pa.field("global_tokens", TOKENS),
+    pa.field("semantic_tokens", TOKENS),
+    pa.field("num_generated_tokens", pa.int32()),
+    pa.field("truncated", pa.bool_()),
+    pa.field("asr_text", pa.string()),
+    pa.field("wer", pa.float64()),
+    pa.field("cer", pa.float64()),
+    pa.field("speaker_similarity", pa.float64()),
+    pa.field("keep", pa.bool_()),
+]
+
+CONVERT = [
+    pa.field("source_id", pa.string()),
+    pa.field("source_audio_uri", pa.string()),
+    pa.field("begin_time", pa.float64()),
+    pa.field("end_time", pa.float64()),
+    pa.field("ref_id", pa.string()),
+    pa.field("ref_audio_uri", pa.string()),
+    pa.field("audio", AUDIO),
+    pa.field("sampling_rate", pa.int32()),
+    pa.field("source_duration_s", pa.float64()),
+    pa.field("global_tokens", TOKENS),
+    pa.field("source_semantic_tokens", TOKENS),
+    pa.field("semantic_tokens", TOKENS),
+    pa.field("num_generated_tokens", pa.int32()),
+    pa.field("truncated", pa.bool_()),
+    pa.field("speaker_similarity", pa.float64()),
+    pa.field("source_similarity", pa.float64()),
+]
+
+
+def output_schema(job: str) -> pa.Schema:
+    specific = {"transcribe": TRANSCRIBE, "synthesize": SYNTHESIZE, "convert": CONVERT}[job]
+    schema = pa.schema(COMMON + specific)
+    return schema.with_metadata({b"huggingface": json.dumps({"info": {"features": hf_features(schema)}}).encode()})
+
+
+def hf_features(schema: pa.Schema) -> dict:
+    """The ``datasets`` Features JSON of ``schema`` (``audio`` columns as ``Audio``)."""
+    return {f.name: (_hf_audio() if f.type == AUDIO else _hf_type(f.type)) for f in schema}
+
+
+def _hf_audio() -> dict:
+    return {"sampling_rate": SAMPLE_RATE, "_type": "Audio"}
+
+
+def _hf_type(t: pa.DataType) -> dict:
+    if pa.types.is_struct(t):
+        return {t.field(i).name: _hf_type(t.field(i).type) for i in range(t.num_fields)}
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return {"feature": _hf_type(t.value_type), "_type": "List"}
+    names = {pa.string(): "string", pa.binary(): "binary", pa.bool_(): "bool", pa.int32(): "int32",
+             pa.int64(): "int64", pa.float32(): "float32", pa.float64(): "float64"}
+    return {"dtype": names[t], "_type": "Value"}
+
+
+def rows_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts; missing keys are null) as a table of exactly ``schema``."""
+    columns = {f.name: [r.get(f.name) for r in rows] for f in schema}
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+# --- waveforms as Arrow columns (no per-sample Python objects) ---------------------------------------------------
+
+WAV = pa.large_list(pa.float32())
+
+
+def wav_array(arrays: list[np.ndarray | None]) -> pa.Array:
+    lengths = np.array([0 if a is None else len(a) for a in arrays], dtype=np.int64)
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    present = [np.asarray(a, dtype=np.float32) for a in arrays if a is not None]
+    values = np.concatenate(present) if present else np.zeros(0, np.float32)
+    mask = pa.array(np.array([a is None for a in arrays], dtype=bool))
+    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values), mask=mask)
+
+
+def wav_list(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray | None]:
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if len(array) == 0:
+        return []
+    offsets = array.offsets.to_numpy()
+    values = array.values.to_numpy(zero_copy_only=False)
+    valid = array.is_valid().to_numpy(zero_copy_only=False)
+    return [values[offsets[i]: offsets[i + 1]] if valid[i] else None for i in range(len(array))]

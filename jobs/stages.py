@@ -1,0 +1,257 @@
+"""The stages of the job skeleton, each a plain function or class that Ray Data runs (and tests can call directly).
+
+decode (CPU task) -> GPA (actor pool) -> encode (CPU task) -> write (staged Parquet part).
+
+Rows travel as Arrow tables of :data:`jobs.tasks.WORK_SCHEMA`; waveforms are ``large_list<float32>`` columns so
+no stage ever turns samples into Python objects. A row that fails at any stage keeps going with ``status="error"``
+and is written like any other row: one output row per input row.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from . import schema as S
+from . import storage
+from .config import JobConfig
+from .tasks import TASKS, WAV_COLUMNS, WORK_SCHEMA, SpeakerCache, _error
+
+log = logging.getLogger(__name__)
+LIGHT_SCHEMA = pa.schema([f for f in WORK_SCHEMA if f.name not in WAV_COLUMNS])
+
+
+def _too_long_error(message: str):
+    from gpa.errors import AudioError
+
+    class TooLongAudio(AudioError):
+        kind = "too_long_audio"
+
+    return TooLongAudio(message)
+
+
+def work_table(rows: list[dict], waves: dict[str, list]) -> pa.Table:
+    table = S.rows_to_table(rows, LIGHT_SCHEMA)
+    n = len(rows)
+    for name in WAV_COLUMNS:
+        table = table.append_column(pa.field(name, S.WAV), S.wav_array(waves.get(name) or [None] * n))
+    return table.select(WORK_SCHEMA.names)
+
+
+def split_table(table: pa.Table) -> tuple[list[dict], dict[str, list]]:
+    names = [n for n in table.column_names if n not in WAV_COLUMNS]
+    rows = table.select(names).to_pylist()
+    waves = {n: S.wav_list(table.column(n)) if n in table.column_names else [None] * len(rows) for n in WAV_COLUMNS}
+    return rows, waves
+
+
+# --- decode ----------------------------------------------------------------------------------------------------
+
+
+class _Decoded:
+    """The last whole file decoded in this worker: consecutive segments of one long recording decode it once."""
+
+    uri: str | None = None
+    value: tuple | None = None
+
+
+def decode_batch(batch: pa.Table, job: str, max_duration_s: float) -> pa.Table:
+    """Fetch and decode each row's audio to 16 kHz mono, cut its segment, measure its duration."""
+    from gpa.audio import SAMPLE_RATE, decode, load_audio
+    from gpa.errors import GPAError, UnreadableAudio
+
+    task = TASKS[job]
+    rows = batch.to_pylist()
+    wavs: list[np.ndarray | None] = [None] * len(rows)
+    for i, row in enumerate(rows):
+        row.update(t_start=time.time(), status="ok", error_kind=None, error=None)
+        start = time.perf_counter()
+        if "audio" in task.audio_fields:
+            try:
+                begin, end = row.get("begin_time"), row.get("end_time")
+                if begin is None and end is None:
+                    wav = load_audio(_fetch(row["audio"]))
+                else:
+                    if _Decoded.uri != row["audio"]:
+                        _Decoded.uri, _Decoded.value = None, None
+                        _Decoded.value = decode(_fetch(row["audio"]), name=storage.redact_uri(row["audio"]))
+                        _Decoded.uri = row["audio"]
+                    wav = load_audio(_Decoded.value, start_s=begin, end_s=end)
+                duration = len(wav) / SAMPLE_RATE
+                row["duration_s"] = duration
+                if duration > max_duration_s:
+                    raise _too_long_error(
+                        f"audio is {duration:.1f} s; the limit is {max_duration_s:g} s (--max-duration-s)")
+                wavs[i] = wav
+            except GPAError as exc:
+                _error(row, exc)
+            except Exception as exc:  # anything else a decoder may throw is still this row's problem only
+                _error(row, UnreadableAudio(f"{type(exc).__name__}: {exc}"))
+        row["decode_s"] = time.perf_counter() - start
+    return work_table(rows, {"wav": wavs})
+
+
+def _fetch(uri: str) -> bytes:
+    from gpa.errors import UnreadableAudio
+
+    name = storage.redact_uri(uri)
+    try:
+        return storage.read_bytes(uri)
+    except FileNotFoundError:
+        raise UnreadableAudio(f"{name}: file not found") from None
+    except IsADirectoryError:
+        raise UnreadableAudio(f"{name}: is a directory") from None
+    except PermissionError:
+        raise UnreadableAudio(f"{name}: permission denied") from None
+    except Exception as exc:
+        raise UnreadableAudio(f"{name}: cannot read ({type(exc).__name__}: {storage.scrub(str(exc), 200)})") from None
+
+
+# --- GPA -------------------------------------------------------------------------------------------------------
+
+
+class GPAStage:
+    """One model per actor; each call gets ``batch_size * bucket_batches`` rows, which GPA sorts by length and
+    runs in batches of ``batch_size`` (similar lengths together: little padding)."""
+
+    def __init__(self, config: dict):
+        import torch
+
+        from gpa import GPA
+
+        self.config = JobConfig.from_dict(config)
+        self.task = TASKS[self.config.job]
+        threads = self.config.torch_threads or max(1, int(round(self.config.cpus_per_actor)))
+        torch.set_num_threads(threads)
+        device = self.config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
+            self.config.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
+        self.model = GPA.from_pretrained(self.config.model, device=device, dtype=dtype, cache_dir=self.config.cache_dir)
+        self.options = self.task.options(self.config)
+        self.speakers = SpeakerCache()
+        self.source = storage.redact_uri(str(self.model.source or self.config.model))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows, waves = split_table(batch)
+        if self.config.debug_delay_s:
+            time.sleep(self.config.debug_delay_s)
+        live = [i for i, r in enumerate(rows) if r["status"] == "ok"]
+        outputs: list[np.ndarray | None] = [None] * len(rows)
+        start = time.perf_counter()
+        if live:
+            results = self._run([rows[i] for i in live], {"wav": [waves["wav"][i] for i in live]})
+            for i, out in zip(live, results, strict=True):
+                outputs[i] = out
+        per_row = (time.perf_counter() - start) / max(1, len(live))
+        for i, row in enumerate(rows):
+            row["model_source"], row["model_hash"] = self.source, self.model.content_hash
+            if i in live:
+                row["model_s"] = per_row
+        # the input waveform is not needed downstream: do not ship it through the object store again
+        return work_table(rows, {"out_wav": outputs})
+
+    def _run(self, rows: list[dict], waves: dict[str, list]) -> list:
+        snapshot = copy.deepcopy(rows)
+        try:
+            return self.task.run(self.model, rows, waves, self.options, self.speakers, self.config.quality)
+        except Exception as exc:  # the whole call failed (e.g. a crash outside GPA's per-item handling)
+            log.warning("model call over %d rows failed (%s); retrying them one by one", len(rows), type(exc).__name__)
+        outputs = []
+        for k, original in enumerate(snapshot):
+            row = copy.deepcopy(original)
+            try:
+                out = self.task.run(self.model, [row], {n: [v[k]] for n, v in waves.items()}, self.options,
+                                    self.speakers, self.config.quality)[0]
+            except Exception as exc:
+                _error(row, exc if hasattr(exc, "kind") else RuntimeError(f"{type(exc).__name__}: {exc}"))
+                out = None
+            rows[k].clear()
+            rows[k].update(row)
+            outputs.append(out)
+        return outputs
+
+
+# --- encode ----------------------------------------------------------------------------------------------------
+
+
+def encode_batch(batch: pa.Table, config: dict, run_id: str) -> pa.Table:
+    """Finished work rows -> output rows: FLAC audio (inline or as objects), metrics, timings."""
+    from gpa.audio import encode_flac
+
+    config_obj = JobConfig.from_dict(config)
+    task = TASKS[config_obj.job]
+    try:
+        options = task.options(config_obj)
+    except Exception:  # options are only echoed into the rows; never fail a batch over them
+        options = None
+    rows, waves = split_table(batch)
+    out_rows = []
+    for row, wave in zip(rows, waves["out_wav"], strict=True):
+        start = time.perf_counter()
+        audio = None
+        try:
+            if wave is not None and row["status"] == "ok":
+                flac = encode_flac(wave)
+                row["out_duration_s"] = len(wave) / S.SAMPLE_RATE
+                name = storage.safe_name(row["id"], ".flac")
+                if config_obj.audio_storage == "objects":
+                    uri = storage.join(storage.normalize(config_obj.output), "audio", name[:2], name)
+                    storage.write_bytes(uri, flac)
+                    audio = {"bytes": None, "path": uri}
+                else:
+                    audio = {"bytes": flac, "path": name}
+            out = task.output_row(row, audio, config_obj, options, {"run_id": run_id,
+                                                                    "source": row.get("model_source"),
+                                                                    "hash": row.get("model_hash")})
+        except Exception as exc:
+            _error(row, exc if hasattr(exc, "kind") else _encode_error(exc))
+            out = task.output_row(row, None, config_obj, options, {"run_id": run_id,
+                                                                   "source": row.get("model_source"),
+                                                                   "hash": row.get("model_hash")})
+        end = time.time()
+        out["timings"] = {"decode_s": row.get("decode_s"), "model_s": row.get("model_s"),
+                          "encode_s": time.perf_counter() - start,
+                          "latency_s": end - row["t_start"] if row.get("t_start") else None}
+        out_rows.append(out)
+    return S.rows_to_table(out_rows, task.schema())
+
+
+def _encode_error(exc: Exception) -> Exception:
+    error = RuntimeError(f"{type(exc).__name__}: {exc}")
+    error.kind = "encode_error"  # type: ignore[attr-defined]
+    return error
+
+
+# --- write -----------------------------------------------------------------------------------------------------
+
+
+def make_sink(output: str, run_id: str, rows_per_part: int | None):
+    """A Ray Data datasink writing each write task's rows as one staged part (see :mod:`jobs.output`)."""
+    from ray.data import Datasink
+    from ray.data.block import BlockAccessor
+
+    from .output import OutputStore
+
+    class StagedParquetSink(Datasink):
+        def __init__(self):
+            self.output, self.run_id, self.rows = output, run_id, rows_per_part
+
+        @property
+        def min_rows_per_write(self):
+            return self.rows
+
+        def write(self, blocks, ctx):
+            tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
+            tables = [t for t in tables if t.num_rows]
+            if not tables:
+                return None
+            table = pa.concat_tables(tables)
+            # the task index names the part, so a retried write task overwrites its own earlier attempt
+            name = f"part-{self.run_id}-{ctx.task_idx:05d}.parquet"
+            return OutputStore(self.output).stage(self.run_id, name, table)
+
+    return StagedParquetSink()

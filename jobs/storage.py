@@ -1,0 +1,173 @@
+"""Paths and objects for the jobs: local paths and object-store URIs (``s3://...``) behind one small API.
+
+The S3 endpoint and credentials come from the standard AWS environment (see :mod:`gpa.storage`). Object stores
+have no atomic rename, so every "commit" here is a single small object written last (see :mod:`jobs.output`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import uuid
+from pathlib import PurePosixPath
+
+from gpa.storage import filesystem, is_uri, redact_uri
+
+__all__ = [
+    "is_uri", "redact_uri", "scrub", "join", "parent", "basename", "resolve_relative", "normalize",
+    "read_bytes", "write_bytes", "exists", "listdir", "remove", "move", "makedirs", "safe_name", "id_hash",
+]
+
+_URL_IN_TEXT = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)([^\s'\"<>]*)")
+
+
+def scrub(message: str, limit: int = 1000) -> str:
+    """``message`` safe to store or log: URLs lose user info and query strings (presigned URLs carry signatures)."""
+
+    def clean(match: re.Match) -> str:
+        return redact_uri(match.group(1) + match.group(2))
+
+    text = _URL_IN_TEXT.sub(clean, str(message))
+    text = re.sub(r"(?i)(aws_secret_access_key|aws_session_token|secret|password|token)=\S+", r"\1=***", text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def normalize(uri: str) -> str:
+    """Local paths become absolute (``file://`` stripped); URIs are kept, minus a trailing slash."""
+    uri = os.fspath(uri)
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    if is_uri(uri):
+        return uri.rstrip("/") if not uri.endswith("://") else uri
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+def join(base: str, *parts: str) -> str:
+    if is_uri(base):
+        return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+    return os.path.join(base, *parts)
+
+
+def parent(uri: str) -> str:
+    if is_uri(uri):
+        scheme, rest = uri.split("://", 1)
+        head = rest.rstrip("/").rsplit("/", 1)[0] if "/" in rest.rstrip("/") else rest
+        return f"{scheme}://{head}"
+    return os.path.dirname(os.path.abspath(uri))
+
+
+def basename(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def resolve_relative(path: str, base_dir: str) -> str:
+    """``path`` from a manifest: URIs and absolute paths as they are, relative paths against ``base_dir``."""
+    if is_uri(path) or path.startswith("file://"):
+        return path
+    if os.path.isabs(path):
+        return path
+    if is_uri(base_dir):
+        joined = str(PurePosixPath(base_dir.split("://", 1)[1]) / path)
+        # collapse "a/../b" the way a POSIX path would, without touching the bucket name
+        bucket, _, key = joined.partition("/")
+        key = os.path.normpath("/" + key).lstrip("/")
+        return f"{base_dir.split('://', 1)[0]}://{bucket}/{key}"
+    return os.path.normpath(os.path.join(base_dir, path))
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write ``data`` so that a reader sees either the old object or the whole new one, never a torn file.
+
+    Local files are written beside and renamed into place; an object-store PUT is atomic by itself.
+    """
+    if is_uri(uri):
+        fs, path = filesystem(uri)
+        with fs.open(path, "wb") as f:
+            f.write(data)
+        return
+    os.makedirs(os.path.dirname(uri) or ".", exist_ok=True)
+    tmp = f"{uri}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, uri)
+
+
+def exists(uri: str) -> bool:
+    if not is_uri(uri):
+        return os.path.exists(uri)
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+def listdir(uri: str, *, recursive: bool = False) -> list[str]:
+    """Full URIs/paths of the files under the prefix ``uri`` (empty when it does not exist)."""
+    if not is_uri(uri):
+        if not os.path.isdir(uri):
+            return []
+        if not recursive:
+            return sorted(os.path.join(uri, n) for n in os.listdir(uri) if os.path.isfile(os.path.join(uri, n)))
+        return sorted(os.path.join(d, n) for d, _, names in os.walk(uri) for n in names)
+    fs, path = filesystem(uri)
+    fs.invalidate_cache()
+    scheme = uri.split("://", 1)[0]
+    try:
+        found = fs.find(path) if recursive else [p for p in fs.ls(path, detail=False) if fs.isfile(p)]
+    except FileNotFoundError:
+        return []
+    return sorted(f"{scheme}://{p}" for p in found)
+
+
+def remove(uri: str) -> None:
+    if not is_uri(uri):
+        if os.path.isdir(uri):
+            import shutil
+
+            shutil.rmtree(uri, ignore_errors=True)
+        elif os.path.exists(uri):
+            os.remove(uri)
+        return
+    fs, path = filesystem(uri)
+    try:
+        fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        pass
+
+
+def move(src: str, dst: str) -> None:
+    """Atomic rename on a local disk; copy then delete on an object store (each object appears whole)."""
+    if not is_uri(src):
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        os.replace(src, dst)
+        return
+    fs, src_path = filesystem(src)
+    _, dst_path = filesystem(dst)
+    fs.copy(src_path, dst_path)
+    fs.rm(src_path)
+
+
+def makedirs(uri: str) -> None:
+    if not is_uri(uri):
+        os.makedirs(uri, exist_ok=True)
+
+
+def id_hash(row_id: str) -> str:
+    return hashlib.sha256(row_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def safe_name(row_id: str, suffix: str = "") -> str:
+    """A file name derived from an untrusted id that can never leave its directory.
+
+    Readable where possible (``[A-Za-z0-9._-]``, at most 60 characters), and always unique through a hash of the
+    full id: ``../x``, ``/etc/passwd``, NUL bytes or a 10 kB id all give a short, flat, harmless name.
+    """
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", row_id)[:60].strip("._-") or "id"
+    return f"{readable}-{id_hash(row_id)[:16]}{suffix}"

@@ -1,0 +1,74 @@
+"""Helpers shared by the jobs tests: real services (MLflow server, Ray) started once and stopped after."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+_MIGRATED: Path | None = None
+
+
+def migrated_mlflow_db(dest: Path) -> Path:
+    """Copy of an MLflow sqlite database whose tables already exist (creating them takes ~15 s on this machine;
+    doing it once per session keeps the suite fast). Returns ``dest``."""
+    global _MIGRATED
+    if _MIGRATED is None or not _MIGRATED.exists():
+        from mlflow.tracking import MlflowClient
+
+        path = Path(tempfile.mkdtemp(prefix="gpa-batch-mlflow-")) / "mlflow.db"
+        MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+        _MIGRATED = path
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(_MIGRATED, dest)
+    return dest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """``mlflow server --workers 1`` on 127.0.0.1 with its own sqlite store and artifact directory."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        db = migrated_mlflow_db(root / "server.db")
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--workers", "1", "--host", "127.0.0.1", "--port",
+             str(self.port), "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination",
+             str(root / "artifacts")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=root, env=env, start_new_session=True,
+        )
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.url}/health", timeout=2)
+                return
+            except OSError:
+                if time.time() > deadline or self.process.poll() is not None:
+                    self.stop()
+                    raise RuntimeError("mlflow server did not start") from None
+                time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)  # the server and its uvicorn worker
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)

@@ -1,0 +1,66 @@
+"""The command line: flags, YAML config merging, entry points."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobs.cli import build_parser, config_from_args
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def config(argv: list[str]):
+    args = build_parser().parse_args(argv)
+    return config_from_args(args.command, args)
+
+
+def test_flags_fill_the_job_config():
+    c = config(["synthesize", "--input", "s3://b/m.jsonl", "--output", "/tmp/o", "--model", "AutoArk-AI/GPA",
+                "--actors", "1:4", "--batch-size", "16", "--gpus-per-actor", "1", "--cpus-per-actor", "0.5",
+                "--retry-errors", "--mlflow-uri", "http://127.0.0.1:5000", "--experiment", "e", "--seed", "3",
+                "--limit", "10", "--temperature", "0.7", "--greedy", "--option", "top_k=5",
+                "--field-map", "id=utt,text=sentence", "--reference", "voice.wav", "--no-quality", "--glob", "*.wav"])
+    assert c.job == "synthesize" and c.actors == (1, 4) and c.batch_size == 16 and c.gpus_per_actor == 1.0
+    assert c.retry_errors and c.limit == 10 and c.seed == 3 and c.quality is False and c.glob == "*.wav"
+    assert c.options == {"temperature": 0.7, "do_sample": False, "top_k": 5}
+    assert c.field_map == {"id": "utt", "text": "sentence"} and c.reference == "voice.wav"
+    defaults = config(["transcribe", "--input", "m.jsonl", "--output", "o", "--model", "m"])
+    assert defaults.actors == (1, 1) and not defaults.retry_errors and defaults.cpus_per_actor <= 0.5
+    assert defaults.options == {} and defaults.quality is True
+
+
+def test_yaml_config_is_overridden_by_flags(tmp_path):
+    (tmp_path / "job.yaml").write_text(
+        "input: s3://bucket/archive/\nglob: '**/*.mp3'\noutput: s3://bucket/out\nmodel: /ckpt\nbatch_size: 4\n"
+        "actors: '2:8'\noptions: {max_new_tokens: 64, window_s: 20}\nfield_map: {id: key}\n")
+    c = config(["transcribe", "--config", str(tmp_path / "job.yaml"), "--batch-size", "32", "--window-s", "10"])
+    assert c.input == "s3://bucket/archive/" and c.glob == "**/*.mp3" and c.actors == (2, 8)
+    assert c.batch_size == 32 and c.options == {"max_new_tokens": 64, "window_s": 10.0}
+    assert c.field_map == {"id": "key"}
+
+
+def test_bad_arguments_are_usage_errors(tmp_path):
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["transcribe", "--actors", "x:y"])
+    with pytest.raises(ValueError, match="--model"):
+        config(["transcribe", "--input", "a", "--output", "b"])
+    with pytest.raises(ValueError, match="MIN:MAX"):
+        config(["transcribe", "--input", "a", "--output", "b", "--model", "m", "--actors", "3:1"])
+    (tmp_path / "bad.yaml").write_text("input: a\nsurprise: 1\n")
+    with pytest.raises(ValueError, match="surprise"):
+        config(["transcribe", "--config", str(tmp_path / "bad.yaml"), "--output", "b", "--model", "m"])
+
+
+def test_module_entry_points_answer_help():
+    for module, expected in (("jobs.transcribe", "--input"), ("jobs", "synthesize")):
+        out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT,
+                             timeout=60)
+        assert out.returncode == 0 and expected in out.stdout
+    out = subprocess.run([sys.executable, "-m", "jobs.convert", "--input", "x"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert out.returncode == 2 and "--output" in out.stderr

@@ -1,0 +1,153 @@
+"""Reading job inputs: formats, conventions, relative paths, ids, validation into error rows."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.manifest import InputError, load_inputs
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "manifests" / "examples"
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_examples_read_with_relative_paths_resolved():
+    got = load_inputs("transcribe", str(EXAMPLES / "transcribe.jsonl"))
+    assert got.convention == "canonical"
+    assert [r["id"] for r in got.rows] == ["jfk", "weather", "numbers", "library", "hello", "missing-file"]
+    assert got.rows[0]["audio"] == str(EXAMPLES / "audio" / "jfk.flac")
+    assert got.rows[0]["text"].startswith("And so my fellow Americans")
+    assert got.errors == []  # the missing file is found out when it is fetched, not here
+
+
+def test_gpa_training_jsonl_segments_and_task_filter():
+    got = load_inputs("transcribe", str(EXAMPLES / "transcribe_gpa.jsonl"))
+    assert got.convention == "gpa"
+    assert got.skipped_other_task == 1  # the tts-a row belongs to the synthesize job
+    first, second, whole = got.rows
+    assert (first["begin_time"], first["end_time"]) == (0.0, 4.0)
+    assert (second["begin_time"], second["end_time"]) == (4.0, None)  # -1: to the end of the file
+    assert (whole["begin_time"], whole["end_time"]) == (None, None)  # -1/-1: the whole file
+    assert first["id"] == "audio/jfk.flac@0.000-4.000" and whole["id"] == "audio/espeak_weather.flac"
+    tts = load_inputs("synthesize", str(EXAMPLES / "transcribe_gpa.jsonl"))
+    assert [r["ref_audio"] for r in tts.rows] == [str(EXAMPLES / "audio" / "espeak_library.flac")]
+    assert tts.skipped_other_task == 3
+
+
+def test_nemo_manifest_duration_and_offset():
+    got = load_inputs("transcribe", str(EXAMPLES / "transcribe_nemo.json"))
+    assert got.convention == "nemo"
+    numbers, library, jfk = got.rows
+    assert numbers["duration_hint"] == pytest.approx(4.52) and numbers["begin_time"] is None
+    assert (jfk["begin_time"], jfk["end_time"]) == (0.5, 3.5)
+    assert numbers["text"].startswith("please call")
+
+
+def test_csv_with_field_map_and_parquet(tmp_path):
+    fmap = {"id": "utt_id", "audio": "path", "text": "transcript"}
+    got = load_inputs("transcribe", str(EXAMPLES / "transcribe.csv"), field_map=fmap)
+    assert [r["id"] for r in got.rows] == ["weather", "hello"]
+    assert got.rows[1]["audio"] == str(EXAMPLES / "audio" / "espeak_short.flac")
+    # the same rows as Parquet, somewhere else: relative paths follow the manifest
+    shutil.copytree(EXAMPLES / "audio", tmp_path / "audio")
+    paths = ["audio/espeak_weather.flac", "audio/espeak_short.flac"]
+    table = pa.table({"utt_id": ["weather", "hello"], "path": paths, "transcript": ["a", "b"], "seed": [7, None]})
+    pq.write_table(table, tmp_path / "m.parquet")
+    got = load_inputs("transcribe", str(tmp_path / "m.parquet"), field_map={**fmap, "seed": "seed"})
+    assert [r["audio"] for r in got.rows] == [str(tmp_path / "audio/espeak_weather.flac"),
+                                              str(tmp_path / "audio/espeak_short.flac")]
+    assert [r["seed"] for r in got.rows] == [7, None]
+
+
+def test_listing_with_glob_gives_stable_relative_ids(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for name in ("a/one.flac", "a/b/two.flac", "a/skip.txt", "three.flac"):
+        (tmp_path / name).write_bytes(b"x")
+    got = load_inputs("transcribe", str(tmp_path), glob="**/*.flac")
+    assert got.convention == "listing"
+    assert sorted(r["id"] for r in got.rows) == ["a/b/two.flac", "a/one.flac", "three.flac"]
+    again = load_inputs("transcribe", str(tmp_path) + "/", glob="**/*.flac")
+    assert [r["id"] for r in again.rows] == [r["id"] for r in got.rows]
+    with pytest.raises(InputError):
+        load_inputs("transcribe", str(tmp_path / "nope"), glob="*.flac")
+
+
+def test_invalid_rows_become_error_rows(tmp_path):
+    manifest = write_jsonl(tmp_path / "m.jsonl", [
+        {"id": "ok", "audio": "a.wav"},
+        "{not json",
+        "[1, 2]",
+        {"id": "no-audio", "text": "x"},
+        {"id": "bad-times", "audio": "a.wav", "begin_time": 5, "end_time": 2},
+        {"id": "bad-number", "audio": "a.wav", "begin_time": "soon"},
+        {"id": {"nested": 1}, "audio": "a.wav"},
+        {"id": 42, "audio": "b.wav"},
+        {"id": "ok", "audio": "c.wav"},
+        {"audio": "a.wav"},
+        {"audio": "a.wav"},
+    ])
+    got = load_inputs("transcribe", str(manifest))
+    kinds = {(e["id"], e["error_kind"]) for e in got.errors}
+    assert ("line:2", "invalid_manifest_row") in kinds and ("line:3", "invalid_manifest_row") in kinds
+    assert ("no-audio", "missing_field") in kinds
+    assert ("bad-times", "invalid_row") in kinds and ("bad-number", "invalid_row") in kinds
+    assert ("ok", "duplicate_id") in kinds  # the second "ok" row, never silently merged
+    assert ("a.wav", "duplicate_id") in kinds  # derived ids collide for identical requests too
+    assert [r["id"] for r in got.rows] == ["ok", "42", "a.wav"]
+    assert got.total == 11  # every input row is accounted for
+
+
+def test_synthesize_and_convert_validation(tmp_path):
+    manifest = write_jsonl(tmp_path / "m.jsonl", [
+        {"id": "t1", "text": "hello", "ref_audio": "voice.wav"},
+        {"id": "t2", "text": "   ", "ref_audio": "voice.wav"},
+        {"id": "t3", "text": "x" * 50, "ref_audio": "voice.wav"},
+        {"id": "t4", "text": "no reference"},
+        {"text": "derived id", "ref_audio": "voice.wav"},
+    ])
+    got = load_inputs("synthesize", str(manifest), max_text_chars=20)
+    assert {e["id"]: e["error_kind"] for e in got.errors} == {"t2": "invalid_text", "t3": "invalid_text",
+                                                             "t4": "missing_field"}
+    assert got.rows[0]["ref_id"] == "voice.wav" and got.rows[1]["id"].startswith("tts-")
+    with_default = load_inputs("synthesize", str(manifest), reference=str(tmp_path / "default.wav"))
+    t4 = next(r for r in with_default.rows if r["id"] == "t4")
+    assert t4["ref_audio"] == str(tmp_path / "default.wav") and t4["ref_id"] == "default.wav"
+    vc = load_inputs("convert", str(EXAMPLES / "convert.jsonl"))
+    assert [r["source_id"] for r in vc.rows] == ["weather", "jfk", "numbers"]
+    assert vc.rows[1]["begin_time"] == 0.0 and vc.rows[1]["end_time"] == 4.0
+
+
+def test_whole_input_problems_stop_the_job(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        load_inputs("transcribe", str(tmp_path / "missing.jsonl"))
+    (tmp_path / "m.xyz").write_text("x")
+    with pytest.raises(InputError, match="--format"):
+        load_inputs("transcribe", str(tmp_path / "m.xyz"))
+    with pytest.raises(InputError, match="--glob"):
+        load_inputs("transcribe", str(tmp_path))
+    with pytest.raises(InputError, match="field map"):
+        load_inputs("transcribe", str(EXAMPLES / "transcribe.csv"), field_map={"wat": "path"})
+
+
+def test_s3_manifest_and_listing(s3_bucket):
+    import boto3
+
+    s3 = boto3.client("s3")
+    body = json.dumps({"id": "x", "audio": "clips/x.flac"}) + "\n" + json.dumps({"id": "y", "audio": "../y.flac"})
+    s3.put_object(Bucket=s3_bucket, Key="sets/m.jsonl", Body=body.encode())
+    for key in ("sets/clips/x.flac", "sets/clips/deep/z.flac", "sets/clips/readme.txt"):
+        s3.put_object(Bucket=s3_bucket, Key=key, Body=b"x")
+    got = load_inputs("transcribe", f"s3://{s3_bucket}/sets/m.jsonl")
+    assert [r["audio"] for r in got.rows] == [f"s3://{s3_bucket}/sets/clips/x.flac", f"s3://{s3_bucket}/y.flac"]
+    listed = load_inputs("transcribe", f"s3://{s3_bucket}/sets/clips/", glob="**/*.flac")
+    assert sorted(r["id"] for r in listed.rows) == ["deep/z.flac", "x.flac"]
+    assert all(r["audio"].startswith(f"s3://{s3_bucket}/sets/clips/") for r in listed.rows)

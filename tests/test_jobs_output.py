@@ -1,0 +1,132 @@
+"""The output protocol without Ray: staging, commit, recovery of killed runs, supersede on retry, hostile ids."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import schema as S
+from jobs import storage
+from jobs.output import OutputStore, resume_plan
+
+
+def part(rows: list[tuple[str, str, str | None]]):
+    return S.rows_to_table([{"id": i, "status": s, "error_kind": k} for i, s, k in rows], S.output_schema("transcribe"))
+
+
+def ids(store: OutputStore) -> list[str]:
+    table = store.read(["id"])
+    return sorted(table.column("id").to_pylist()) if table is not None else []
+
+
+def test_commit_makes_parts_visible_and_marks_complete(tmp_path):
+    store = OutputStore(str(tmp_path))
+    store.start()
+    record = store.stage("r1", "part-r1-00000.parquet", part([("a", "ok", None), ("b", "error", "empty_audio")]))
+    assert store.files() == [] and not os.path.exists(tmp_path / "_SUCCESS")  # staged is not committed
+    assert not list((tmp_path / "data").glob("*")) if (tmp_path / "data").exists() else True
+    commit = store.commit([record], run={"run_id": "r1", "job": "transcribe"}, complete=True)
+    store.finish_run("r1")
+    assert commit.rows == 2 and ids(store) == ["a", "b"]
+    assert (tmp_path / "_SUCCESS").exists()
+    assert [os.path.basename(f) for f in store.files()] == ["part-r1-00000.parquet"]
+    assert pq.read_table(store.files()[0]).schema.metadata[b"huggingface"]
+    done, redo = resume_plan(store.index(), retry_errors=False)
+    assert done == {"a", "b"} and redo == set()
+    assert resume_plan(store.index(), retry_errors=True)[1] == {"b"}
+
+
+def test_killed_run_leaves_previous_commit_and_its_parts_are_adopted(tmp_path):
+    store = OutputStore(str(tmp_path))
+    store.start()
+    store.commit([store.stage("r1", "part-r1-00000.parquet", part([("a", "ok", None)]))],
+                 run={"run_id": "r1"}, complete=True)
+    store.finish_run("r1")
+    # run 2 starts, writes one finished part and one torn part (no record), then dies
+    store.start()
+    assert not (tmp_path / "_SUCCESS").exists()  # a run in progress: the output is not complete
+    store.stage("r2", "part-r2-00000.parquet", part([("b", "ok", None), ("c", "ok", None)]))
+    storage.write_bytes(storage.join(store.run_dir("r2"), "part-r2-00001.parquet"), b"PAR1 torn")
+    assert ids(store) == ["a"]  # readers of the commit see the last commit only
+    # run 3: adopts the finished part, drops the torn one
+    commit = store.start()
+    assert ids(store) == ["a", "b", "c"] and not commit.complete
+    assert not (tmp_path / ".staging").exists()
+
+
+def test_interrupted_commit_is_recovered_exactly(tmp_path, monkeypatch):
+    store = OutputStore(str(tmp_path))
+    store.start()
+    store.commit([store.stage("r1", "part-r1-00000.parquet", part([("a", "error", "unreadable_audio")]))],
+                 run={"run_id": "r1"}, complete=True)
+    store.finish_run("r1")
+    store.start()
+    record = store.stage("r2", "part-r2-00000.parquet", part([("a", "ok", None), ("b", "ok", None)]))
+    real_write = storage.write_bytes
+
+    def dies_at_commit_point(uri, data):
+        if uri.endswith("commit.json"):
+            raise KeyboardInterrupt("killed")
+        real_write(uri, data)
+
+    monkeypatch.setattr(storage, "write_bytes", dies_at_commit_point)
+    with pytest.raises(KeyboardInterrupt):
+        store.commit([record], run={"run_id": "r2"}, complete=True)
+    monkeypatch.setattr(storage, "write_bytes", real_write)
+    # run 2's part was moved into data/, but the commit file still says: only run 1
+    assert ids(store) == ["a"] and len(os.listdir(tmp_path / "data")) == 2
+    store.start()
+    table = store.read(["id", "status"])
+    assert sorted(zip(table.column("id").to_pylist(), table.column("status").to_pylist(), strict=True)) == [
+        ("a", "ok"), ("b", "ok")]  # run 2's rows supersede run 1's row for "a"; nothing doubled
+    assert sorted(os.listdir(tmp_path / "data")) == sorted(os.path.basename(f) for f in store.files())
+
+
+def test_retry_supersedes_error_rows_but_keeps_duplicates_of_one_run(tmp_path):
+    store = OutputStore(str(tmp_path))
+    store.start()
+    first = part([("a", "ok", None), ("b", "error", "unreadable_audio"), ("b", "error", "duplicate_id")])
+    store.commit([store.stage("r1", "part-r1-00000.parquet", first)], run={"run_id": "r1"}, complete=True)
+    done, redo = resume_plan(store.index(), retry_errors=True)
+    assert redo == {"b"}
+    retried = part([("b", "ok", None), ("b", "error", "duplicate_id")])
+    store.commit([store.stage("r2", "part-r2-00000.parquet", retried)], run={"run_id": "r2"}, complete=True)
+    table = store.read(["id", "status", "error_kind"])
+    assert sorted(map(tuple, (r.values() for r in table.to_pylist())), key=str) == sorted(
+        [("a", "ok", None), ("b", "ok", None), ("b", "error", "duplicate_id")], key=str)
+    assert resume_plan(store.index(), retry_errors=True)[1] == set()
+
+
+@pytest.mark.parametrize("row_id", ["../../etc/passwd", "/abs/path", "a/b\\c", "nul\x00byte", "x" * 10_000,
+                                    "..", ".", "", "名前 with spaces", "a\nb"])
+def test_paths_from_hostile_ids_stay_inside(tmp_path, row_id):
+    name = storage.safe_name(row_id, ".flac")
+    assert "/" not in name and "\\" not in name and "\x00" not in name and len(name) < 100
+    assert not name.startswith(".")
+    target = storage.join(str(tmp_path), "audio", name[:2], name)
+    assert os.path.realpath(target).startswith(str(tmp_path.resolve()) + os.sep)
+    storage.write_bytes(target, b"flac")
+    assert os.path.exists(target)
+    assert storage.safe_name(row_id + "!") != name  # distinct ids, distinct names
+
+
+def test_uri_helpers():
+    assert storage.redact_uri("s3://KEY:SECRET@bucket/x.parquet?X-Amz-Signature=abc") == "s3://bucket/x.parquet"
+    message = storage.scrub("cannot read https://user:pw@host/a.wav?sig=1 (aws_secret_access_key=abc123)")
+    assert "pw" not in message and "sig=1" not in message and "abc123" not in message
+    assert storage.resolve_relative("../a/b.wav", "s3://bucket/sets/x") == "s3://bucket/sets/a/b.wav"
+    assert storage.resolve_relative("s3://other/c.wav", "/local") == "s3://other/c.wav"
+    assert storage.resolve_relative("c.wav", "/local/dir") == "/local/dir/c.wav"
+
+
+def test_commit_on_s3(s3_bucket):
+    uri = f"s3://{s3_bucket}/out"
+    store = OutputStore(uri)
+    store.start()
+    record = store.stage("r1", "part-r1-00000.parquet", part([("a", "ok", None)]))
+    store.commit([record], run={"run_id": "r1"}, complete=True)
+    store.finish_run("r1")
+    assert ids(OutputStore(uri)) == ["a"] and storage.exists(f"{uri}/_SUCCESS")
+    assert storage.listdir(f"{uri}/.staging", recursive=True) == []
