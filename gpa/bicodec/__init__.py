@@ -1,0 +1,7 @@
+"""BiCodec: the Spark-TTS speech codec GPA speaks in (32 global speaker tokens + 50 Hz semantic tokens)."""
+
+from .config import BiCodecConfig, load_config
+from .model import BiCodec
+from .random_checkpoint import write_random_checkpoint
+
+__all__ = ["BiCodec", "BiCodecConfig", "load_config", "write_random_checkpoint"]

@@ -1,0 +1,61 @@
+"""Feature encoder (wav2vec2 features -> latent to quantize) and feature decoder (prenet/postnet)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import EncoderConfig, FeatDecoderConfig
+from .vocos import SamplingBlock, VocosBackbone
+
+
+class Encoder(nn.Module):
+    """(batch, input_channels, frames) -> (batch, out_channels, frames / prod(sample_ratios))."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        dim, inner = config.vocos_dim, config.vocos_intermediate_dim
+        self.encoder = VocosBackbone(config.input_channels, dim, inner, config.vocos_num_layers)
+        self.downsample = nn.Sequential(
+            *(
+                nn.Sequential(
+                    SamplingBlock(dim, groups=dim, downsample_scale=ratio),
+                    VocosBackbone(dim, dim, inner, num_layers=2),
+                )
+                for ratio in config.sample_ratios
+            )
+        )
+        self.project = nn.Linear(dim, config.out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(self.encoder(x))
+        return self.project(x).transpose(1, 2)
+
+
+class Decoder(nn.Module):
+    """(batch, input_channels, frames) [+ condition (batch, condition_dim)] -> (batch, out_channels, frames')."""
+
+    def __init__(self, config: FeatDecoderConfig):
+        super().__init__()
+        dim, inner = config.vocos_dim, config.vocos_intermediate_dim
+        self.linear_pre = nn.Linear(config.input_channels, dim)
+        # Named "downsample" in the checkpoint although these blocks upsample.
+        self.downsample = nn.Sequential(
+            *(
+                nn.Sequential(
+                    SamplingBlock(dim, groups=dim, upsample_scale=ratio),
+                    VocosBackbone(dim, dim, inner, num_layers=2),
+                )
+                for ratio in config.sample_ratios
+            )
+        )
+        self.vocos_backbone = VocosBackbone(dim, dim, inner, config.vocos_num_layers, config.condition_dim)
+        self.linear = nn.Linear(dim, config.out_channels)
+        self.use_tanh_at_final = config.use_tanh_at_final
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.linear_pre(x.transpose(1, 2))
+        x = self.downsample(x).transpose(1, 2)
+        x = self.vocos_backbone(x, condition)
+        x = self.linear(x).transpose(1, 2)
+        return torch.tanh(x) if self.use_tanh_at_final else x
