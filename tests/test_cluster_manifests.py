@@ -449,3 +449,10 @@ def test_every_entrypoint_parses_with_the_cli():
             pytest.fail(f"{where}: the CLI rejects {command!r}")
         config = cli.config_from_args(args.command, args)
         assert config.job == argv[1] and config.input and config.output and config.model, where
+
+
+def test_operator_values_switch_on_the_raycronjob_gate():
+    values = yaml.safe_load((KUBE / "kuberay-operator-values.yaml").read_text())
+    gates = {g["name"]: g["enabled"] for g in values["featureGates"]}
+    assert gates["RayCronJob"] is True
+    assert len(gates) == len(values["featureGates"]), "a gate listed twice"
