@@ -14,16 +14,17 @@ import numpy as np
 FRAME_S = 0.02  # energy is measured on 20 ms frames
 
 
-def split_audio(samples: np.ndarray, sample_rate: int, window_s: float, search_s: float | None = None) -> list[
-    tuple[int, int]
-]:
+def split_audio(
+    samples: np.ndarray, sample_rate: int, window_s: float, search_s: float | None = None, align: int = 1
+) -> list[tuple[int, int]]:
     """``[(start, end), ...]`` sample ranges covering ``samples``, each at most ``window_s`` long.
 
-    Each cut is placed at the quietest 20 ms frame within the last ``search_s`` seconds (default: a third of the
-    window) before the window's end.
+    Each cut is placed in the middle of the quietest stretch within the last ``search_s`` seconds (default: a
+    third of the window) before the window's end, rounded down to a multiple of ``align`` samples (a tokenizer's
+    hop, so that the windows' tokens add up to the whole input's).
     """
     total = len(samples)
-    window = int(window_s * sample_rate)
+    window = int(window_s * sample_rate) // align * align
     if window <= 0:
         raise ValueError("window_s must be positive")
     if total <= window:
@@ -38,12 +39,26 @@ def split_audio(samples: np.ndarray, sample_rate: int, window_s: float, search_s
         if hi_frame <= lo_frame:
             cut = start + window
         else:
-            quietest = lo_frame + int(np.argmin(energy[lo_frame:hi_frame]))
-            cut = quietest * frame + frame // 2  # middle of the quietest frame
+            cut = _middle_of_quietest_run(energy, lo_frame, hi_frame) * frame + frame // 2
+        cut = max(cut // align * align, start + align)
         ranges.append((start, cut))
         start = cut
     ranges.append((start, total))
     return ranges
+
+
+def _middle_of_quietest_run(energy: np.ndarray, lo: int, hi: int) -> int:
+    """Index of the middle frame of the run of near-minimal frames around the quietest one in ``[lo, hi)``:
+    cutting mid-pause keeps the speech on both sides whole."""
+    zone = energy[lo:hi]
+    quietest = int(np.argmin(zone))
+    quiet = zone <= zone[quietest] * 2 + 1e-10
+    first = last = quietest
+    while first > 0 and quiet[first - 1]:
+        first -= 1
+    while last < len(zone) - 1 and quiet[last + 1]:
+        last += 1
+    return lo + (first + last) // 2
 
 
 def _frame_energy(samples: np.ndarray, frame: int) -> np.ndarray:

@@ -65,3 +65,11 @@ def test_crossfade_join_length_and_continuity():
     assert np.all(out[840:1000] >= 1.0 - 1e-6)  # equal-power fade of equal signals never dips
     assert len(crossfade_join([a], 16000, 0.01)) == 1000
     assert len(crossfade_join([], 16000, 0.01)) == 0
+
+
+def test_cuts_are_aligned_to_a_tokenizer_hop():
+    wave = speechlike(20.0, pauses=[7.77, 14.1])
+    ranges = split_audio(wave, 16000, 8.0, align=1280)
+    assert all(start % 1280 == 0 for start, _ in ranges)
+    assert all(end - start <= 8 * 16000 for start, end in ranges)
+    assert ranges[0][1] / 16000 == pytest.approx(7.77, abs=0.1)

@@ -1,0 +1,465 @@
+"""The GPA front: one checkpoint, three batch tasks (transcribe, synthesize, convert) and the components.
+
+Batch methods never raise for a problem with one item: every result carries its own ``error``, and a failure of a
+whole model call is retried item by item so that one bad input cannot take its batch mates down.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import prompts
+from .audio import SAMPLE_RATE, AudioInput, load_audio
+from .bicodec import BiCodec
+from .checkpoint import content_hash, resolve_checkpoint
+from .chunking import crossfade_join, join_texts, split_audio, split_text
+from .errors import EmptyGeneration, GPAError, InvalidText, TooShortAudio
+from .generation import GenerationOptions, generate
+from .glm_tokenizer import GLMSpeechTokenizer
+from .llm import load_llm
+from .options import ConvertOptions, SynthesizeOptions, TranscribeOptions
+from .results import Conversion, Segment, Speaker, Synthesis, Transcription
+from .storage import redact_uri
+from .vocab import TokenLayout
+
+MIN_SAMPLES = 1600  # 0.1 s: below this neither tokenizer yields a usable token
+
+
+@dataclass
+class _Piece:
+    """A window of one item's input, processed as its own model call."""
+
+    item: int
+    index: int  # position of the window within its item
+    start: int = 0  # sample range in the item's audio
+    end: int = 0
+    audio: np.ndarray | None = None
+    text: str = ""
+
+
+class GPA:
+    def __init__(
+        self,
+        llm: torch.nn.Module,
+        tokenizer,
+        layout: TokenLayout,
+        glm: GLMSpeechTokenizer,
+        bicodec: BiCodec,
+        *,
+        source: str = "",
+        content_hash: str = "",
+    ):
+        self.llm, self.tokenizer, self.layout = llm, tokenizer, layout
+        self.glm, self.bicodec = glm, bicodec
+        self.source, self.content_hash = source, content_hash
+        config = getattr(llm, "generation_config", None)
+        self.checkpoint_generation = {t: GenerationOptions.for_task(t, config) for t in ("stt", "tts", "vc")}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        trust_remote_code: bool = False,
+    ) -> GPA:
+        """Load a checkpoint in the official layout from a directory, an ``s3://`` prefix or a Hugging Face id.
+
+        ``dtype`` applies to the LLM and the GLM tokenizer (float32 by default; bfloat16 is the usual choice on a
+        GPU). BiCodec always runs in float32: its quantizers pick nearest codes and fp16 flips near-ties.
+        """
+        directory = resolve_checkpoint(source, cache_dir)
+        device = torch.device(device)
+        dtype = dtype or torch.float32
+        glm = GLMSpeechTokenizer.from_pretrained(directory / "glm-4-voice-tokenizer", device=device, dtype=dtype)
+        bicodec = BiCodec.from_pretrained(directory / "BiCodec", device=device, dtype=torch.float32)
+        llm, tokenizer = load_llm(directory, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        layout = TokenLayout.from_tokenizer(
+            tokenizer,
+            glm_codebook_size=glm.codebook_size,
+            global_codebook_size=bicodec.global_codebook_size,
+            semantic_codebook_size=bicodec.semantic_codebook_size,
+        )
+        return cls(
+            llm,
+            tokenizer,
+            layout,
+            glm,
+            bicodec,
+            source=redact_uri(os.fspath(source)),
+            content_hash=content_hash(directory),
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.llm.parameters()).device
+
+    # --- components -----------------------------------------------------------------------------------------
+
+    def load(self, audio: AudioInput) -> np.ndarray:
+        """16 kHz mono float32 samples of ``audio``, long enough for both tokenizers."""
+        samples = load_audio(audio, sample_rate=SAMPLE_RATE)
+        if len(samples) < MIN_SAMPLES:
+            raise TooShortAudio(
+                f"audio is {len(samples) / SAMPLE_RATE:.3f} s; at least {MIN_SAMPLES / SAMPLE_RATE} s needed"
+            )
+        return samples
+
+    def glm_tokens(self, audios: Sequence[AudioInput]) -> list[np.ndarray]:
+        return self.glm.tokenize([self.load(a) for a in audios])
+
+    def bicodec_tokens(self, audios: Sequence[AudioInput]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(global_tokens, semantic_tokens)`` per audio."""
+        return self.bicodec.tokenize([self.load(a) for a in audios])
+
+    def decode(self, global_tokens: Sequence[np.ndarray], semantic_tokens: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """BiCodec waveforms (16 kHz float32) for (global, semantic) token pairs, exactly as the model outputs them."""
+        return self.bicodec.decode(list(global_tokens), list(semantic_tokens))
+
+    def speaker(self, audio: AudioInput) -> Speaker:
+        return self.speakers([audio])[0]
+
+    def speakers(self, audios: Sequence[AudioInput]) -> list[Speaker]:
+        samples = [self.load(a) for a in audios]
+        globals_ = self.bicodec.global_tokens(samples)
+        embeddings = self.bicodec.speaker_embedding(samples)
+        return [Speaker(np.asarray(g), np.asarray(e)) for g, e in zip(globals_, embeddings, strict=True)]
+
+    def speaker_embeddings(self, audios: Sequence[AudioInput]) -> np.ndarray:
+        return np.asarray(self.bicodec.speaker_embedding([self.load(a) for a in audios]), dtype=np.float32)
+
+    def stt_prompt_ids(self, audio: AudioInput) -> list[int]:
+        samples = self.load(audio)
+        glm = self.glm.tokenize([samples])[0]
+        semantic = self.bicodec.semantic_tokens([samples])[0]
+        return prompts.stt_prompt(self.layout, glm, semantic)
+
+    def tts_prompt_ids(self, text: str, reference: AudioInput | Speaker) -> list[int]:
+        speaker = reference if isinstance(reference, Speaker) else self.speaker(reference)
+        return prompts.tts_prompt(self.layout, self.tokenizer, speaker.global_tokens, text).ids
+
+    def vc_prompt_ids(self, source: AudioInput, reference: AudioInput | Speaker) -> list[int]:
+        speaker = reference if isinstance(reference, Speaker) else self.speaker(reference)
+        semantic = self.bicodec.semantic_tokens([self.load(source)])[0]
+        return prompts.vc_prompt(self.layout, speaker.global_tokens, semantic)
+
+    # --- tasks ------------------------------------------------------------------------------------------------
+
+    def transcribe(self, audios: Sequence[AudioInput], options: TranscribeOptions | None = None) -> list[Transcription]:
+        """Text of each audio. Audio longer than ``options.window_s`` is cut at pauses, the windows are transcribed
+        as one batch and stitched, with a segment per window."""
+        options = options or TranscribeOptions()
+        results = [Transcription() for _ in audios]
+        pieces: list[_Piece] = []
+        for i, audio in enumerate(audios):
+            try:
+                samples = self.load(audio)
+            except GPAError as exc:
+                results[i].error = exc
+                continue
+            results[i].duration_s = len(samples) / SAMPLE_RATE
+            hop = self.glm.samples_per_token
+            ranges = split_audio(samples, SAMPLE_RATE, self._asr_window_s(options), align=hop)
+            ranges = _lengthen_short_tail(ranges, MIN_SAMPLES, hop)
+            for k, (start, end) in enumerate(ranges):
+                pieces.append(_Piece(i, k, start, end, samples[start:end]))
+
+        outputs = _isolated(lambda batch: self._transcribe_pieces(batch, options), pieces, options.batch_size)
+        for piece, output in zip(pieces, outputs, strict=True):
+            result = results[piece.item]
+            if result.error is not None:
+                continue
+            if isinstance(output, GPAError):
+                result.error = output
+                continue
+            glm, semantic, generation, text = output
+            result.glm_tokens += glm
+            result.semantic_tokens += semantic
+            result.generated_ids += generation.ids
+            result.truncated |= generation.hit_max_new_tokens
+            result.segments.append(Segment(piece.start / SAMPLE_RATE, piece.end / SAMPLE_RATE, text))
+        for result in results:
+            if result.error is None:
+                result.text = join_texts([s.text for s in result.segments])
+        return results
+
+    def _asr_window_s(self, options: TranscribeOptions) -> float:
+        # The GLM encoder has a fixed positional table (30 s for the released model): never ask it for more.
+        return min(options.window_s, self.glm.max_samples / SAMPLE_RATE)
+
+    def _transcribe_pieces(self, pieces: list[_Piece], options: TranscribeOptions):
+        audio = [p.audio for p in pieces]
+        glm = self.glm.tokenize(audio)
+        semantic = self.bicodec.semantic_tokens(audio)
+        prompt_ids = [prompts.stt_prompt(self.layout, g, s) for g, s in zip(glm, semantic, strict=True)]
+        generations = generate(
+            self.llm,
+            prompt_ids,
+            options.generation(self.checkpoint_generation["stt"]),
+            layout=self.layout,
+            task="stt",
+            seeds=[options.seed] * len(pieces),
+            pad_id=self.layout.pad_id,
+        )
+        return [
+            (
+                [int(x) for x in g],
+                [int(x) for x in s],
+                out,
+                prompts.text_from_generation(self.tokenizer, self.layout, out.ids),
+            )
+            for g, s, out in zip(glm, semantic, generations, strict=True)
+        ]
+
+    def synthesize(
+        self,
+        texts: Sequence[str],
+        references: Sequence[AudioInput | Speaker],
+        options: SynthesizeOptions | None = None,
+        seeds: Sequence[int] | None = None,
+    ) -> list[Synthesis]:
+        """Speech for each text in the voice of its reference. Text too long for one generation is split at
+        sentence boundaries and the audio pieces are joined with a short crossfade."""
+        options = options or SynthesizeOptions()
+        if len(references) != len(texts):
+            raise ValueError("synthesize needs one reference per text")
+        seeds = _item_seeds(seeds, len(texts), options.seed)
+        results = [Synthesis(text=t if isinstance(t, str) else "") for t in texts]
+        speakers = self._resolve_speakers(references, results)
+        pieces: list[_Piece] = []
+        for i, text in enumerate(texts):
+            if results[i].error is not None:
+                continue
+            try:
+                chunks = split_text(clean_text(text, options.max_text_chars), options.max_chunk_units)
+            except InvalidText as exc:
+                results[i].error = exc
+                continue
+            results[i].global_tokens = [int(x) for x in speakers[i].global_tokens]
+            results[i].chunks = len(chunks)
+            pieces += [_Piece(i, k, text=chunk) for k, chunk in enumerate(chunks)]
+
+        def run(batch: list[_Piece]):
+            prompt_ids = []
+            for p in batch:
+                prompt = prompts.tts_prompt(self.layout, self.tokenizer, speakers[p.item].global_tokens, p.text)
+                if prompt.truncated:
+                    raise InvalidText("text piece longer than the prompt limit")
+                prompt_ids.append(prompt.ids)
+            return self._generate_audio(batch, prompt_ids, [speakers[p.item] for p in batch], "tts", options, seeds)
+
+        outputs = _isolated(run, pieces, options.batch_size)
+        self._assemble_audio(results, pieces, outputs, options.crossfade_s)
+        return results
+
+    def convert(
+        self,
+        sources: Sequence[AudioInput],
+        references: Sequence[AudioInput | Speaker],
+        options: ConvertOptions | None = None,
+        seeds: Sequence[int] | None = None,
+    ) -> list[Conversion]:
+        """Each source's speech in the voice of its reference. Sources longer than ``options.window_s`` are converted
+        window by window (cut at pauses) and joined with a short crossfade."""
+        options = options or ConvertOptions()
+        if len(references) != len(sources):
+            raise ValueError("convert needs one reference per source")
+        seeds = _item_seeds(seeds, len(sources), options.seed)
+        results = [Conversion() for _ in sources]
+        speakers = self._resolve_speakers(references, results)
+        pieces: list[_Piece] = []
+        for i, source in enumerate(sources):
+            if results[i].error is not None:
+                continue
+            try:
+                samples = self.load(source)
+            except GPAError as exc:
+                results[i].error = exc
+                continue
+            results[i].global_tokens = [int(x) for x in speakers[i].global_tokens]
+            hop = self.bicodec.samples_per_semantic_token
+            ranges = _lengthen_short_tail(split_audio(samples, SAMPLE_RATE, options.window_s, align=hop), MIN_SAMPLES, hop)
+            results[i].chunks = len(ranges)
+            pieces += [_Piece(i, k, s, e, samples[s:e]) for k, (s, e) in enumerate(ranges)]
+
+        def run(batch: list[_Piece]):
+            semantic = self.bicodec.semantic_tokens([p.audio for p in batch])
+            prompt_ids = [
+                prompts.vc_prompt(self.layout, speakers[p.item].global_tokens, s)
+                for p, s in zip(batch, semantic, strict=True)
+            ]
+            outputs = self._generate_audio(batch, prompt_ids, [speakers[p.item] for p in batch], "vc", options, seeds)
+            return [(s, *out) for s, out in zip(semantic, outputs, strict=True)]
+
+        outputs = _isolated(run, pieces, options.batch_size)
+        for piece, output in zip(pieces, outputs, strict=True):
+            if not isinstance(output, GPAError):
+                results[piece.item].source_semantic_tokens += [int(x) for x in output[0]]
+        self._assemble_audio(
+            results, pieces, [o if isinstance(o, GPAError) else o[1:] for o in outputs], options.crossfade_s
+        )
+        return results
+
+    # --- shared machinery -------------------------------------------------------------------------------------
+
+    def _resolve_speakers(self, references, results) -> list[Speaker | None]:
+        """One :class:`Speaker` per item; identical references are encoded once."""
+        keys = [_reference_key(r) for r in references]
+        unique = {k: r for k, r in zip(keys, references, strict=True) if not isinstance(r, Speaker)}
+        unique_keys = list(unique)
+        encoded = _isolated(lambda batch: self.speakers([unique[k] for k in batch]), unique_keys, 16)
+        by_key = dict(zip(unique_keys, encoded, strict=True))
+        speakers: list[Speaker | None] = []
+        for i, (key, ref) in enumerate(zip(keys, references, strict=True)):
+            speaker = ref if isinstance(ref, Speaker) else by_key[key]
+            if isinstance(speaker, GPAError):
+                results[i].error = type(speaker)(f"reference audio: {speaker}")
+                speakers.append(None)
+            else:
+                speakers.append(speaker)
+        return speakers
+
+    def _generate_audio(self, batch, prompt_ids, speakers, task, options, seeds):
+        generations = generate(
+            self.llm,
+            prompt_ids,
+            options.generation(self.checkpoint_generation[task]),
+            layout=self.layout,
+            task=task,
+            seeds=[_chunk_seed(seeds[p.item], p.index) for p in batch],
+            pad_id=self.layout.pad_id,
+        )
+        semantic = [prompts.semantic_from_generation(self.layout, g.ids) for g in generations]
+        decodable = [i for i, s in enumerate(semantic) if len(s)]
+        waves: list[np.ndarray | None] = [None] * len(batch)
+        if decodable:
+            decoded = self.bicodec.decode(
+                [speakers[i].global_tokens for i in decodable], [semantic[i] for i in decodable]
+            )
+            for i, wave in zip(decodable, decoded, strict=True):
+                waves[i] = wave
+        return [(s, g, w) for s, g, w in zip(semantic, generations, waves, strict=True)]
+
+    def _assemble_audio(self, results, pieces, outputs, crossfade_s: float) -> None:
+        waves: dict[int, list[tuple[int, np.ndarray]]] = {}
+        for piece, output in zip(pieces, outputs, strict=True):
+            result = results[piece.item]
+            if result.error is not None:
+                continue
+            if isinstance(output, GPAError):
+                result.error = output
+                continue
+            semantic, generation, wave = output
+            result.generated_ids += generation.ids
+            result.truncated |= generation.hit_max_new_tokens
+            if wave is None:
+                result.error = EmptyGeneration(
+                    f"the model generated no semantic tokens (piece {piece.index + 1}, {len(generation.ids)} tokens)"
+                )
+                continue
+            result.semantic_tokens += [int(x) for x in semantic]
+            waves.setdefault(piece.item, []).append((piece.index, wave))
+        for item, parts in waves.items():
+            result = results[item]
+            if result.error is not None:
+                continue
+            audio = crossfade_join([w for _, w in sorted(parts, key=lambda p: p[0])], SAMPLE_RATE, crossfade_s)
+            result.audio = (audio - audio.mean()).astype(np.float32)  # DC removal, as the reference does
+
+
+def clean_text(text: str, max_chars: int) -> str:
+    """Text as the model should see it: control characters become spaces, whitespace runs collapse."""
+    if not isinstance(text, str):
+        raise InvalidText(f"text must be a string, got {type(text).__name__}")
+    cleaned = "".join(" " if unicodedata.category(c) in ("Cc", "Cs") else c for c in text)
+    cleaned = " ".join(cleaned.split())
+    if not cleaned:
+        raise InvalidText("text is empty")
+    if len(cleaned) > max_chars:
+        raise InvalidText(
+            f"text has {len(cleaned)} characters; the limit is {max_chars} (SynthesizeOptions.max_text_chars)"
+        )
+    return cleaned
+
+
+def _lengthen_short_tail(ranges: list[tuple[int, int]], min_samples: int, align: int) -> list[tuple[int, int]]:
+    """Move the last cut back so that the final window is long enough to tokenize (windows never grow)."""
+    if len(ranges) > 1 and ranges[-1][1] - ranges[-1][0] < min_samples:
+        (start, cut), (_, end) = ranges[-2], ranges[-1]
+        cut = (end - min_samples) // align * align
+        return [*ranges[:-2], (start, cut), (cut, end)]
+    return ranges
+
+
+def _item_seeds(seeds: Sequence[int] | None, n: int, default: int) -> list[int]:
+    if seeds is None:
+        return [default] * n
+    if len(seeds) != n:
+        raise ValueError("one seed per item is needed")
+    return [int(s) for s in seeds]
+
+
+def _chunk_seed(seed: int, index: int) -> int:
+    return (seed * 1_000_003 + index) % (2**63)
+
+
+def _reference_key(reference) -> object:
+    if isinstance(reference, (str, Path, os.PathLike)):
+        return ("path", os.fspath(reference))
+    if isinstance(reference, (bytes, bytearray)):
+        import hashlib
+
+        return ("bytes", hashlib.sha1(reference).hexdigest())
+    return ("object", id(reference))
+
+
+def _isolated(run: Callable[[list], list], items: list, batch_size: int) -> list:
+    """``run`` over ``items`` in batches of similar size; when a batch fails, its items are retried one by one so
+    the failure lands only on the items that cause it. Returns one output or :class:`GPAError` per item."""
+    order = sorted(range(len(items)), key=lambda i: _size(items[i]))
+    outputs: list = [None] * len(items)
+    for first in range(0, len(order), max(1, batch_size)):
+        chunk = order[first : first + batch_size]
+        try:
+            results = run([items[i] for i in chunk])
+        except Exception as exc:
+            if len(chunk) == 1:
+                results = [_as_error(exc)]
+            else:
+                results = []
+                for i in chunk:
+                    try:
+                        results.append(run([items[i]])[0])
+                    except Exception as single_exc:
+                        results.append(_as_error(single_exc))
+        for i, result in zip(chunk, results, strict=True):
+            outputs[i] = result
+    return outputs
+
+
+def _size(item) -> int:
+    if isinstance(item, _Piece):
+        return len(item.audio) if item.audio is not None else len(item.text)
+    return 0
+
+
+def _as_error(exc: Exception) -> GPAError:
+    if isinstance(exc, GPAError):
+        return exc
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        torch.cuda.empty_cache()
+    error = GPAError(f"{type(exc).__name__}: {str(exc)[:300]}")
+    error.__cause__ = exc
+    return error
+
+
+__all__ = ["GPA", "GenerationOptions", "clean_text"]
