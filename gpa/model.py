@@ -287,7 +287,9 @@ class GPA:
                 continue
             results[i].global_tokens = [int(x) for x in speakers[i].global_tokens]
             hop = self.bicodec.samples_per_semantic_token
-            ranges = _lengthen_short_tail(split_audio(samples, SAMPLE_RATE, options.window_s, align=hop), MIN_SAMPLES, hop)
+            ranges = _lengthen_short_tail(
+                split_audio(samples, SAMPLE_RATE, options.window_s, align=hop), MIN_SAMPLES, hop
+            )
             results[i].chunks = len(ranges)
             pieces += [_Piece(i, k, s, e, samples[s:e]) for k, (s, e) in enumerate(ranges)]
 
