@@ -32,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_job_arguments(commands.add_parser(job, help=helps[job], argument_default=argparse.SUPPRESS))
     demo = commands.add_parser("demo", help="run the jobs on the bundled examples with a tiny random checkpoint")
     demo.add_argument("--output", default="gpa-demo", help="where results go (default: ./gpa-demo)")
-    demo.add_argument("--jobs", default="transcribe,synthesize,convert",
-                      help="comma-separated jobs to run (default: all three)")
+    demo.add_argument("--jobs", default="transcribe",
+                      help="comma-separated jobs to run, or 'all' (default: transcribe)")
     demo.add_argument("--model", default=None,
                       help="checkpoint to use instead of the generated tiny one (e.g. AutoArk-AI/GPA)")
     demo.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite beside the output)")
@@ -67,6 +67,7 @@ def _add_job_arguments(p: argparse.ArgumentParser) -> None:
     pool.add_argument("--gpus-per-actor", type=float, help="default: 1 when the cluster has GPUs, else 0")
     pool.add_argument("--cpus-per-actor", type=float, help="default 0.5 (keep <= 0.5 on small machines)")
     pool.add_argument("--cpus-per-task", type=float, help="CPUs per decode/encode task (default 0.5)")
+    pool.add_argument("--memory-per-task-mb", type=int, help="memory reserved per decode/encode task (default 512)")
     pool.add_argument("--device", help="cuda / cpu (default: cuda when the actor has a GPU)")
     pool.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
     pool.add_argument("--torch-threads", type=int)

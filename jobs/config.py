@@ -28,6 +28,7 @@ class JobConfig:
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
     cpus_per_actor: float = 0.5  # <= 0.5 on small machines, or the CPU stages starve
     cpus_per_task: float = 0.5  # decode/encode tasks
+    memory_per_task_mb: int = 512  # memory reserved per decode/encode task
     device: str | None = None  # None: cuda when the actor has a GPU, else cpu
     dtype: str | None = None  # None: bfloat16 on cuda, float32 on cpu
     torch_threads: int | None = None

@@ -75,6 +75,7 @@ class OutputStore:
         self.meta = storage.join(self.uri, "_gpa_batch")
         self.staging = storage.join(self.uri, ".staging")
         self.commit_uri = storage.join(self.meta, "commit.json")
+        self.current_uri = storage.join(self.meta, "current-run")
         self.success_uri = storage.join(self.uri, "_SUCCESS")
 
     # --- reading ---------------------------------------------------------------------------------------------
@@ -131,8 +132,19 @@ class OutputStore:
 
     # --- committing ------------------------------------------------------------------------------------------
 
-    def start(self) -> Commit:
-        """Called when a run starts: adopt finished parts of killed runs, drop debris, un-mark completeness."""
+    def is_current(self, run_id: str) -> bool:
+        """Whether ``run_id`` is the run that owns the output now. A killed driver's tasks can outlive it for a
+        while; its writers check this before staging a part, so they cannot write into a later run's output."""
+        try:
+            return storage.read_bytes(self.current_uri).decode() == run_id
+        except FileNotFoundError:
+            return False
+
+    def start(self, run_id: str | None = None) -> Commit:
+        """Called when a run starts: take ownership, adopt finished parts of killed runs, drop debris, un-mark
+        completeness."""
+        if run_id is not None:
+            storage.write_bytes(self.current_uri, run_id.encode())
         storage.remove(self.success_uri)
         commit = self.load()
         committed = {p["path"] for p in commit.parts}
@@ -206,7 +218,8 @@ class OutputStore:
         return updated
 
     def finish_run(self, run_id: str) -> None:
-        storage.remove(self.run_dir(run_id))
+        """Drop the run's staging (and anything a dead run's late writers left there after :meth:`start`)."""
+        storage.remove(self.staging)
 
 
 def _final_name(record: dict) -> str:

@@ -47,6 +47,7 @@ class JobResult:
     processed: int
     counts: dict[str, int]  # ok / error / error kinds, over the rows of this run
     committed_rows: int
+    committed: dict[str, int]  # ok / error / error kinds over every committed row of the output
     complete: bool
     files: list[str]
     metrics: dict[str, float]
@@ -60,8 +61,9 @@ def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
     started = time.time()
     task = TASKS[config.job]
     run_id = new_run_id()
+    params = task_params(config)  # also rejects unknown options before anything runs
     store = OutputStore(config.output)
-    commit = store.start()  # adopts parts of an interrupted run, removes debris
+    commit = store.start(run_id)  # takes ownership, adopts parts of an interrupted run, removes debris
     if commit.job and commit.job != config.job:
         raise JobError(f"{storage.redact_uri(store.uri)} holds {commit.job} results; use another --output")
 
@@ -81,9 +83,9 @@ def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
 
     expected = Counter([r["id"] for r in todo] + [e["id"] for e in invalid])
     if invalid:
-        store.stage(run_id, f"part-{run_id}-invalid.parquet", _error_rows(config, invalid, run_id))
+        store.stage(run_id, f"part-{run_id}-invalid.parquet", _error_rows(config, invalid, run_id, params))
     if todo:
-        _run_pipeline(config, todo, run_id, progress)
+        _run_pipeline(config, todo, run_id, params, progress)
 
     records = [r for r in store.staged_records() if r["run_id"] == run_id]
     written = Counter()
@@ -114,23 +116,27 @@ def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
     counts = {"ok": int(metrics.get("rows_ok", 0)), "error": int(metrics.get("rows_error", 0)),
               **{k.split(".", 1)[1]: int(v) for k, v in metrics.items() if k.startswith("rows_error.")}}
 
+    index = store.index().to_pylist()
+    committed = Counter("ok" if r["status"] == "ok" else "error" for r in index)
+    committed.update(r["error_kind"] for r in index if r["status"] != "ok")
     result = JobResult(
         job=config.job, run_id=run_id, output=store.uri, input_rows=inputs.total,
         skipped_other_task=inputs.skipped_other_task, already_done=already_done, processed=sum(expected.values()),
-        counts=counts, committed_rows=commit.rows, complete=complete, files=store.files(commit), metrics=metrics,
+        counts=counts, committed_rows=commit.rows, committed=dict(committed), complete=complete,
+        files=store.files(commit), metrics=metrics,
         metrics_path=storage.join(store.meta, "runs", f"{run_id}.json"), wall_s=wall_s,
         extra={"pending_after_limit": cut, "convention": inputs.convention},
     )
     model_source = _first(new_rows, "model_source") or storage.redact_uri(config.model)
     model_hash = _first(new_rows, "model_hash") or ""
-    params = job_params(config, inputs, model_source, model_hash, run_id)
+    job_param_values = job_params(config, inputs, model_source, model_hash, run_id, params)
     result.tracking = log_run(
         tracking_uri=config.mlflow_uri, output=store.uri,
         experiment=config.experiment or f"gpa-batch-{config.job}", run_name=config.run_name or f"{config.job}-{run_id}",
-        params=params, metrics=metrics, artifacts=_artifacts(config, store, new_files, new_rows),
+        params=job_param_values, metrics=metrics, artifacts=_artifacts(config, store, new_files, new_rows),
         tags={"gpa_batch.job": config.job, "gpa_batch.run_id": run_id, "gpa_batch.model_hash": model_hash},
     )
-    local = {"run_id": run_id, "job": config.job, "params": params, "metrics": metrics,
+    local = {"run_id": run_id, "job": config.job, "params": job_param_values, "metrics": metrics,
              "mlflow": {"uri": result.tracking.uri, "experiment": result.tracking.experiment,
                         "run_id": result.tracking.run_id, "error": result.tracking.error}}
     storage.write_bytes(result.metrics_path, json.dumps(local, indent=1, default=str).encode())
@@ -140,7 +146,7 @@ def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
 # --- the Ray Data part -----------------------------------------------------------------------------------------
 
 
-def _run_pipeline(config: JobConfig, rows: list[dict], run_id: str, progress: bool | None) -> None:
+def _run_pipeline(config: JobConfig, rows: list[dict], run_id: str, params: dict, progress: bool | None) -> None:
     import ray
 
     from .stages import GPAStage, decode_batch, encode_batch, make_sink
@@ -156,9 +162,10 @@ def _run_pipeline(config: JobConfig, rows: list[dict], run_id: str, progress: bo
     window = config.window_rows
     blocks = [S.rows_to_table(ordered[i: i + window], INPUT_SCHEMA) for i in range(0, len(ordered), window)]
     cfg = config.to_dict()
-    # explicit max_retries keeps Ray from fusing the CPU stages into the model actors (different remote args)
-    cpu_args = {"num_cpus": config.cpus_per_task, "max_retries": 3}
-    ds = ray.data.from_arrow(blocks)
+    # a memory reservation for the CPU stages (decoded audio) also keeps Ray from fusing them into the model
+    # actors, which would serialise decoding and inference in one process
+    cpu_args = {"num_cpus": config.cpus_per_task, "memory": config.memory_per_task_mb * 2**20}
+    ds = ray.data.from_blocks(blocks)  # block metadata computed here, not by a remote task per block
     ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=window, zero_copy_batch=True,
                         fn_kwargs={"job": config.job, "max_duration_s": config.max_duration_s}, **cpu_args)
     ds = ds.map_batches(
@@ -167,7 +174,7 @@ def _run_pipeline(config: JobConfig, rows: list[dict], run_id: str, progress: bo
         num_gpus=gpus, num_cpus=config.cpus_per_actor,
     )
     ds = ds.map_batches(encode_batch, batch_format="pyarrow", batch_size=window,
-                        fn_kwargs={"config": cfg, "run_id": run_id}, **cpu_args)
+                        fn_kwargs={"config": cfg, "run_id": run_id, "params": params}, **cpu_args)
     ds.write_datasink(make_sink(config.output, run_id, config.rows_per_part), ray_remote_args=dict(cpu_args))
 
 
@@ -194,12 +201,22 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
 # --- driver-side rows, params, artifacts -----------------------------------------------------------------------
 
 
-def _error_rows(config: JobConfig, errors: list[dict], run_id: str) -> pa.Table:
+def task_params(config: JobConfig) -> dict:
+    """The task options as a dict (what rows and MLflow record). Raises JobError for unknown option names."""
+    import dataclasses
+
+    try:
+        return dataclasses.asdict(TASKS[config.job].options(config))
+    except TypeError as exc:
+        raise JobError(f"invalid task options {sorted(config.options)}: {exc}") from None
+
+
+def _error_rows(config: JobConfig, errors: list[dict], run_id: str, params: dict) -> pa.Table:
     task = TASKS[config.job]
     rows = []
     for e in errors:
         row = {**e, "status": "error", "seed": None}
-        rows.append(task.output_row(row, None, config, None, {"run_id": run_id}))
+        rows.append(task.output_row(row, None, config, params, {"run_id": run_id}))
     return S.rows_to_table(rows, task.schema())
 
 
@@ -217,15 +234,9 @@ def _first(table: pa.Table | None, column: str):
     return None
 
 
-def job_params(config: JobConfig, inputs: InputRows, model_source: str, model_hash: str, run_id: str) -> dict:
+def job_params(config: JobConfig, inputs: InputRows, model_source: str, model_hash: str, run_id: str,
+               options: dict) -> dict:
     """MLflow params: what determines the results, URIs without credentials."""
-    task = TASKS[config.job]
-    try:
-        import dataclasses
-
-        options = dataclasses.asdict(task.options(config))
-    except Exception:
-        options = dict(config.options)
     params = {
         "job": config.job, "run_id": run_id, "model_source": storage.redact_uri(model_source),
         "model_hash": model_hash, "input": storage.redact_uri(config.input),

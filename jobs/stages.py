@@ -25,15 +25,6 @@ log = logging.getLogger(__name__)
 LIGHT_SCHEMA = pa.schema([f for f in WORK_SCHEMA if f.name not in WAV_COLUMNS])
 
 
-def _too_long_error(message: str):
-    from gpa.errors import AudioError
-
-    class TooLongAudio(AudioError):
-        kind = "too_long_audio"
-
-    return TooLongAudio(message)
-
-
 def work_table(rows: list[dict], waves: dict[str, list]) -> pa.Table:
     table = S.rows_to_table(rows, LIGHT_SCHEMA)
     n = len(rows)
@@ -62,7 +53,7 @@ class _Decoded:
 def decode_batch(batch: pa.Table, job: str, max_duration_s: float) -> pa.Table:
     """Fetch and decode each row's audio to 16 kHz mono, cut its segment, measure its duration."""
     from gpa.audio import SAMPLE_RATE, decode, load_audio
-    from gpa.errors import GPAError, UnreadableAudio
+    from gpa.errors import GPAError, TooLongAudio, UnreadableAudio
 
     task = TASKS[job]
     rows = batch.to_pylist()
@@ -84,7 +75,7 @@ def decode_batch(batch: pa.Table, job: str, max_duration_s: float) -> pa.Table:
                 duration = len(wav) / SAMPLE_RATE
                 row["duration_s"] = duration
                 if duration > max_duration_s:
-                    raise _too_long_error(
+                    raise TooLongAudio(
                         f"audio is {duration:.1f} s; the limit is {max_duration_s:g} s (--max-duration-s)")
                 wavs[i] = wav
             except GPAError as exc:
@@ -178,16 +169,15 @@ class GPAStage:
 # --- encode ----------------------------------------------------------------------------------------------------
 
 
-def encode_batch(batch: pa.Table, config: dict, run_id: str) -> pa.Table:
-    """Finished work rows -> output rows: FLAC audio (inline or as objects), metrics, timings."""
+def encode_batch(batch: pa.Table, config: dict, run_id: str, params: dict) -> pa.Table:
+    """Finished work rows -> output rows: FLAC audio (inline or as objects), metrics, timings.
+
+    ``params`` are the task options as a dict, made once by the driver (this CPU stage never imports torch).
+    """
     from gpa.audio import encode_flac
 
     config_obj = JobConfig.from_dict(config)
     task = TASKS[config_obj.job]
-    try:
-        options = task.options(config_obj)
-    except Exception:  # options are only echoed into the rows; never fail a batch over them
-        options = None
     rows, waves = split_table(batch)
     out_rows = []
     for row, wave in zip(rows, waves["out_wav"], strict=True):
@@ -204,12 +194,12 @@ def encode_batch(batch: pa.Table, config: dict, run_id: str) -> pa.Table:
                     audio = {"bytes": None, "path": uri}
                 else:
                     audio = {"bytes": flac, "path": name}
-            out = task.output_row(row, audio, config_obj, options, {"run_id": run_id,
+            out = task.output_row(row, audio, config_obj, params, {"run_id": run_id,
                                                                     "source": row.get("model_source"),
                                                                     "hash": row.get("model_hash")})
         except Exception as exc:
             _error(row, exc if hasattr(exc, "kind") else _encode_error(exc))
-            out = task.output_row(row, None, config_obj, options, {"run_id": run_id,
+            out = task.output_row(row, None, config_obj, params, {"run_id": run_id,
                                                                    "source": row.get("model_source"),
                                                                    "hash": row.get("model_hash")})
         end = time.time()
@@ -250,8 +240,12 @@ def make_sink(output: str, run_id: str, rows_per_part: int | None):
             if not tables:
                 return None
             table = pa.concat_tables(tables)
+            store = OutputStore(self.output)
+            if not store.is_current(self.run_id):  # this run was killed and another one owns the output now
+                log.warning("run %s no longer owns %s; part not written", self.run_id, store.uri)
+                return None
             # the task index names the part, so a retried write task overwrites its own earlier attempt
             name = f"part-{self.run_id}-{ctx.task_idx:05d}.parquet"
-            return OutputStore(self.output).stage(self.run_id, name, table)
+            return store.stage(self.run_id, name, table)
 
     return StagedParquetSink()

@@ -12,7 +12,7 @@ def summary_dict(result: JobResult) -> dict:
         "job": result.job, "run_id": result.run_id, "output": storage.redact_uri(result.output),
         "input_rows": result.input_rows, "skipped_other_task": result.skipped_other_task,
         "already_done": result.already_done, "processed": result.processed, "counts": result.counts,
-        "committed_rows": result.committed_rows, "complete": result.complete,
+        "committed_rows": result.committed_rows, "committed": result.committed, "complete": result.complete,
         "files": [storage.redact_uri(f) for f in result.files], "metrics_path": storage.redact_uri(result.metrics_path),
         "metrics": result.metrics, "wall_s": round(result.wall_s, 2),
         "mlflow": None if tracking is None else {"uri": tracking.uri, "experiment": tracking.experiment,
@@ -30,9 +30,10 @@ def format_summary(result: JobResult) -> str:
         f"  this run        {result.processed} rows: {c.get('ok', 0)} ok, {c.get('error', 0)} error"
         + (f" ({kinds})" if kinds else "")
         + (f"; {result.already_done} already done" if result.already_done else ""),
-        f"  output          {storage.redact_uri(result.output)}  ({result.committed_rows} rows, "
-        + ("complete" if result.complete else f"INCOMPLETE: {result.extra.get('pending_after_limit', 0)} rows pending")
-        + ")",
+        f"  output          {storage.redact_uri(result.output)}",
+        f"  output rows     {result.committed_rows}: {result.committed.get('ok', 0)} ok, "
+        f"{result.committed.get('error', 0)} error; "
+        + ("complete" if result.complete else f"INCOMPLETE: {result.extra.get('pending_after_limit', 0)} rows pending"),
         f"  parquet         {storage.redact_uri(storage.join(result.output, 'data'))}/*.parquet  "
         f"(committed list: _gpa_batch/commit.json)",
     ]

@@ -7,7 +7,6 @@ actor pool, retries, writing, resume, tracking) is shared.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
@@ -68,16 +67,17 @@ class Task:
         """Fill each row's result fields (or its error) in place; return the output waveforms (or Nones)."""
         raise NotImplementedError
 
-    def output_row(self, row: dict, audio: dict | None, config, options, model_info: dict) -> dict:
-        """The output row (``schema()``) of a finished work row; ``audio`` is its encoded ``{bytes, path}``."""
+    def output_row(self, row: dict, audio: dict | None, config, params: dict | None, model_info: dict) -> dict:
+        """The output row (``schema()``) of a finished work row; ``audio`` is its encoded ``{bytes, path}`` and
+        ``params`` the task options as a dict (``dataclasses.asdict``)."""
         raise NotImplementedError
 
     def schema(self) -> pa.Schema:
         return S.output_schema(self.name)
 
 
-def _params(options, seed: int) -> str:
-    return json.dumps({**dataclasses.asdict(options), "seed": seed}, sort_keys=True, default=str)
+def _params(params: dict, seed: int | None) -> str:
+    return json.dumps({**params, "seed": seed}, sort_keys=True, default=str)
 
 
 def _error(row: dict, error: Exception, prefix: str = "") -> None:
@@ -88,11 +88,11 @@ def _error(row: dict, error: Exception, prefix: str = "") -> None:
     row["error"] = scrub(f"{prefix}{error}" if str(error) else f"{prefix}{type(error).__name__}")
 
 
-def _common(row: dict, config, options, model_info: dict) -> dict:
+def _common(row: dict, config, params: dict | None, model_info: dict) -> dict:
     return {
         "id": row["id"], "status": row["status"], "error_kind": row.get("error_kind"), "error": row.get("error"),
         "model_source": model_info.get("source"), "model_hash": model_info.get("hash"),
-        "params": _params(options, row.get("seed")) if options is not None else None, "seed": row.get("seed"),
+        "params": _params(params, row.get("seed")) if params is not None else None, "seed": row.get("seed"),
         "duration_s": row.get("duration_s"), "run_id": model_info.get("run_id"),
     }
 
@@ -126,8 +126,8 @@ class TranscribeTask(Task):
             )
         return [None] * len(rows)
 
-    def output_row(self, row, audio, config, options, model_info):
-        out = _common(row, config, options, model_info)
+    def output_row(self, row, audio, config, params, model_info):
+        out = _common(row, config, params, model_info)
         reference = row.get("text")
         out.update(
             audio_uri=redact_uri(row["audio"]) if row.get("audio") else None,
@@ -179,8 +179,8 @@ class SynthesizeTask(Task):
                         [refs[i].embedding for i in ok])
         return outputs
 
-    def output_row(self, row, audio, config, options, model_info):
-        out = _common(row, config, options, model_info)
+    def output_row(self, row, audio, config, params, model_info):
+        out = _common(row, config, params, model_info)
         ok = row["status"] == "ok"
         out.update(
             text=row.get("text"), ref_id=row.get("ref_id"),
@@ -236,8 +236,8 @@ class ConvertTask(Task):
                         None, sources=[waves["wav"][i] for i in ok])
         return outputs
 
-    def output_row(self, row, audio, config, options, model_info):
-        out = _common(row, config, options, model_info)
+    def output_row(self, row, audio, config, params, model_info):
+        out = _common(row, config, params, model_info)
         ok = row["status"] == "ok"
         source_duration = row.get("duration_s")
         out.update(
@@ -304,7 +304,10 @@ def _round_trip(model, rows: list[dict], audios: list[np.ndarray], batch_size: i
         return
     from gpa import TranscribeOptions
 
-    results = model.transcribe([(a, S.SAMPLE_RATE) for a in audios], TranscribeOptions(batch_size=batch_size))
+    # enough tokens for the text that was asked for (a random or broken model must not run to 512 every time)
+    budget = min(512, 16 + 2 * max(len(r.get("text") or "") for r in rows))
+    options = TranscribeOptions(batch_size=batch_size, max_new_tokens=budget)
+    results = model.transcribe([(a, S.SAMPLE_RATE) for a in audios], options)
     for row, result in zip(rows, results, strict=True):
         row["asr_text"] = result.text if result.ok else None
 

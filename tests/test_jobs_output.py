@@ -50,8 +50,9 @@ def test_killed_run_leaves_previous_commit_and_its_parts_are_adopted(tmp_path):
     store.stage("r2", "part-r2-00000.parquet", part([("b", "ok", None), ("c", "ok", None)]))
     storage.write_bytes(storage.join(store.run_dir("r2"), "part-r2-00001.parquet"), b"PAR1 torn")
     assert ids(store) == ["a"]  # readers of the commit see the last commit only
-    # run 3: adopts the finished part, drops the torn one
-    commit = store.start()
+    # run 3: takes ownership (late writers of run 2 are fenced off), adopts the finished part, drops the torn one
+    commit = store.start("r3")
+    assert store.is_current("r3") and not store.is_current("r2")
     assert ids(store) == ["a", "b", "c"] and not commit.complete
     assert not (tmp_path / ".staging").exists()
 

@@ -1,0 +1,262 @@
+"""Each job end to end on a real local Ray runtime and the tiny random checkpoint, bad rows included; resume after a
+killed run; S3 in and out (moto server); Parquet read back with pyarrow and ``datasets``."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+from jobs_helpers import migrated_mlflow_db
+
+from jobs.config import JobConfig
+from jobs.output import OutputStore
+from jobs.pipeline import run_job
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "manifests" / "examples"
+AUDIO = EXAMPLES / "audio"
+
+
+@pytest.fixture(scope="module")
+def ray_address(s3_server):
+    """A local Ray runtime for this module (started after the S3 server, so its workers see the AWS env)."""
+    import ray
+
+    temp = tempfile.mkdtemp(prefix="gpa-batch-test-ray-")
+    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        yield context.address_info["address"]
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory):
+    return f"sqlite:///{migrated_mlflow_db(tmp_path_factory.mktemp('mlflow') / 'mlflow.db')}"
+
+
+def small_config(job: str, manifest: Path | str, output: Path | str, model, mlflow_uri, **overrides) -> JobConfig:
+    values = dict(job=job, input=str(manifest), output=str(output), model=str(model), mlflow_uri=mlflow_uri,
+                  batch_size=2, bucket_batches=2, rows_per_part=3, options={"max_new_tokens": 24})
+    values.update(overrides)
+    return JobConfig(**values)
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def committed(output) -> list[dict]:
+    table = OutputStore(str(output)).read()
+    return table.to_pylist() if table is not None else []
+
+
+def bad_audio_files(directory: Path) -> dict[str, Path]:
+    files = {"not_audio": directory / "notes.wav", "empty": directory / "empty.flac", "short": directory / "short.flac",
+             "long": directory / "long.flac"}
+    files["not_audio"].write_text("this is not audio")
+    files["empty"].write_bytes(b"")
+    sf.write(files["short"], np.zeros(400, np.float32), 16000)  # 25 ms: too short to tokenize
+    sf.write(files["long"], np.zeros(13 * 16000, np.float32), 16000)  # over the test's 12 s limit
+    return files
+
+
+def test_transcribe_end_to_end_with_bad_rows_and_rerun(ray_address, tiny_checkpoint, mlflow_uri, tmp_path):
+    bad = bad_audio_files(tmp_path)
+    rows = [json.loads(line) for line in (EXAMPLES / "transcribe.jsonl").read_text().splitlines()]
+    for row in rows:
+        row["audio"] = str(EXAMPLES / row["audio"])
+    manifest = write_jsonl(tmp_path / "m.jsonl", [
+        *rows,
+        {"id": "not-audio", "audio": str(bad["not_audio"])},
+        {"id": "empty", "audio": str(bad["empty"])},
+        {"id": "too-short", "audio": str(bad["short"])},
+        {"id": "too-long", "audio": str(bad["long"])},
+        {"id": "segment", "audio": str(AUDIO / "jfk.flac"), "begin_time": 1.0, "end_time": 3.0, "text": "my fellow"},
+        "{broken json",
+        {"id": "jfk", "audio": str(AUDIO / "espeak_short.flac")},
+        {"audio": str(AUDIO / "espeak_short.flac")},
+    ])
+    config = small_config("transcribe", manifest, tmp_path / "out", tiny_checkpoint, mlflow_uri, max_duration_s=12.0)
+    result = run_job(config)
+
+    out = committed(tmp_path / "out")
+    assert Counter(r["id"] for r in out) == Counter(
+        ["jfk", "weather", "numbers", "library", "hello", "missing-file", "not-audio", "empty", "too-short",
+         "too-long", "segment", "line:12", "jfk", str(AUDIO / "espeak_short.flac")])  # one row per input row
+    kinds = {(r["id"], r["error_kind"]) for r in out if r["status"] == "error"}
+    assert kinds == {("missing-file", "unreadable_audio"), ("not-audio", "unreadable_audio"),
+                     ("empty", "empty_audio"), ("too-short", "too_short_audio"), ("too-long", "too_long_audio"),
+                     ("line:12", "invalid_manifest_row"), ("jfk", "duplicate_id")}
+    ok = {r["id"]: r for r in out if r["status"] == "ok"}
+    assert set(ok) == {"jfk", "weather", "numbers", "library", "hello", "segment", str(AUDIO / "espeak_short.flac")}
+    jfk = ok["jfk"]
+    assert jfk["duration_s"] == pytest.approx(11.0, abs=0.01) and jfk["model_hash"] and jfk["model_source"]
+    assert jfk["segments"] and jfk["num_glm_tokens"] > 0 and jfk["num_semantic_tokens"] > 0
+    assert jfk["reference"].startswith("And so") and 0 <= jfk["cer"] and jfk["wer"] >= 0
+    assert ok["segment"]["duration_s"] == pytest.approx(2.0, abs=0.01)
+    assert ok["segment"]["segments"][0]["start"] >= 1.0  # segment times are in the source file's timeline
+    assert json.loads(jfk["params"])["seed"] == jfk["seed"]
+    assert all(r["timings"]["latency_s"] > 0 for r in ok.values())
+    assert result.counts["ok"] == 7 and result.counts["error"] == 7 and result.complete
+    assert (tmp_path / "out" / "_SUCCESS").exists()
+    assert len(result.files) >= 3  # rows_per_part=3: several parts
+
+    # the run is in MLflow, with metrics by error kind, and in the local metrics file
+    from mlflow.tracking import MlflowClient
+
+    assert result.tracking.error is None
+    run = MlflowClient(tracking_uri=mlflow_uri).get_run(result.tracking.run_id)
+    assert run.data.metrics["rows_ok"] == 7 and run.data.metrics["rows_error.unreadable_audio"] == 2
+    assert run.data.metrics["wer_mean"] >= 0 and "latency_p95_s" in run.data.metrics
+    assert run.data.params["model_hash"] == jfk["model_hash"] and run.data.params["job"] == "transcribe"
+    assert json.loads(Path(result.metrics_path).read_text())["metrics"]["rows"] == 14
+
+    # rerunning the same command does nothing; with --retry-errors only the failed rows run again
+    again = run_job(config)
+    assert again.processed == 0 and again.already_done == 14 and again.committed_rows == 14
+    bad["empty"].write_bytes((AUDIO / "espeak_short.flac").read_bytes())
+    retried = run_job(small_config("transcribe", manifest, tmp_path / "out", tiny_checkpoint, mlflow_uri,
+                                   max_duration_s=12.0, retry_errors=True))
+    assert retried.processed == 7 - 1  # the error rows, less the duplicate (which stays a duplicate)
+    out = committed(tmp_path / "out")
+    assert len(out) == 14 and Counter(r["id"] for r in out)["jfk"] == 2
+    assert next(r for r in out if r["id"] == "empty")["status"] == "ok"
+
+    # the Parquet reads with pyarrow and datasets
+    assert pq.read_table(OutputStore(str(tmp_path / "out")).files()).num_rows == 14
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "out" / "data" / "*.parquet"), split="train",
+                               cache_dir=str(tmp_path / "hf"))
+    assert len(ds) == 14 and set(ds.column_names) >= {"id", "status", "text", "segments", "wer", "cer"}
+
+
+def decode(audio: dict) -> tuple[np.ndarray, int]:
+    data = audio["bytes"] if audio["bytes"] is not None else Path(audio["path"]).read_bytes()
+    samples, rate = sf.read(io.BytesIO(data), dtype="float32")
+    return samples, rate
+
+
+def test_synthesize_end_to_end_audio_objects_and_hostile_ids(ray_address, tiny_checkpoint, tmp_path):
+    hostile = ["../../escape", "/etc/passwd", "nul\u0000id", "x" * 10_000]
+    manifest = write_jsonl(tmp_path / "m.jsonl", [
+        *[{"id": i, "text": "Hello there.", "ref_audio": str(AUDIO / "espeak_short.flac")} for i in hostile],
+        {"id": "jfk-voice", "text": "A longer sentence, spoken in the voice of the reference.",
+         "ref_audio": str(AUDIO / "jfk.flac"), "ref_id": "jfk", "seed": 11},
+        {"id": "bad-ref", "text": "Hello.", "ref_audio": str(tmp_path / "nowhere.wav")},
+        {"id": "empty-text", "text": "", "ref_audio": str(AUDIO / "jfk.flac")},
+    ])
+    out_dir = tmp_path / "out"
+    result = run_job(small_config("synthesize", manifest, out_dir, tiny_checkpoint, None, audio_storage="objects",
+                                  keep_max_cer=100.0, keep_min_similarity=-1.0))  # random weights: gate wide open
+    # the default tracking store: sqlite beside the output, artifacts (incl. samples) beside it
+    assert result.tracking.error is None and (out_dir / "_mlflow" / "mlflow.db").exists()
+    rows = {r["id"]: r for r in committed(out_dir)}
+    assert set(rows) == {*hostile, "jfk-voice", "bad-ref", "empty-text"}
+    assert rows["bad-ref"]["error_kind"] == "unreadable_audio" and "reference" in rows["bad-ref"]["error"]
+    assert rows["empty-text"]["error_kind"] == "invalid_text"
+    audio_root = (out_dir / "audio").resolve()
+    files = [p for p in audio_root.rglob("*") if p.is_file()]
+    for row_id in [*hostile, "jfk-voice"]:
+        row = rows[row_id]
+        assert row["status"] == "ok", row["error"]
+        path = Path(row["audio"]["path"]).resolve()
+        assert path.is_relative_to(audio_root) and path in files  # never outside the output prefix
+        samples, rate = decode(row["audio"])
+        assert rate == 16000 and len(samples) == pytest.approx(row["duration_s"] * 16000, abs=1)
+        assert len(row["global_tokens"]) == 32 and len(row["semantic_tokens"]) > 0
+        assert row["asr_text"] is not None and -1.0 <= row["speaker_similarity"] <= 1.0
+        assert row["keep"] is True and row["sampling_rate"] == 16000
+    assert len(files) == 5 and not list(tmp_path.glob("escape*")) and not Path("/etc/passwd.flac").exists()
+    assert rows["jfk-voice"]["seed"] == 11 and rows["jfk-voice"]["ref_id"] == "jfk"
+    assert 0 <= result.metrics["quality_pass_rate"] <= 1 and result.metrics["audio_hours_out"] > 0
+
+    # inline audio reads back through datasets (Audio feature, decoded here from its bytes)
+    inline = run_job(small_config("synthesize", manifest, tmp_path / "inline", tiny_checkpoint, None, quality=False,
+                                  limit=2))
+    assert inline.processed == 2 + 1 and not inline.complete  # 2 rows run, the invalid row written as an error
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_files=inline.files, split="train", cache_dir=str(tmp_path / "hf"))
+    assert isinstance(ds.features["audio"], datasets.Audio)
+    ds = ds.cast_column("audio", datasets.Audio(decode=False))
+    ok = [r for r in ds if r["status"] == "ok"]
+    assert len(ok) == 2 and all(decode(r["audio"])[0].size > 0 for r in ok)
+
+
+def test_convert_on_s3(ray_address, tiny_checkpoint, mlflow_uri, s3_bucket):
+    import boto3
+
+    s3 = boto3.client("s3")
+    for name in ("espeak_weather.flac", "jfk.flac", "espeak_library.flac", "espeak_numbers.flac"):
+        s3.upload_file(str(AUDIO / name), s3_bucket, f"in/audio/{name}")
+    s3.upload_file(str(EXAMPLES / "convert.jsonl"), s3_bucket, "in/convert.jsonl")
+    output = f"s3://{s3_bucket}/results/convert"
+    result = run_job(small_config("convert", f"s3://{s3_bucket}/in/convert.jsonl", output, tiny_checkpoint, mlflow_uri))
+    rows = {r["id"]: r for r in committed(output)}
+    assert set(rows) == {"vc-weather-to-jfk", "vc-jfk-to-f3", "vc-missing-ref"}
+    assert rows["vc-missing-ref"]["error_kind"] == "unreadable_audio"
+    for row_id in ("vc-weather-to-jfk", "vc-jfk-to-f3"):
+        row = rows[row_id]
+        assert row["status"] == "ok", row["error"]
+        assert row["source_audio_uri"].startswith(f"s3://{s3_bucket}/in/audio/")
+        assert decode(row["audio"])[0].size > 0 and row["duration_s"] > 0
+        assert len(row["global_tokens"]) == 32 and row["source_semantic_tokens"] and row["semantic_tokens"]
+        assert row["speaker_similarity"] is not None and row["source_similarity"] is not None
+    assert rows["vc-jfk-to-f3"]["source_duration_s"] == pytest.approx(4.0, abs=0.01)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="results/convert/")["Contents"]]
+    assert "results/convert/_SUCCESS" in keys and "results/convert/_gpa_batch/commit.json" in keys
+    assert not [k for k in keys if "/.staging/" in k]
+    assert result.complete and result.tracking.error is None
+
+
+def test_killed_run_resumes_to_the_exact_row_set(ray_address, tiny_checkpoint, tmp_path):
+    manifest = write_jsonl(tmp_path / "m.jsonl", [
+        {"id": f"clip-{i:02d}", "audio": str(AUDIO / ("espeak_short.flac" if i % 3 else "espeak_weather.flac"))}
+        for i in range(8)] + [{"id": "gone", "audio": str(tmp_path / "gone.wav")}])
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "jobs.transcribe", "--input", str(manifest), "--output", str(out), "--model",
+            str(tiny_checkpoint), "--batch-size", "1", "--bucket-batches", "1", "--rows-per-part", "1",
+            "--max-new-tokens", "4", "--mlflow-uri", f"sqlite:///{tmp_path / 'ml.db'}", "--no-progress"]
+    env = {**os.environ, "RAY_ADDRESS": ray_address}
+    process = subprocess.Popen([*argv, "--debug-delay-s", "1.0"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    store = OutputStore(str(out))
+    deadline = time.time() + 240
+    while len(store.staged_records()) < 3:
+        assert process.poll() is None, "the job ended before it could be interrupted"
+        assert time.time() < deadline, "the job wrote no parts"
+        time.sleep(0.3)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    time.sleep(3)  # Ray ends the dead driver's tasks
+    # what a reader sees now: the (empty) last commit, and no _SUCCESS
+    assert committed(out) == [] and not (out / "_SUCCESS").exists()
+    staged = len(store.staged_records())
+
+    finished = subprocess.run([*argv, "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    summary = json.loads(finished.stdout)
+    assert summary["complete"] and summary["committed_rows"] == 9
+    assert summary["already_done"] >= staged and summary["processed"] == 9 - summary["already_done"]
+    rows = committed(out)
+    assert sorted(r["id"] for r in rows) == sorted([f"clip-{i:02d}" for i in range(8)] + ["gone"])
+    assert (out / "_SUCCESS").exists() and not (out / ".staging").exists()
+    assert sorted(os.listdir(out / "data")) == sorted(os.path.basename(f) for f in OutputStore(str(out)).files())
