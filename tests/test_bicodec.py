@@ -251,10 +251,16 @@ def test_writer_is_deterministic(tiny_dir, tmp_path):
         write_random_checkpoint(tmp_path / "bad", seed=0, size="huge")
 
 
-def test_loudness_is_normalised_before_tokenizing(codec):
-    x = voice(1.0, 170, 2)
-    # Halving is exact in floating point, so peak normalisation makes both inputs bit-identical.
-    (g1, s1), (g2, s2) = codec.tokenize([x, 0.5 * x])
+def test_loudness_is_normalised_before_tokenizing(tiny_dir, codec):
+    x = voice(1.0, 170, 2, amp=0.05)
+    assert codec.normalization == "percentile"  # config volume_normalize: true
+    raw = BiCodec.from_pretrained(tiny_dir, normalization="none")
+    for got, expected in zip(codec.tokenize([x]), raw.tokenize([percentile_normalize(x)]), strict=True):
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+    # Peak normalisation: halving is exact in floating point, so both inputs become bit-identical.
+    peak = BiCodec.from_pretrained(tiny_dir, normalization="peak")
+    (g1, s1), (g2, s2) = peak.tokenize([x, 0.5 * x])
     np.testing.assert_array_equal(g1, g2)
     np.testing.assert_array_equal(s1, s2)
     features = codec.wav2vec2_features([x, 0.5 * x], preprocess=False)

@@ -55,9 +55,10 @@ class BiCodec:
         self.dtype = dtype
         # The mel is computed in float32 whatever the model dtype (its filterbank must stay exact).
         self.mel_transform = MelSpectrogram(config.mel_params).to(self.device)
-        # Loudness normalisation before tokenizing: the reference peak-normalises array input to 0.9
-        # (config flag volume_normalize). "percentile" is its file-path variant.
-        self.normalization: Normalization = normalization or ("peak" if config.volume_normalize else "none")
+        # Loudness normalisation before tokenizing (config flag volume_normalize). The reference normalises
+        # by loud percentiles when it reads a file itself -- its offline inference and training data path,
+        # hence the default -- and peak-normalises tensors handed to it (its server path): "peak".
+        self.normalization: Normalization = normalization or ("percentile" if config.volume_normalize else "none")
         self.batch_size = 16
         self.sample_rate = config.sample_rate
         self.samples_per_semantic_token = config.samples_per_semantic_token

@@ -14,7 +14,7 @@ Normalization = Literal["peak", "percentile", "none"]
 def peak_normalize(wav: np.ndarray, peak: float = 0.9) -> np.ndarray:
     """Scale so that max |x| == ``peak`` (silence stays silence).
 
-    This is what the reference tokenizer does to waveforms handed over as arrays/tensors.
+    What the reference tokenizer does to waveforms handed over as tensors (its server path).
     """
     wav = np.asarray(wav, dtype=np.float32)
     max_val = np.abs(wav).max()
@@ -24,7 +24,8 @@ def peak_normalize(wav: np.ndarray, peak: float = 0.9) -> np.ndarray:
 
 
 def percentile_normalize(wav: np.ndarray, coeff: float = 0.2) -> np.ndarray:
-    """Loudness normalisation used by the reference when it reads audio from a file path itself.
+    """Loudness normalisation the reference applies when it reads audio from a file path itself (its offline
+    inference and training-data path, so the default here).
 
     Quiet audio (peak < 0.1) is first lifted to peak 0.1; then the mean of the 90th..99th percentile of the
     samples above 0.01 is brought to ``coeff`` (gain clipped to [0.1, 10]), and the result is kept within
