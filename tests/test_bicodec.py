@@ -154,8 +154,12 @@ def test_too_short_and_empty_audio(codec):
         codec.tokenize([voice(1.0, 100, 0), np.full(100, 0.1, np.float32)])
     # The speaker path tiles a short clip, so global tokens exist even for a few samples.
     assert codec.global_tokens([np.full(100, 0.1, np.float32)])[0].shape == (32,)
-    # One token's worth of audio is enough for one token.
-    assert len(codec.semantic_tokens([voice(0.02, 100, 0)])[0]) == 1
+    # The front end's receptive field is enough for one token.
+    n = codec.min_semantic_samples
+    assert 100 < n <= 400
+    assert len(codec.semantic_tokens([voice(n / SR, 100, 0)])[0]) == 1
+    with pytest.raises(TooShortAudio, match=f"{n} samples needed"):
+        codec.semantic_tokens([voice((n - 1) / SR, 100, 0)])
     with pytest.raises(EmptyAudio):
         codec.tokenize([np.zeros(0, np.float32)])
 

@@ -109,10 +109,12 @@ class BiCodec:
             n = wav.shape[0]
             raise TooShortAudio(
                 f"audio of {n} samples ({n / self.sample_rate:.4f} s) is too short for one BiCodec semantic "
-                f"token ({self._min_semantic_samples()} samples needed)"
+                f"token ({self.min_semantic_samples} samples needed)"
             )
 
-    def _min_semantic_samples(self) -> int:
+    @property
+    def min_semantic_samples(self) -> int:
+        """Fewest samples that yield a semantic token (the wav2vec2 front end's receptive field; 400 as released)."""
         n = 1
         while self.wav2vec2.num_frames(n) < 1:
             n += 1
