@@ -40,6 +40,7 @@ class JobError(RuntimeError):
 class JobResult:
     job: str
     run_id: str
+    input: str  # redacted
     output: str
     input_rows: int
     skipped_other_task: int
@@ -120,7 +121,8 @@ def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
     committed = Counter("ok" if r["status"] == "ok" else "error" for r in index)
     committed.update(r["error_kind"] for r in index if r["status"] != "ok")
     result = JobResult(
-        job=config.job, run_id=run_id, output=store.uri, input_rows=inputs.total,
+        job=config.job, run_id=run_id, input=storage.redact_uri(config.input), output=store.uri,
+        input_rows=inputs.total,
         skipped_other_task=inputs.skipped_other_task, already_done=already_done, processed=sum(expected.values()),
         counts=counts, committed_rows=commit.rows, committed=dict(committed), complete=complete,
         files=store.files(commit), metrics=metrics,

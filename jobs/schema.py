@@ -138,4 +138,5 @@ def wav_list(column: pa.ChunkedArray | pa.Array) -> list[np.ndarray | None]:
     offsets = array.offsets.to_numpy()
     values = array.values.to_numpy(zero_copy_only=False)
     valid = array.is_valid().to_numpy(zero_copy_only=False)
-    return [values[offsets[i]: offsets[i + 1]] if valid[i] else None for i in range(len(array))]
+    # copies: Arrow buffers are read-only, and torch warns about (and must not write into) read-only arrays
+    return [values[offsets[i]: offsets[i + 1]].copy() if valid[i] else None for i in range(len(array))]

@@ -9,7 +9,7 @@ from .pipeline import JobResult
 def summary_dict(result: JobResult) -> dict:
     tracking = result.tracking
     return {
-        "job": result.job, "run_id": result.run_id, "output": storage.redact_uri(result.output),
+        "job": result.job, "run_id": result.run_id, "input": result.input, "output": storage.redact_uri(result.output),
         "input_rows": result.input_rows, "skipped_other_task": result.skipped_other_task,
         "already_done": result.already_done, "processed": result.processed, "counts": result.counts,
         "committed_rows": result.committed_rows, "committed": result.committed, "complete": result.complete,
@@ -25,6 +25,7 @@ def format_summary(result: JobResult) -> str:
     kinds = ", ".join(f"{k}: {v}" for k, v in sorted(c.items()) if k not in ("ok", "error"))
     lines = [
         f"gpa-batch {result.job}  run {result.run_id}  ({result.wall_s:.1f} s)",
+        f"  input           {result.input}",
         f"  input rows      {result.input_rows}"
         + (f"  (+{result.skipped_other_task} rows for other tasks, left out)" if result.skipped_other_task else ""),
         f"  this run        {result.processed} rows: {c.get('ok', 0)} ok, {c.get('error', 0)} error"
@@ -53,6 +54,8 @@ def format_summary(result: JobResult) -> str:
     t = result.tracking
     if t is not None and t.error is None:
         lines.append(f"  mlflow          {t.uri}  experiment {t.experiment!r} run {t.run_id}")
+        if t.uri.startswith("sqlite:"):
+            lines.append(f"                  (browse: mlflow ui --backend-store-uri {t.uri})")
     elif t is not None:
         lines.append(f"  mlflow          FAILED ({t.error}); metrics kept in the file below")
     lines.append(f"  metrics         {storage.redact_uri(result.metrics_path)}")

@@ -151,3 +151,23 @@ def test_s3_manifest_and_listing(s3_bucket):
     listed = load_inputs("transcribe", f"s3://{s3_bucket}/sets/clips/", glob="**/*.flac")
     assert sorted(r["id"] for r in listed.rows) == ["deep/z.flac", "x.flac"]
     assert all(r["audio"].startswith(f"s3://{s3_bucket}/sets/clips/") for r in listed.rows)
+
+
+def test_example_manifests_follow_the_json_schemas():
+    import jsonschema
+
+    schemas = {job: json.loads((EXAMPLES.parent / "schemas" / f"{job}.schema.json").read_text())
+               for job in ("transcribe", "synthesize", "convert")}
+    for schema in schemas.values():
+        jsonschema.Draft202012Validator.check_schema(schema)
+    checked = 0
+    for name, job in [("transcribe.jsonl", "transcribe"), ("transcribe_gpa.jsonl", "transcribe"),
+                      ("transcribe_nemo.json", "transcribe"), ("synthesize.jsonl", "synthesize"),
+                      ("convert.jsonl", "convert")]:
+        for line in (EXAMPLES / name).read_text().splitlines():
+            row = json.loads(line)
+            errors = list(jsonschema.Draft202012Validator(schemas[job]).iter_errors(row))
+            assert bool(errors) == (row.get("id") == "tts-empty"), (name, row, errors)  # broken on purpose
+            checked += 1
+    assert checked == 20
+    assert list(jsonschema.Draft202012Validator(schemas["transcribe"]).iter_errors({"text": "no audio"}))

@@ -1,0 +1,68 @@
+"""The stages in-process on the tiny checkpoint (no Ray): a crashing model call still yields a row per input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from jobs import schema as S
+from jobs.config import JobConfig
+from jobs.pipeline import INPUT_SCHEMA, task_params
+from jobs.stages import GPAStage, decode_batch, encode_batch
+from jobs.tasks import TASKS, SpeakerCache
+
+AUDIO = Path(__file__).resolve().parents[1] / "manifests" / "examples" / "audio"
+
+
+@pytest.fixture(scope="module")
+def stage(tiny_checkpoint):
+    config = JobConfig(job="transcribe", input="m.jsonl", output="out", model=str(tiny_checkpoint), batch_size=2,
+                       options={"max_new_tokens": 8})
+    return GPAStage(config.to_dict())
+
+
+def decoded(rows: list[dict]):
+    inputs = [{"id": r[0], "audio": str(r[1]), "seed": 1} for r in rows]
+    return decode_batch(S.rows_to_table(inputs, INPUT_SCHEMA), "transcribe", 3600.0)
+
+
+def test_a_crashing_batch_is_retried_row_by_row(stage, monkeypatch):
+    batch = decoded([("a", AUDIO / "espeak_short.flac"), ("b", AUDIO / "espeak_weather.flac"),
+                     ("c", AUDIO / "missing.flac")])
+    real = stage.model.transcribe
+
+    def crashes_on_batches(audios, options=None):
+        if len(audios) > 1:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real(audios, options)
+
+    monkeypatch.setattr(stage.model, "transcribe", crashes_on_batches)
+    rows = {r["id"]: r for r in stage(batch).drop(["wav", "out_wav"]).to_pylist()}
+    assert rows["a"]["status"] == rows["b"]["status"] == "ok" and rows["a"]["num_glm_tokens"] > 0
+    assert rows["c"]["error_kind"] == "unreadable_audio"  # decode error, passed through untouched
+
+    def always_crashes(audios, options=None):
+        raise RuntimeError("segfault-ish failure with s3://key:secret@bucket/x?sig=1")
+
+    monkeypatch.setattr(stage.model, "transcribe", always_crashes)
+    out = stage(batch)
+    rows = {r["id"]: r for r in out.drop(["wav", "out_wav"]).to_pylist()}
+    assert out.num_rows == 3 and rows["a"]["error_kind"] == rows["b"]["error_kind"] == "model_error"
+    assert "secret" not in rows["a"]["error"] and "sig=1" not in rows["a"]["error"]
+    final = encode_batch(out, stage.config.to_dict(), "run", task_params(stage.config))
+    assert final.schema == TASKS["transcribe"].schema() and final.num_rows == 3
+
+
+def test_speaker_cache_encodes_each_reference_once(stage, monkeypatch):
+    calls = []
+    real = stage.model.speaker
+    monkeypatch.setattr(stage.model, "speaker", lambda audio: calls.append(1) or real(audio))
+    cache = SpeakerCache()
+    rows = [{"status": "ok", "ref_audio": str(AUDIO / "espeak_short.flac")} for _ in range(3)]
+    rows.append({"status": "ok", "ref_audio": str(AUDIO / "nope.flac")})
+    speakers = cache.resolve(stage.model, rows)
+    assert len(calls) == 1 and speakers[0] is speakers[2] and speakers[3] is None
+    assert rows[3]["error_kind"] == "unreadable_audio" and rows[3]["error"].startswith("reference audio")
+    cache.resolve(stage.model, rows[:1])
+    assert len(calls) == 1
