@@ -157,9 +157,9 @@ def test_too_short_and_empty_audio(codec):
     # The front end's receptive field is enough for one token.
     n = codec.min_semantic_samples
     assert 100 < n <= 400
-    assert len(codec.semantic_tokens([voice(n / SR, 100, 0)])[0]) == 1
+    assert len(codec.semantic_tokens([voice(1.0, 100, 0)[:n]])[0]) == 1
     with pytest.raises(TooShortAudio, match=f"{n} samples needed"):
-        codec.semantic_tokens([voice((n - 1) / SR, 100, 0)])
+        codec.semantic_tokens([voice(1.0, 100, 0)[: n - 1]])
     with pytest.raises(EmptyAudio):
         codec.tokenize([np.zeros(0, np.float32)])
 
