@@ -57,7 +57,7 @@ def load_audio(
     if not np.isfinite(samples).all():
         raise NonFiniteAudio("audio contains NaN or infinite samples")
     if source_rate != sample_rate:
-        samples = soxr.resample(samples, source_rate, sample_rate, quality="HQ")
+        samples = soxr.resample(samples, source_rate, sample_rate, quality="VHQ")  # as the reference BiCodec path
     return np.ascontiguousarray(samples, dtype=np.float32)
 
 
