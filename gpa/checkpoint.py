@@ -28,8 +28,8 @@ def refuse_pickle(path: str | Path) -> None:
     path = Path(path)
     if path.suffix in PICKLE_SUFFIXES:
         raise CheckpointError(
-            f"refusing to load {path.name}: pickle-based weights can run code when loaded; "
-            "convert the checkpoint to safetensors"
+            f"refusing to load {path.name}: pickle-based weights can run code when loaded; convert them once with "
+            f"`gpa convert-weights {path}` (torch's weights-only unpickler) and load the .safetensors"
         )
 
 
@@ -43,7 +43,10 @@ def find_safetensors(directory: str | Path) -> Path:
         if directory.is_dir():
             for unsafe in sorted(p for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES):
                 refuse_pickle(unsafe)
-        raise CheckpointError(f"no .safetensors weights in {directory}")
+        raise CheckpointError(
+            f"no .safetensors weights in {directory}; if the checkpoint ships pickle weights (.bin/.pt), convert "
+            "them once with `gpa convert-weights FILE` and put the .safetensors beside them"
+        )
     raise CheckpointError(f"several .safetensors files in {directory}: {[f.name for f in files]}")
 
 
@@ -134,10 +137,11 @@ def _download_prefix(uri: str, cache_dir: Path) -> Path:
     try:
         manifest = {}
         for path, info in sorted(files.items()):
-            relative = path[len(root):].lstrip("/")
+            relative = path[len(root) :].lstrip("/")
             if not relative or relative.startswith("..") or "/../" in f"/{relative}/":
                 raise CheckpointError(f"refusing object key outside the prefix: {relative!r}")
-            refuse_pickle_if_weights(relative)
+            if Path(relative).suffix in PICKLE_SUFFIXES:
+                continue  # never loaded, so never copied (see convert_to_safetensors)
             local = staging / relative
             local.parent.mkdir(parents=True, exist_ok=True)
             fs.get_file(path, str(local))
@@ -154,11 +158,6 @@ def _download_prefix(uri: str, cache_dir: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def refuse_pickle_if_weights(relative: str) -> None:
-    if Path(relative).suffix in PICKLE_SUFFIXES:
-        refuse_pickle(relative)
 
 
 def _download_hf(repo_id: str, cache_dir: str | os.PathLike | None) -> Path:
@@ -203,3 +202,33 @@ def content_hash(directory: str | os.PathLike) -> str:
     for relative, sha in sorted(files.items()):
         digest.update(f"{relative}\0{sha}\n".encode())
     return digest.hexdigest()
+
+
+def convert_to_safetensors(path: str | os.PathLike) -> Path:
+    """Convert a pickle-based weights file to ``<stem>.safetensors`` beside it, once, on the user's request.
+
+    Uses ``torch.load(weights_only=True)``, whose unpickler only builds tensors and plain containers and refuses
+    anything else (such as a payload that would run code). The loaders themselves never unpickle.
+    """
+    path = Path(path)
+    if path.suffix not in PICKLE_SUFFIXES:
+        raise CheckpointError(f"{path.name} is not a pickle weights file ({', '.join(PICKLE_SUFFIXES)})")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path.name} is not a plain tensor checkpoint: {str(exc).splitlines()[0][:200]}"
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path.name} does not hold a flat mapping of names to tensors")
+    # safetensors refuses shared storage: store independent, contiguous copies.
+    tensors = {name: tensor.detach().clone().contiguous() for name, tensor in state.items()}
+    target = path.with_name(
+        "model.safetensors" if path.stem in ("pytorch_model", "model") else path.stem + ".safetensors"
+    )
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(target), metadata={"format": "pt", "converted_from": path.name})
+    return target

@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     model_args(p)
 
+    p = sub.add_parser("convert-weights", help="convert pickle weights (.bin/.pt) to safetensors, safely, once")
+    p.add_argument("files", nargs="+")
+
     p = sub.add_parser("make-checkpoint", help="write a random checkpoint in the official layout (tests, demos)")
     p.add_argument("directory")
     p.add_argument("--seed", type=int, default=0)
@@ -56,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "convert-weights":
+        from .checkpoint import convert_to_safetensors
+
+        for path in args.files:
+            print(convert_to_safetensors(path))
+        return 0
     if args.command == "make-checkpoint":
         from .testing import make_tiny_checkpoint
 

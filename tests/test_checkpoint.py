@@ -8,6 +8,7 @@ from safetensors.torch import save_file
 from gpa.checkpoint import (
     COMPLETE_MARKER,
     content_hash,
+    convert_to_safetensors,
     find_safetensors,
     load_safetensors_strict,
     resolve_checkpoint,
@@ -95,12 +96,30 @@ def test_s3_prefix_is_copied_once_atomically(s3_server, s3_bucket, tmp_path):
     assert content_hash(local) == content_hash(local)
 
 
-def test_s3_checkpoint_with_pickle_weights_is_refused(s3_server, s3_bucket, tmp_path):
+def test_s3_pickle_weights_are_never_copied(s3_server, s3_bucket, tmp_path):
     s3 = boto3.client("s3", endpoint_url=s3_server)
-    s3.put_object(Bucket=s3_bucket, Key="bad/pytorch_model.bin", Body=pickle.dumps(Boom()))
-    with pytest.raises(CheckpointError, match="pickle"):
-        resolve_checkpoint(f"s3://{s3_bucket}/bad", tmp_path)
-    assert not any(tmp_path.iterdir())
+    s3.put_object(Bucket=s3_bucket, Key="bad/w2v/pytorch_model.bin", Body=pickle.dumps(Boom()))
+    s3.put_object(Bucket=s3_bucket, Key="bad/w2v/config.json", Body=b"{}")
+    local = resolve_checkpoint(f"s3://{s3_bucket}/bad", tmp_path)
+    assert (local / "w2v/config.json").exists() and not (local / "w2v/pytorch_model.bin").exists()
+    with pytest.raises(CheckpointError, match="convert-weights"):
+        find_safetensors(local / "w2v")
+
+
+def test_convert_weights_is_explicit_and_refuses_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    state = Tiny().state_dict()
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    target = convert_to_safetensors(tmp_path / "pytorch_model.bin")
+    assert target.name == "model.safetensors"
+    model = Tiny()
+    load_safetensors_strict(model, target)
+    assert torch.equal(model.proj.weight, state["proj.weight"])
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps(Boom()))
+    with pytest.raises(CheckpointError, match="not a plain tensor checkpoint"):
+        convert_to_safetensors(tmp_path / "evil.pt")
+    assert not (tmp_path / "PWNED").exists()
 
 
 def test_content_hash_tracks_contents(tmp_path):
