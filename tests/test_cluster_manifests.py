@@ -348,9 +348,10 @@ def references(doc: dict) -> set[tuple[str, str]]:
 
 
 @pytest.mark.parametrize("unit", UNITS)
-def test_each_deploy_unit_is_self_contained(unit):
+@pytest.mark.parametrize("path", RENDERED, ids=lambda p: str(p.relative_to(KUBE)))
+def test_each_deploy_unit_is_self_contained(path, unit):
     """`kubectl apply -k <overlay> -l 'gpa-batch/deploy in (shared,<unit>)'` brings everything the unit needs."""
-    docs = render(OVERLAYS[0])
+    docs = render(path)
     assert {d["metadata"]["labels"].get(DEPLOY_LABEL) for d in docs} == {"shared", *UNITS}
     selected = [d for d in docs if d["metadata"]["labels"][DEPLOY_LABEL] in ("shared", unit)]
     present = {(d["kind"], d["metadata"]["name"]) for d in selected}
