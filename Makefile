@@ -25,4 +25,4 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check gpa jobs tests benchmarks
+	$(BIN)/ruff check gpa jobs tests benchmarks cluster
