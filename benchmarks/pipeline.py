@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "manifests" / "examples" / "audio"
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing it (Ray passes sys.path to its workers)
+EXAMPLES = ROOT / "manifests" / "examples" / "audio"
 
 
 def make_clips(directory: Path, n: int, seed: int, min_s: float, max_s: float) -> tuple[Path, float]:

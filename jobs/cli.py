@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     from .manifest import InputError
-    from .pipeline import JobError, ensure_ray, run_job
+    from .pipeline import JobError, ensure_ray, run_job, shutdown_ray
     from .summary import format_summary, summary_dict
 
     started = ensure_ray()
@@ -171,9 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         if started:
-            import ray
-
-            ray.shutdown()
+            shutdown_ray()
     if getattr(args, "print_json", False):
         print(json.dumps(summary_dict(result), indent=1, default=str))
     else:

@@ -22,7 +22,7 @@ RANDOM_WEIGHTS_NOTE = (
 
 def run_demo(*, output: str = "gpa-demo", jobs: list[str] | None = None, model: str | None = None,
              mlflow_uri: str | None = None, seed: int = 0) -> int:
-    from .pipeline import ensure_ray, run_job
+    from .pipeline import ensure_ray, run_job, shutdown_ray
     from .summary import format_summary
 
     jobs = list(JOBS) if jobs in (None, ["all"]) else jobs
@@ -53,9 +53,7 @@ def run_demo(*, output: str = "gpa-demo", jobs: list[str] | None = None, model: 
             print(format_summary(result))
     finally:
         if started:
-            import ray
-
-            ray.shutdown()
+            shutdown_ray()
     print()
     print(f"results under {root}/<job>/data/*.parquet; read them with pyarrow or\n"
           f"  datasets.load_dataset('parquet', data_files='{root}/transcribe/data/*.parquet')")

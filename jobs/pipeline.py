@@ -64,13 +64,14 @@ def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
     run_id = new_run_id()
     params = task_params(config)  # also rejects unknown options before anything runs
     store = OutputStore(config.output)
-    commit = store.start(run_id)  # takes ownership, adopts parts of an interrupted run, removes debris
-    if commit.job and commit.job != config.job:
-        raise JobError(f"{storage.redact_uri(store.uri)} holds {commit.job} results; use another --output")
-
+    previous = store.load().job
+    if previous and previous != config.job:
+        raise JobError(f"{storage.redact_uri(store.uri)} holds {previous} results; use another --output")
     inputs = load_inputs(config.job, config.input, glob=config.glob, input_format=config.input_format,
                          field_map=config.field_map, reference=config.reference,
                          max_text_chars=config.max_text_chars)
+    # only now, with everything checked, does this run touch the output
+    store.start(run_id)  # takes ownership, adopts parts of an interrupted run, removes debris
     done, redo = resume_plan(store.index(), config.retry_errors)
     todo = [r for r in inputs.rows if r["id"] not in done or r["id"] in redo]
     invalid = [e for e in inputs.errors if e["id"] not in done or e["id"] in redo]
@@ -159,8 +160,7 @@ def _run_pipeline(config: JobConfig, rows: list[dict], run_id: str, params: dict
     gpus = config.gpus_per_actor
     if gpus is None:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    # longest first: similar lengths share a window (little padding) and the stragglers do not come last
-    ordered = sorted(rows, key=task.length, reverse=True)
+    ordered = order_rows(task, rows)
     window = config.window_rows
     blocks = [S.rows_to_table(ordered[i: i + window], INPUT_SCHEMA) for i in range(0, len(ordered), window)]
     cfg = config.to_dict()
@@ -180,10 +180,25 @@ def _run_pipeline(config: JobConfig, rows: list[dict], run_id: str, params: dict
     ds.write_datasink(make_sink(config.output, run_id, config.rows_per_part), ray_remote_args=dict(cpu_args))
 
 
+def order_rows(task, rows: list[dict]) -> list[dict]:
+    """The order rows go through the pipeline in.
+
+    Longest first: similar lengths share a window (little padding) and the stragglers do not come last. Segments
+    of long recordings instead go file by file, in time order, so that a decode worker decodes each recording once
+    for its consecutive segments; GPA still sorts each window by true length.
+    """
+    if any(r.get("begin_time") is not None or r.get("end_time") is not None for r in rows):
+        return sorted(rows, key=lambda r: (r.get("audio") or "", r.get("begin_time") or 0.0))
+    return sorted(rows, key=task.length, reverse=True)
+
+
 def _interactive() -> bool:
     import sys
 
     return sys.stderr.isatty()
+
+
+_LOCAL_RAY_DIR: list[str] = []
 
 
 def ensure_ray(num_cpus: int | None = None) -> bool:
@@ -195,9 +210,21 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
-                 _temp_dir=tempfile.mkdtemp(prefix="gpa-batch-ray-"))
+        temp = tempfile.mkdtemp(prefix="gpa-batch-ray-")
+        _LOCAL_RAY_DIR.append(temp)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, _temp_dir=temp)
     return True
+
+
+def shutdown_ray() -> None:
+    """Stop the Ray that :func:`ensure_ray` started (and remove its temporary directory)."""
+    import shutil
+
+    import ray
+
+    ray.shutdown()
+    while _LOCAL_RAY_DIR:
+        shutil.rmtree(_LOCAL_RAY_DIR.pop(), ignore_errors=True)
 
 
 # --- driver-side rows, params, artifacts -----------------------------------------------------------------------
