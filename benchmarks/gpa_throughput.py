@@ -69,7 +69,10 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads on the CPU (tiny models lose more to thread sync than they gain)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         source = args.model or make_tiny_checkpoint(Path(tmp) / "ckpt", seed=0, size=args.size)
@@ -88,7 +91,7 @@ def main() -> None:
             "convert": (lambda b: model.convert(b, [speaker] * len(b), ConvertOptions(**common)), audios, seconds),
         }
         print(f"device={args.device} dtype={dtype or torch.float32} size={args.size if not args.model else 'given'} "
-              f"items={args.items} batch={args.batch_size} new_tokens<={args.new_tokens}")
+              f"items={args.items} batch={args.batch_size} new_tokens<={args.new_tokens} threads={args.threads}")
         print(f"{'task':<11} {'mode':<11} {'items/s':>9} {'audio s/s':>10} {'speed-up':>9} {'cuda MB':>9}")
         for name, (fn, items, audio_seconds) in tasks.items():
             fn(items[:2])  # warm-up
@@ -97,7 +100,8 @@ def main() -> None:
             for mode, r in (("sequential", seq), ("batched", bat)):
                 speed = f"{bat['items_s'] / seq['items_s']:.2f}x" if mode == "batched" else ""
                 audio = f"{r['audio_s']:.1f}" if audio_seconds else "-"
-                print(f"{name:<11} {mode:<11} {r['items_s']:>9.2f} {audio:>10} {speed:>9} {r['cuda_mb']:>9.0f}")
+                cuda = f"{r['cuda_mb']:.0f}" if torch.cuda.is_available() else "-"
+                print(f"{name:<11} {mode:<11} {r['items_s']:>9.2f} {audio:>10} {speed:>9} {cuda:>9}")
         print(f"peak process RSS: {peak_rss_mb():.0f} MB")
 
 
