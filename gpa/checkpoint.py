@@ -12,6 +12,8 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -70,18 +72,53 @@ def load_safetensors_strict(module: nn.Module, path: str | Path) -> None:
     )
     problems = []
     if missing:
-        problems.append(f"missing keys {_abbrev(missing)}")
+        problems.append(f"missing keys {abbreviate(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys {_abbrev(unexpected)}")
+        problems.append(f"unexpected keys {abbreviate(unexpected)}")
     if mismatched:
-        problems.append(f"shape mismatches {_abbrev(mismatched)}")
+        problems.append(f"shape mismatches {abbreviate(mismatched)}")
     if problems:
         raise CheckpointError(f"{path}: " + "; ".join(problems))
     with torch.no_grad():
         module.load_state_dict(state, strict=True)
 
 
-def _abbrev(items: list[str], limit: int = 8) -> str:
+def check_loading_info(what: str, info: dict, *, ignore_unexpected: tuple[str, ...] = ()) -> None:
+    """Raise :class:`CheckpointError` naming every missing, unexpected or mis-shaped key that transformers'
+    ``from_pretrained(..., output_loading_info=True)`` reported (it would otherwise only warn)."""
+    missing = sorted(info.get("missing_keys") or ())
+    unexpected = sorted(k for k in info.get("unexpected_keys") or () if not k.startswith(ignore_unexpected))
+    mismatched = sorted(str(m) for m in info.get("mismatched_keys") or ())
+    problems = []
+    if missing:
+        problems.append(f"missing keys {abbreviate(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {abbreviate(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches {abbreviate(mismatched)}")
+    if info.get("error_msgs"):
+        problems.append("; ".join(str(m) for m in info["error_msgs"]))
+    if problems:
+        raise CheckpointError(f"{what}: " + "; ".join(problems))
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report and progress bar for one load (we raise our own, precise errors)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
+def abbreviate(items: list[str], limit: int = 8) -> str:
     shown = ", ".join(items[:limit])
     return f"[{shown}{f', ... ({len(items) - limit} more)' if len(items) > limit else ''}]"
 

@@ -31,7 +31,7 @@ from tokenizers import (
 )
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from .checkpoint import PICKLE_SUFFIXES
+from .checkpoint import abbreviate, check_loading_info, find_safetensors, quiet_transformers
 from .errors import CheckpointError
 from .vocab import (
     END_CONTENT,
@@ -81,41 +81,25 @@ def load_llm(
         raise CheckpointError(f"no config.json in {directory}")
     weights = sorted(directory.glob("*.safetensors"))
     if not weights:
-        pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
-        if pickles:
-            raise CheckpointError(
-                f"refusing to load {pickles[0]} in {directory}: pickle-based weights can run code when loaded; "
-                "convert the checkpoint to safetensors"
-            )
-        raise CheckpointError(f"no .safetensors weights in {directory}")
+        find_safetensors(directory)  # raises the refusal (pickle) or "no weights" error
     try:
         config = AutoConfig.from_pretrained(directory, trust_remote_code=trust_remote_code, local_files_only=True)
         _check_shapes(config, weights, trust_remote_code)
-        model, info = AutoModelForCausalLM.from_pretrained(
-            directory,
-            config=config,
-            dtype=dtype,
-            use_safetensors=True,
-            output_loading_info=True,
-            trust_remote_code=trust_remote_code,
-            local_files_only=True,
-        )
+        with quiet_transformers():
+            model, info = AutoModelForCausalLM.from_pretrained(
+                directory,
+                config=config,
+                dtype=dtype,
+                use_safetensors=True,
+                output_loading_info=True,
+                trust_remote_code=trust_remote_code,
+                local_files_only=True,
+            )
     except CheckpointError:
         raise
     except Exception as exc:  # transformers raises many types (OSError, ValueError, RuntimeError ...)
         raise CheckpointError(f"cannot load the LLM from {directory}: {exc}") from exc
-    problems = []
-    for kind in ("missing_keys", "unexpected_keys"):
-        keys = sorted(info.get(kind) or ())
-        if keys:
-            problems.append(f"{kind.replace('_', ' ')} {_abbrev(keys)}")
-    mismatched = sorted(info.get("mismatched_keys") or ())
-    if mismatched:
-        problems.append(f"shape mismatches {_abbrev([str(m) for m in mismatched])}")
-    if info.get("error_msgs"):
-        problems.append("; ".join(str(m) for m in info["error_msgs"]))
-    if problems:
-        raise CheckpointError(f"{directory}: " + "; ".join(problems))
+    check_loading_info(str(directory), info)
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code, local_files_only=True)
     except Exception as exc:
@@ -138,12 +122,7 @@ def _check_shapes(config, weights: list[Path], trust_remote_code: bool) -> None:
                 if name in expected and shape != expected[name]:
                     mismatched.append(f"{name}: checkpoint {shape} vs model {expected[name]}")
     if mismatched:
-        raise CheckpointError(f"{weights[0].parent}: shape mismatches {_abbrev(sorted(mismatched))}")
-
-
-def _abbrev(items: list[str], n: int = 8) -> str:
-    shown = ", ".join(items[:n])
-    return f"[{shown}{', ...' if len(items) > n else ''}] ({len(items)})"
+        raise CheckpointError(f"{weights[0].parent}: shape mismatches {abbreviate(sorted(mismatched))}")
 
 
 # ---------------------------------------------------------------------------------------------------------------

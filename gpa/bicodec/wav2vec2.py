@@ -9,51 +9,19 @@ final LayerNorm to the *last* hidden state only, so index 16 is normalised iff t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..checkpoint import check_loading_info, quiet_transformers
 from ..errors import CheckpointError
 
 MIXED_LAYERS = (11, 14, 16)
 
 # Heads of Wav2Vec2ForPreTraining (the released xlsr-53 weights); the bare encoder does not use them.
 PRETRAINING_HEAD_PREFIXES = ("quantizer.", "project_q.", "project_hid.")
-
-
-def _check_loading_info(directory: Path, info: dict) -> None:
-    missing = sorted(info.get("missing_keys") or [])
-    unexpected = sorted(k for k in info.get("unexpected_keys") or [] if not k.startswith(PRETRAINING_HEAD_PREFIXES))
-    mismatched = sorted(str(m) for m in info.get("mismatched_keys") or [])
-    problems = []
-    if missing:
-        problems.append(f"missing keys {missing}")
-    if unexpected:
-        problems.append(f"unexpected keys {unexpected}")
-    if mismatched:
-        problems.append(f"shape mismatches {mismatched}")
-    if problems:
-        raise CheckpointError(f"wav2vec2 weights in {directory}: " + "; ".join(problems))
-
-
-@contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load report and progress bar for one load (we raise our own, precise errors)."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bar:
-            hf_logging.enable_progress_bar()
 
 
 class Wav2Vec2Features(nn.Module):
@@ -82,15 +50,18 @@ class Wav2Vec2Features(nn.Module):
         if not (directory / "config.json").is_file():
             raise CheckpointError(f"no wav2vec2 config.json in {directory}")
         if not (directory / "model.safetensors").is_file():
-            raise CheckpointError(f"no wav2vec2 model.safetensors in {directory} (pickle weights are not loaded)")
+            raise CheckpointError(
+                f"no wav2vec2 model.safetensors in {directory} (pickle weights are never loaded: convert them "
+                "once with `gpa convert-weights`)"
+            )
         try:
-            with _quiet_transformers():
+            with quiet_transformers():
                 model, info = Wav2Vec2Model.from_pretrained(
                     str(directory), use_safetensors=True, output_loading_info=True, dtype=dtype
                 )
         except (OSError, ValueError, RuntimeError) as exc:
             raise CheckpointError(f"cannot load wav2vec2 from {directory}: {exc}") from exc
-        _check_loading_info(directory, info)
+        check_loading_info(f"wav2vec2 weights in {directory}", info, ignore_unexpected=PRETRAINING_HEAD_PREFIXES)
         do_normalize = True
         preprocessor = directory / "preprocessor_config.json"
         if preprocessor.is_file():
