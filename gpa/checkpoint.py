@@ -63,22 +63,13 @@ def load_safetensors_strict(module: nn.Module, path: str | Path) -> None:
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
         raise CheckpointError(f"cannot read {path.name}: {exc}") from exc
     expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(
+    mismatched = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
         for k in set(state) & set(expected)
         if state[k].shape != expected[k].shape
-    )
-    problems = []
-    if missing:
-        problems.append(f"missing keys {abbreviate(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {abbreviate(unexpected)}")
-    if mismatched:
-        problems.append(f"shape mismatches {abbreviate(mismatched)}")
-    if problems:
-        raise CheckpointError(f"{path}: " + "; ".join(problems))
+    ]
+    report = {"missing_keys": set(expected) - set(state), "unexpected_keys": set(state) - set(expected)}
+    check_loading_info(str(path), report | {"mismatched_keys": mismatched})
     with torch.no_grad():
         module.load_state_dict(state, strict=True)
 

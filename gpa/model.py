@@ -174,13 +174,7 @@ class GPA:
                 pieces.append(_Piece(i, k, start, end, samples[start:end]))
 
         outputs = _isolated(lambda batch: self._transcribe_pieces(batch, options), pieces, options.batch_size)
-        for piece, output in zip(pieces, outputs, strict=True):
-            result = results[piece.item]
-            if result.error is not None:
-                continue
-            if isinstance(output, GPAError):
-                result.error = output
-                continue
+        for piece, result, output in _successful(results, pieces, outputs):
             glm, semantic, generation, text = output
             result.glm_tokens += glm
             result.semantic_tokens += semantic
@@ -353,13 +347,7 @@ class GPA:
 
     def _assemble_audio(self, results, pieces, outputs, crossfade_s: float) -> None:
         waves: dict[int, list[tuple[int, np.ndarray]]] = {}
-        for piece, output in zip(pieces, outputs, strict=True):
-            result = results[piece.item]
-            if result.error is not None:
-                continue
-            if isinstance(output, GPAError):
-                result.error = output
-                continue
+        for piece, result, output in _successful(results, pieces, outputs):
             semantic, generation, wave = output
             result.generated_ids += generation.ids
             result.truncated |= generation.hit_max_new_tokens
@@ -400,6 +388,19 @@ def _lengthen_short_tail(ranges: list[tuple[int, int]], min_samples: int, align:
         cut = (end - min_samples) // align * align
         return [*ranges[:-2], (start, cut), (cut, end)]
     return ranges
+
+
+def _successful(results, pieces, outputs):
+    """``(piece, its item's result, output)`` for every piece whose item has not failed; a failed piece's error
+    becomes its item's error (the item's other pieces are then skipped)."""
+    for piece, output in zip(pieces, outputs, strict=True):
+        result = results[piece.item]
+        if result.error is not None:
+            continue
+        if isinstance(output, GPAError):
+            result.error = output
+            continue
+        yield piece, result, output
 
 
 def _item_seeds(seeds: Sequence[int] | None, n: int, default: int) -> list[int]:
