@@ -47,10 +47,24 @@ def make_clips(directory: Path, n: int, seed: int, min_s: float, max_s: float) -
     return manifest, total
 
 
-def in_process(model_path: str, manifest: Path, batch_size: int, max_new_tokens: int, device: str) -> float:
+def padding_waste(lengths: list[int], batch: int, window: int) -> float:
+    """Share of padded positions when consecutive ``window`` rows are sorted and cut into batches of ``batch``."""
+    padded = 0
+    for first in range(0, len(lengths), window):
+        chunk = sorted(lengths[first: first + window])
+        for b in range(0, len(chunk), batch):
+            padded += len(chunk[b: b + batch]) * max(chunk[b: b + batch])
+    return 1 - sum(lengths) / padded
+
+
+def in_process(model_path: str, manifest: Path, batch_size: int, max_new_tokens: int, device: str,
+               threads: int) -> tuple[float, list[int]]:
+    import torch
+
     from gpa import GPA, TranscribeOptions
     from gpa.audio import load_audio
 
+    torch.set_num_threads(threads)
     model = GPA.from_pretrained(model_path, device=device)
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     options = TranscribeOptions(batch_size=batch_size, max_new_tokens=max_new_tokens)
@@ -60,15 +74,17 @@ def in_process(model_path: str, manifest: Path, batch_size: int, max_new_tokens:
     results = model.transcribe(audio, options)
     elapsed = time.perf_counter() - start
     assert len(results) == len(rows)
-    return elapsed
+    return elapsed, [len(a) for a, _ in audio]
 
 
-def pipeline(model_path: str, manifest: Path, output: Path, actors: int, args) -> tuple[float, dict]:
+def pipeline(model_path: str, manifest: Path, output: Path, actors: int, bucket_batches: int,
+             args) -> tuple[float, dict]:
     from jobs.config import JobConfig
     from jobs.pipeline import run_job
 
     config = JobConfig(job="transcribe", input=str(manifest), output=str(output), model=model_path,
-                       actors=(actors, actors), batch_size=args.batch_size, bucket_batches=args.bucket_batches,
+                       actors=(actors, actors), batch_size=args.batch_size, bucket_batches=bucket_batches,
+                       torch_threads=args.torch_threads,
                        gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
                        options={"max_new_tokens": args.max_new_tokens},
                        mlflow_uri=f"sqlite:///{output.parent / 'bench-mlflow.db'}", device=args.device)
@@ -87,15 +103,14 @@ def main() -> None:
     parser.add_argument("--gpus-per-actor", type=float, default=None)
     parser.add_argument("--cpus-per-actor", type=float, default=0.5)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--torch-threads", type=int, default=1, help="per actor, and for the in-process baseline")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--min-s", type=float, default=1.0)
     parser.add_argument("--max-s", type=float, default=8.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    import ray
-
-    from jobs.pipeline import ensure_ray
+    from jobs.pipeline import ensure_ray, shutdown_ray
 
     work = Path(tempfile.mkdtemp(prefix="gpa-batch-bench-"))
     model = args.model
@@ -106,22 +121,34 @@ def main() -> None:
     (work / "clips").mkdir()
     manifest, seconds = make_clips(work / "clips", args.n, args.seed, args.min_s, args.max_s)
     device = args.device or "cpu"
-    baseline = in_process(model, manifest, args.batch_size, args.max_new_tokens, device)
-    rows = [("in-process GPA", "-", baseline, args.n / baseline, seconds / baseline, 1.0)]
+    baseline, lengths = in_process(model, manifest, args.batch_size, args.max_new_tokens, device, args.torch_threads)
+    rows = [("in-process GPA (sorted)", "-", "all", baseline, 1.0)]
     started = ensure_ray()
     try:
-        for actors in [int(a) for a in args.actors.split(",")]:
-            wall, metrics = pipeline(model, manifest, work / f"out-{actors}", actors, args)
-            rows.append(("pipeline", str(actors), wall, args.n / wall, seconds / wall, baseline / wall))
+        runs = [(int(a), args.bucket_batches) for a in args.actors.split(",")]
+        if args.bucket_batches != 1:
+            runs.append((1, 1))  # the same job without bucketing windows: what sorting by length buys
+        for actors, bucket in runs:
+            wall, _ = pipeline(model, manifest, work / f"out-{actors}-{bucket}", actors, bucket, args)
+            rows.append(("pipeline", str(actors), str(bucket), wall, baseline / wall))
     finally:
         if started:
-            ray.shutdown()
-    print(f"\n{args.n} clips, {seconds:.0f} s of audio, batch {args.batch_size}, model {model}")
-    print(f"{'mode':<16} {'actors':>6} {'wall s':>8} {'rows/s':>8} {'audio s/s':>10} {'vs in-process':>14}")
-    for mode, actors, wall, rps, aps, ratio in rows:
-        print(f"{mode:<16} {actors:>6} {wall:>8.1f} {rps:>8.2f} {aps:>10.2f} {ratio:>14.2f}")
-    if len(rows) > 2:
-        print(f"2 vs 1 actors: {rows[1][2] / rows[2][2]:.2f}x")
+            shutdown_ray()
+    print(f"\n{args.n} clips, {seconds:.0f} s of audio, batch {args.batch_size}, {args.torch_threads} torch "
+          f"thread(s) per model, model {model}")
+    print(f"{'mode':<24} {'actors':>6} {'bucket':>6} {'wall s':>8} {'rows/s':>8} {'audio s/s':>10} "
+          f"{'vs in-process':>14}")
+    for mode, actors, bucket, wall, ratio in rows:
+        print(f"{mode:<24} {actors:>6} {bucket:>6} {wall:>8.1f} {args.n / wall:>8.2f} {seconds / wall:>10.2f} "
+              f"{ratio:>14.2f}")
+    one = next(r for r in rows if r[1] == "1" and r[2] == str(args.bucket_batches))
+    two = next((r for r in rows if r[1] == "2"), None)
+    if two is not None:
+        print(f"2 vs 1 actors: {one[3] / two[3]:.2f}x")
+    b = args.batch_size
+    print(f"padding waste of these clips (share of padded samples): no bucketing {padding_waste(lengths, b, b):.1%}, "
+          f"windows of {b * args.bucket_batches} sorted {padding_waste(lengths, b, b * args.bucket_batches):.1%}, "
+          f"all sorted {padding_waste(lengths, b, len(lengths)):.1%}")
 
 
 if __name__ == "__main__":

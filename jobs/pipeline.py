@@ -177,7 +177,31 @@ def _run_pipeline(config: JobConfig, rows: list[dict], run_id: str, params: dict
     )
     ds = ds.map_batches(encode_batch, batch_format="pyarrow", batch_size=window,
                         fn_kwargs={"config": cfg, "run_id": run_id, "params": params}, **cpu_args)
-    ds.write_datasink(make_sink(config.output, run_id, config.rows_per_part), ray_remote_args=dict(cpu_args))
+    try:
+        ds.write_datasink(make_sink(config.output, run_id, config.rows_per_part), ray_remote_args=dict(cpu_args))
+    except Exception as exc:  # e.g. the actors cannot load the checkpoint: no row can succeed, stop the job
+        raise JobError(f"the pipeline failed, nothing was committed (finished parts are kept for the next run): "
+                       f"{_root_cause(exc)}") from exc
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The line that says what went wrong (``gpa.errors.CheckpointError: ...``), without credentials. Ray wraps a
+    worker's error in several layers whose own messages are tracebacks or empty."""
+    import re
+
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    pattern = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b[^\s]*: \S")
+    for error in chain:
+        lines = [line for line in str(error).splitlines() if pattern.match(line)]
+        if lines:
+            return storage.scrub(lines[-1], 500)
+    first = chain[0]
+    return storage.scrub(f"{type(first).__name__}: {str(first).strip().splitlines()[0] if str(first).strip() else ''}",
+                         500)
 
 
 def order_rows(task, rows: list[dict]) -> list[dict]:

@@ -201,15 +201,20 @@ def test_synthesize_end_to_end_audio_objects_and_hostile_ids(ray_address, tiny_c
     assert len(ok) == 2 and all(decode(r["audio"])[0].size > 0 for r in ok)
 
 
-def test_convert_on_s3(ray_address, tiny_checkpoint, mlflow_uri, s3_bucket):
+def test_convert_on_s3(ray_address, tiny_checkpoint, s3_bucket):
     import boto3
+    from jobs_helpers import free_port
+
+    from jobs import storage
 
     s3 = boto3.client("s3")
     for name in ("espeak_weather.flac", "jfk.flac", "espeak_library.flac", "espeak_numbers.flac"):
         s3.upload_file(str(AUDIO / name), s3_bucket, f"in/audio/{name}")
     s3.upload_file(str(EXAMPLES / "convert.jsonl"), s3_bucket, "in/convert.jsonl")
     output = f"s3://{s3_bucket}/results/convert"
-    result = run_job(small_config("convert", f"s3://{s3_bucket}/in/convert.jsonl", output, tiny_checkpoint, mlflow_uri))
+    dead_tracking = f"http://127.0.0.1:{free_port()}"  # nothing listens there: tracking fails, the data must not
+    result = run_job(small_config("convert", f"s3://{s3_bucket}/in/convert.jsonl", output, tiny_checkpoint,
+                                  dead_tracking))
     rows = {r["id"]: r for r in committed(output)}
     assert set(rows) == {"vc-weather-to-jfk", "vc-jfk-to-f3", "vc-missing-ref"}
     assert rows["vc-missing-ref"]["error_kind"] == "unreadable_audio"
@@ -224,7 +229,27 @@ def test_convert_on_s3(ray_address, tiny_checkpoint, mlflow_uri, s3_bucket):
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="results/convert/")["Contents"]]
     assert "results/convert/_SUCCESS" in keys and "results/convert/_gpa_batch/commit.json" in keys
     assert not [k for k in keys if "/.staging/" in k]
-    assert result.complete and result.tracking.error is None
+    assert result.complete and result.tracking.error and result.tracking.run_id is None
+    kept = json.loads(storage.read_bytes(result.metrics_path))
+    assert kept["metrics"]["rows_ok"] == 2 and kept["mlflow"]["error"] == result.tracking.error
+
+    # no manifest: list the archive, one reference voice for every row
+    listed = run_job(small_config("convert", f"s3://{s3_bucket}/in/audio/", f"s3://{s3_bucket}/results/listing",
+                                  tiny_checkpoint, dead_tracking, glob="espeak_*.flac",
+                                  reference=f"s3://{s3_bucket}/in/audio/jfk.flac", limit=2, quality=False))
+    rows = committed(f"s3://{s3_bucket}/results/listing")
+    assert listed.input_rows == 3 and not listed.complete and len(rows) == 2
+    assert {r["id"] for r in rows} <= {"espeak_weather.flac", "espeak_library.flac", "espeak_numbers.flac"}
+    assert all(r["status"] == "ok" and r["ref_id"] == "jfk.flac" for r in rows)
+
+
+def test_a_checkpoint_that_cannot_load_stops_the_job(ray_address, tmp_path):
+    from jobs.pipeline import JobError
+
+    with pytest.raises(JobError, match="CheckpointError"):
+        run_job(small_config("transcribe", EXAMPLES / "transcribe.jsonl", tmp_path / "out", tmp_path / "no-model",
+                             None))
+    assert committed(tmp_path / "out") == [] and not (tmp_path / "out" / "_SUCCESS").exists()
 
 
 def test_killed_run_resumes_to_the_exact_row_set(ray_address, tiny_checkpoint, tmp_path):
