@@ -1,0 +1,34 @@
+"""Small helpers shared by the reliability tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "manifests" / "examples"
+AUDIO = EXAMPLES / "audio"
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def small_config(job: str, manifest, output, model, mlflow_uri, **overrides):
+    """A job config sized for this machine: tiny batches, a handful of generated tokens."""
+    from jobs.config import JobConfig
+
+    values = dict(job=job, input=str(manifest), output=str(output), model=str(model), mlflow_uri=mlflow_uri,
+                  batch_size=2, bucket_batches=2, rows_per_part=4, options={"max_new_tokens": 4}, quality=False,
+                  samples=1)
+    values.update(overrides)
+    return JobConfig(**values)
+
+
+def committed(output) -> list[dict]:
+    """The rows a reader of the output sees, through the documented reader (the committed parts)."""
+    from jobs.output import OutputStore
+
+    table = OutputStore(str(output)).read()
+    return table.to_pylist() if table is not None else []
