@@ -59,8 +59,8 @@ class JobResult:
 
 
 def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
+    """Run one job to the end: its output is committed (or untouched) when this returns or raises."""
     started = time.time()
-    task = TASKS[config.job]
     run_id = new_run_id()
     params = task_params(config)  # also rejects unknown options before anything runs
     store = OutputStore(config.output)
@@ -72,6 +72,40 @@ def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
                          max_text_chars=config.max_text_chars)
     # only now, with everything checked, does this run touch the output
     store.start(run_id)  # takes ownership, adopts parts of an interrupted run, removes debris
+    plan = _plan(config, inputs, store)
+    if plan.invalid:
+        store.stage(run_id, f"part-{run_id}-invalid.parquet", _error_rows(config, plan.invalid, run_id, params))
+    if plan.todo:
+        _run_pipeline(config, plan.todo, run_id, params, progress)
+    records = _verified_records(store, run_id, plan.expected)
+    wall_s = time.time() - started
+    run_info = {"run_id": run_id, "job": config.job, "started": started, "wall_s": wall_s,
+                "rows": sum(plan.expected.values()), "input": storage.redact_uri(config.input)}
+    commit = store.commit(records, run=run_info, complete=plan.cut == 0, supersede=plan.supersede)
+    store.finish_run(run_id)
+    new_files = [storage.join(store.uri, p["path"]) for p in commit.parts if p["run_id"] == run_id]
+    new_rows = (pa.concat_tables([read_parquet(f, _light_columns(TASKS[config.job])) for f in new_files])
+                if new_files else None)
+    result = _result(config, inputs, plan, store, commit, run_id, wall_s, new_rows)
+    _report(config, inputs, store, result, params, new_files, new_rows)
+    return result
+
+
+@dataclass
+class _Plan:
+    todo: list[dict]  # valid rows to process
+    invalid: list[dict]  # rows that failed validation, to write as error rows
+    already_done: int
+    cut: int  # pending rows left for a later run by --limit
+    supersede: bool  # some of this run's ids already have committed rows (retries)
+
+    @property
+    def expected(self) -> Counter:
+        return Counter([r["id"] for r in self.todo] + [e["id"] for e in self.invalid])
+
+
+def _plan(config: JobConfig, inputs: InputRows, store: OutputStore) -> _Plan:
+    """What this run does: the input rows without a committed row (and, with --retry-errors, the failed ones)."""
     done, redo = resume_plan(store.index(), config.retry_errors)
     todo = [r for r in inputs.rows if r["id"] not in done or r["id"] in redo]
     invalid = [e for e in inputs.errors if e["id"] not in done or e["id"] in redo]
@@ -82,68 +116,65 @@ def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
     for row in todo:
         row["seed"] = row_seed(config.seed, row["id"], row.get("seed"))
     already_done = sum(1 for r in inputs.rows + inputs.errors if r["id"] in done and r["id"] not in redo)
+    return _Plan(todo=todo, invalid=invalid, already_done=already_done, cut=cut, supersede=bool(redo & done))
 
-    expected = Counter([r["id"] for r in todo] + [e["id"] for e in invalid])
-    if invalid:
-        store.stage(run_id, f"part-{run_id}-invalid.parquet", _error_rows(config, invalid, run_id, params))
-    if todo:
-        _run_pipeline(config, todo, run_id, params, progress)
 
+def _verified_records(store: OutputStore, run_id: str, expected: Counter) -> list[dict]:
+    """The run's staged parts, once they are checked to hold exactly one row per pending input row."""
     records = [r for r in store.staged_records() if r["run_id"] == run_id]
-    written = Counter()
+    written: Counter = Counter()
     for record in records:
         written += count_ids(read_parquet(storage.join(store.run_dir(run_id), record["part"]), ["id"]))
     if written != expected:
-        missing = sum((expected - written).values())
-        extra = sum((written - expected).values())
+        missing, extra = sum((expected - written).values()), sum((written - expected).values())
         store.finish_run(run_id)
         raise JobError(f"the run wrote an inconsistent row set ({missing} rows missing, {extra} extra); "
                        "nothing was committed, rerun the same command")
+    return records
 
-    complete = cut == 0
-    wall_s = time.time() - started
-    run_info = {"run_id": run_id, "job": config.job, "started": started, "wall_s": wall_s,
-                "rows": sum(expected.values()),
-                "input": storage.redact_uri(config.input)}
-    commit = store.commit(records, run=run_info, complete=complete, supersede=bool(redo & done))
-    store.finish_run(run_id)
 
-    new_files = [storage.join(store.uri, p["path"]) for p in commit.parts if p["run_id"] == run_id]
-    new_rows = (pa.concat_tables([read_parquet(f, _light_columns(task)) for f in new_files])
-                if new_files else None)
+def _result(config, inputs, plan, store, commit, run_id, wall_s, new_rows: pa.Table | None) -> JobResult:
     metrics = run_metrics(config.job, new_rows, wall_s)
-    metrics.update(input_rows=inputs.total, already_done=already_done, committed_rows=commit.rows)
+    metrics.update(input_rows=inputs.total, already_done=plan.already_done, committed_rows=commit.rows)
     if inputs.skipped_other_task:
         metrics["skipped_other_task"] = inputs.skipped_other_task
     counts = {"ok": int(metrics.get("rows_ok", 0)), "error": int(metrics.get("rows_error", 0)),
               **{k.split(".", 1)[1]: int(v) for k, v in metrics.items() if k.startswith("rows_error.")}}
-
     index = store.index().to_pylist()
     committed = Counter("ok" if r["status"] == "ok" else "error" for r in index)
     committed.update(r["error_kind"] for r in index if r["status"] != "ok")
-    result = JobResult(
+    return JobResult(
         job=config.job, run_id=run_id, input=storage.redact_uri(config.input), output=store.uri,
-        input_rows=inputs.total,
-        skipped_other_task=inputs.skipped_other_task, already_done=already_done, processed=sum(expected.values()),
-        counts=counts, committed_rows=commit.rows, committed=dict(committed), complete=complete,
-        files=store.files(commit), metrics=metrics,
+        input_rows=inputs.total, skipped_other_task=inputs.skipped_other_task, already_done=plan.already_done,
+        processed=sum(plan.expected.values()), counts=counts, committed_rows=commit.rows, committed=dict(committed),
+        complete=plan.cut == 0, files=store.files(commit), metrics=metrics,
         metrics_path=storage.join(store.meta, "runs", f"{run_id}.json"), wall_s=wall_s,
-        extra={"pending_after_limit": cut, "convention": inputs.convention},
+        extra={"pending_after_limit": plan.cut, "convention": inputs.convention},
     )
+
+
+def _report(config: JobConfig, inputs: InputRows, store: OutputStore, result: JobResult, params: dict,
+            new_files: list[str], new_rows: pa.Table | None) -> None:
+    """Metrics file first (always), then MLflow; a tracking failure is recorded, never raised."""
     model_source = _first(new_rows, "model_source") or storage.redact_uri(config.model)
     model_hash = _first(new_rows, "model_hash") or ""
-    job_param_values = job_params(config, inputs, model_source, model_hash, run_id, params)
-    result.tracking = log_run(
-        tracking_uri=config.mlflow_uri, output=store.uri,
-        experiment=config.experiment or f"gpa-batch-{config.job}", run_name=config.run_name or f"{config.job}-{run_id}",
-        params=job_param_values, metrics=metrics, artifacts=_artifacts(config, store, new_files, new_rows),
-        tags={"gpa_batch.job": config.job, "gpa_batch.run_id": run_id, "gpa_batch.model_hash": model_hash},
-    )
-    local = {"run_id": run_id, "job": config.job, "params": job_param_values, "metrics": metrics,
-             "mlflow": {"uri": result.tracking.uri, "experiment": result.tracking.experiment,
-                        "run_id": result.tracking.run_id, "error": result.tracking.error}}
+    values = job_params(config, inputs, model_source, model_hash, result.run_id, params)
+    local = {"run_id": result.run_id, "job": config.job, "params": values, "metrics": result.metrics, "mlflow": None}
     storage.write_bytes(result.metrics_path, json.dumps(local, indent=1, default=str).encode())
-    return result
+    try:
+        artifacts = _artifacts(config, new_files, new_rows)
+    except Exception as exc:  # artifacts are a nicety: log the run without them rather than not at all
+        log.warning("could not prepare MLflow artifacts: %s", storage.scrub(str(exc), 300))
+        artifacts = {}
+    result.tracking = log_run(
+        tracking_uri=config.mlflow_uri, output=store.uri, experiment=config.experiment or f"gpa-batch-{config.job}",
+        run_name=config.run_name or f"{config.job}-{result.run_id}",
+        params=values, metrics=result.metrics, artifacts=artifacts,
+        tags={"gpa_batch.job": config.job, "gpa_batch.run_id": result.run_id, "gpa_batch.model_hash": model_hash},
+    )
+    t = result.tracking
+    local["mlflow"] = {"uri": t.uri, "experiment": t.experiment, "run_id": t.run_id, "error": t.error}
+    storage.write_bytes(result.metrics_path, json.dumps(local, indent=1, default=str).encode())
 
 
 # --- the Ray Data part -----------------------------------------------------------------------------------------
@@ -316,7 +347,7 @@ def redacted_config(config: JobConfig) -> dict:
     return values
 
 
-def _artifacts(config: JobConfig, store: OutputStore, new_files: list[str], light: pa.Table | None) -> dict[str, bytes]:
+def _artifacts(config: JobConfig, new_files: list[str], light: pa.Table | None) -> dict[str, bytes]:
     import yaml
 
     artifacts = {"config.yaml": yaml.safe_dump(redacted_config(config), sort_keys=False).encode(),

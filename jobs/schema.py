@@ -15,7 +15,7 @@ SAMPLE_RATE = 16000
 
 AUDIO = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 TIMINGS = pa.struct([("decode_s", pa.float64()), ("model_s", pa.float64()), ("encode_s", pa.float64()),
-                     ("latency_s", pa.float64())])
+                     ("latency_s", pa.float64()), ("finished_at", pa.float64())])
 SEGMENT = pa.struct([("start", pa.float64()), ("end", pa.float64()), ("text", pa.string())])
 TOKENS = pa.list_(pa.int32())
 

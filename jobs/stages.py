@@ -205,7 +205,7 @@ def encode_batch(batch: pa.Table, config: dict, run_id: str, params: dict) -> pa
         end = time.time()
         out["timings"] = {"decode_s": row.get("decode_s"), "model_s": row.get("model_s"),
                           "encode_s": time.perf_counter() - start,
-                          "latency_s": end - row["t_start"] if row.get("t_start") else None}
+                          "latency_s": end - row["t_start"] if row.get("t_start") else None, "finished_at": end}
         out_rows.append(out)
     return S.rows_to_table(out_rows, task.schema())
 
