@@ -208,8 +208,11 @@ def _run_pipeline(config: JobConfig, rows: list[dict], run_id: str, params: dict
     )
     ds = ds.map_batches(encode_batch, batch_format="pyarrow", batch_size=window,
                         fn_kwargs={"config": cfg, "run_id": run_id, "params": params}, **cpu_args)
+    # the write gathers rows_per_part rows per part; it must not be fused with encode, or encoding would wait for
+    # a whole part's rows instead of streaming window by window (hence no memory reservation here)
     try:
-        ds.write_datasink(make_sink(config.output, run_id, config.rows_per_part), ray_remote_args=dict(cpu_args))
+        ds.write_datasink(make_sink(config.output, run_id, config.rows_per_part),
+                          ray_remote_args={"num_cpus": config.cpus_per_task})
     except Exception as exc:  # e.g. the actors cannot load the checkpoint: no row can succeed, stop the job
         raise JobError(f"the pipeline failed, nothing was committed (finished parts are kept for the next run): "
                        f"{_root_cause(exc)}") from exc
