@@ -43,6 +43,13 @@ def test_yaml_config_is_overridden_by_flags(tmp_path):
     assert c.field_map == {"id": "key"}
 
 
+def test_example_config_file():
+    c = config(["transcribe", "--config", str(ROOT / "manifests" / "examples" / "transcribe-archive.yaml"),
+                "--actors", "2:4"])
+    assert c.glob == "**/*.mp3" and c.gpus_per_actor == 1 and c.actors == (2, 4)
+    assert c.options == {"window_s": 30, "max_new_tokens": 512}
+
+
 def test_bad_arguments_are_usage_errors(tmp_path):
     parser = build_parser()
     with pytest.raises(SystemExit):
