@@ -129,3 +129,7 @@ def long_flac(tmp_path_factory) -> Path:
     from .make_bad_inputs import write_long_flac
 
     return write_long_flac(tmp_path_factory.mktemp("long") / "two_hours.flac")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: the heaviest reliability scenarios (deselect with -m 'not slow')")

@@ -78,6 +78,9 @@ class FlakyEndpoint:
     whose path matches ``pattern``, it goes down before forwarding it: the listening socket closes (new
     connections are refused) and every open connection is reset, that request's included. After ``down_s``
     seconds (``None``: when :meth:`up` is called) it listens again on the same port.
+
+    ``arm(..., drop=k)``: a flapping endpoint instead: that request and the next ``k - 1`` matching ones have their
+    connection reset, then requests pass again (deterministic, unlike a timed blip against randomised backoff).
     """
 
     def __init__(self, upstream_port: int, port: int | None = None):
@@ -89,7 +92,8 @@ class FlakyEndpoint:
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._connections: set[socket.socket] = set()
-        self._trigger: dict | None = None
+        self._triggers: list[dict] = []
+        self.dropped: list[str] = []
 
     # --- control ---
 
@@ -125,13 +129,19 @@ class FlakyEndpoint:
         for conn in connections:
             _reset(conn)
 
-    def arm(self, method: str, pattern: str, nth: int = 1, down_s: float | None = None) -> None:
+    def arm(self, method: str, pattern: str, nth: int = 1, down_s: float | None = None, drop: int = 0) -> None:
         with self._lock:
-            self._trigger = {"method": method, "pattern": re.compile(pattern), "left": nth, "down_s": down_s}
+            self._triggers.append({"method": method, "pattern": re.compile(pattern), "left": nth, "down_s": down_s,
+                                   "drop": drop})
 
     def disarm(self) -> None:
         with self._lock:
-            self._trigger = None
+            self._triggers = []
+
+    @property
+    def armed(self) -> int:
+        """Triggers that have not fired yet."""
+        return len(self._triggers)
 
     def close(self) -> None:
         self.disarm()
@@ -189,11 +199,20 @@ class FlakyEndpoint:
         fire = None
         with self._lock:
             self.requests.append((time.time(), method, path))
-            t = self._trigger
-            if t and method == t["method"] and t["pattern"].search(path):
-                t["left"] -= 1
-                if t["left"] <= 0:
-                    fire, self._trigger = t, None
+            for t in self._triggers:
+                if method == t["method"] and t["pattern"].search(path):
+                    t["left"] -= 1
+                    if t["left"] <= 0:
+                        fire = t
+                        break
+            if fire is not None and fire["drop"]:
+                fire["drop"] -= 1
+                if not fire["drop"]:
+                    self._triggers.remove(fire)
+                self.dropped.append(f"{method} {path}")
+                return True  # the caller resets this connection; the endpoint stays up
+            if fire is not None:
+                self._triggers.remove(fire)
         if fire is None:
             return False
         self.down(f"{method} {path}")
@@ -264,6 +283,15 @@ def disarm_actor_crash(directory: Path) -> tuple[dict | None, list[dict]]:
     log = directory / "calls.jsonl"
     calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     return crashed, calls
+
+
+def model_calls(directory: Path, reset: bool = False) -> list[dict]:
+    """The model calls logged so far (pid, call number, row ids); ``reset`` empties the log."""
+    log = directory / "calls.jsonl"
+    calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    if reset:
+        log.unlink(missing_ok=True)
+    return calls
 
 
 def _append(path: Path, record: dict) -> None:
