@@ -54,13 +54,21 @@ class Task:
     # input fields decoded by the CPU stage ("audio" -> the wav column). References are not: they repeat across
     # many rows, so each actor decodes and encodes every distinct reference once (SpeakerCache).
     audio_fields: tuple[str, ...] = ()
+    options_class = ""  # name of the task's options dataclass in gpa
 
     def options(self, config) -> Any:
-        raise NotImplementedError
+        import gpa
+
+        return getattr(gpa, self.options_class)(
+            **{**config.options, "batch_size": config.batch_size, "seed": config.seed}
+        )
 
     def length(self, row: dict) -> float:
-        """Rough cost of a row before decoding (for sorting rows into similar-length batches)."""
-        return 0.0
+        """Rough cost of a row before decoding (for sorting rows into similar-length batches): the audio segment's
+        duration when known."""
+        if row.get("begin_time") is not None and row.get("end_time") is not None:
+            return row["end_time"] - row["begin_time"]
+        return row.get("duration_hint") or 0.0
 
     def run(self, model, rows: list[dict], waves: dict[str, list], options, speakers: SpeakerCache,
             quality: bool) -> list[np.ndarray | None]:
@@ -100,16 +108,7 @@ def _common(row: dict, config, params: dict | None, model_info: dict) -> dict:
 class TranscribeTask(Task):
     name = "transcribe"
     audio_fields = ("audio",)
-
-    def options(self, config):
-        from gpa import TranscribeOptions
-
-        return TranscribeOptions(**{**config.options, "batch_size": config.batch_size, "seed": config.seed})
-
-    def length(self, row):
-        if row.get("begin_time") is not None and row.get("end_time") is not None:
-            return row["end_time"] - row["begin_time"]
-        return row.get("duration_hint") or 0.0
+    options_class = "TranscribeOptions"
 
     def run(self, model, rows, waves, options, speakers, quality):
         results = model.transcribe([(w, S.SAMPLE_RATE) for w in waves["wav"]], options)
@@ -146,11 +145,12 @@ class SynthesizeTask(Task):
     name = "synthesize"
     audio_fields = ("ref_audio",)
 
-    def options(self, config):
-        from gpa import SynthesizeOptions
+    options_class = "SynthesizeOptions"
 
-        return SynthesizeOptions(**{**config.options, "batch_size": config.batch_size, "seed": config.seed,
-                                    "max_text_chars": config.max_text_chars})
+    def options(self, config):
+        options = super().options(config)
+        options.max_text_chars = config.max_text_chars
+        return options
 
     def length(self, row):
         return float(len(row.get("text") or ""))
@@ -199,16 +199,7 @@ class SynthesizeTask(Task):
 class ConvertTask(Task):
     name = "convert"
     audio_fields = ("audio",)
-
-    def options(self, config):
-        from gpa import ConvertOptions
-
-        return ConvertOptions(**{**config.options, "batch_size": config.batch_size, "seed": config.seed})
-
-    def length(self, row):
-        if row.get("begin_time") is not None and row.get("end_time") is not None:
-            return row["end_time"] - row["begin_time"]
-        return row.get("duration_hint") or 0.0
+    options_class = "ConvertOptions"
 
     def run(self, model, rows, waves, options, speakers, quality):
         refs = speakers.resolve(model, rows)
