@@ -19,6 +19,7 @@ import pytest
 
 from . import report
 from .faults import FAULTS_ENV, FlakyEndpoint, MotoServer
+from .helpers import CANARY_ENV
 
 TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
@@ -68,9 +69,7 @@ def s3():
     endpoint = FlakyEndpoint(moto.port)
     endpoint.up()
     saved = {k: os.environ.get(k) for k in AWS_ENV}
-    os.environ.update({"AWS_ENDPOINT_URL": endpoint.url, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
-    os.environ.pop("AWS_SESSION_TOKEN", None)
+    os.environ.update({"AWS_ENDPOINT_URL": endpoint.url, "AWS_DEFAULT_REGION": "us-east-1", **CANARY_ENV})
     try:
         yield S3(moto, endpoint)
     finally:
@@ -101,8 +100,8 @@ def ray_runtime(s3, faults_dir):
     if ray.is_initialized():  # another package's runtime: never ours to reuse or stop
         pytest.skip("a Ray runtime is already initialised in this process")
     temp = Path(tempfile.mkdtemp(prefix="gpa-rel-ray-"))
-    env_vars = {k: os.environ[k] for k in AWS_ENV if k in os.environ}
-    env_vars[FAULTS_ENV] = str(faults_dir)
+    # the AWS environment reaches the workers by inheritance (as on a real node), not through the runtime env
+    env_vars = {FAULTS_ENV: str(faults_dir)}
     env_vars["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), str(ROOT), os.environ.get("PYTHONPATH")) if p)
     context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=str(temp),
                        runtime_env={"env_vars": env_vars,

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "manifests" / "examples"
 AUDIO = EXAMPLES / "audio"
+
+# Canary credentials: every job of this package runs with them (moto accepts any), and test_security.py checks that
+# they never reach a log, an MLflow store, an error message or a Parquet file.
+CANARY = f"gpacanary{uuid.uuid4().hex[:12]}"
+CANARY_ENV = {"AWS_ACCESS_KEY_ID": "AKIAGPABATCHTEST", "AWS_SECRET_ACCESS_KEY": f"{CANARY}secretkey",
+              "AWS_SESSION_TOKEN": f"{CANARY}sessiontoken"}
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
