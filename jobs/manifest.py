@@ -15,6 +15,7 @@ its job needs becomes an error row (never a dropped row).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import hashlib
@@ -99,11 +100,11 @@ def load_inputs(
                 row[key] = storage.resolve_relative(row[key], base)
         if job != "transcribe" and not row.get("ref_audio") and reference:
             row["ref_audio"] = storage.normalize(reference)
-            row["ref_id"] = row.get("ref_id") or storage.basename(reference)
+            row["ref_id"] = row.get("ref_id") or storage.basename(storage.redact_uri(reference))
         if job != "transcribe":
-            row["ref_id"] = row.get("ref_id") or row["__ref_audio_as_written__"]
+            row["ref_id"] = row.get("ref_id") or _written(row, "__ref_audio_as_written__")
         if job == "convert":
-            row["source_id"] = row.get("source_id") or row["__audio_as_written__"]
+            row["source_id"] = row.get("source_id") or _written(row, "__audio_as_written__")
         out.rows.append({k: v for k, v in row.items() if not k.startswith("__")})
     return out
 
@@ -132,32 +133,38 @@ def read_records(uri: str, input_format: str = "auto") -> list[dict[str, Any]]:
         import pyarrow.parquet as pq
 
         return [_jsonable_row(r) for r in pq.read_table(io.BytesIO(data)).to_pylist()]
-    text = data.decode("utf-8-sig")
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
     if fmt == "csv":
         delimiter = "\t" if uri.removesuffix(".gz").endswith(".tsv") else ","
+        # undecodable bytes are kept as surrogates so that only the rows holding them fail (see _validate)
+        text = data.decode("utf-8", "surrogateescape")
         return [{k: (v if v != "" else None) for k, v in r.items() if k is not None}
                 for r in csv.DictReader(io.StringIO(text), delimiter=delimiter)]
     if fmt == "jsonl":
-        stripped = text.lstrip()
-        if stripped.startswith("["):  # a JSON array of objects
+        if data.lstrip().startswith(b"["):  # a JSON array of objects
             try:
-                items = json.loads(stripped)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{storage.redact_uri(uri)}: not valid JSON ({exc.msg})") from None
+                items = json.loads(data.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not valid UTF-8"
+                raise InputError(f"{storage.redact_uri(uri)}: not valid JSON ({reason})") from None
             return [r if isinstance(r, dict) else {"__parse_error__": "not a JSON object"} for r in items]
-        rows = []
-        for line in text.splitlines():
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                value = {"__parse_error__": f"not valid JSON: {exc.msg} at column {exc.colno}"}
-            if not isinstance(value, dict):
-                value = {"__parse_error__": "a manifest line must be a JSON object"}
-            rows.append(value)
-        return rows
+        return [_parse_line(line) for line in data.split(b"\n") if line.strip()]
     raise InputError(f"cannot tell the format of {storage.redact_uri(uri)}; pass --format jsonl|csv|parquet")
+
+
+def _parse_line(line: bytes) -> dict[str, Any]:
+    """One JSONL record. Lines are split on ``\\n`` only: JSON strings may hold other line separators (U+2028,
+    U+0085, ...) that ``str.splitlines`` would cut at. A line that is not UTF-8 or not JSON is one bad row."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return {"__parse_error__": f"not valid UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1})"}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return {"__parse_error__": f"not valid JSON: {exc.msg} at column {exc.colno}"}
+    return value if isinstance(value, dict) else {"__parse_error__": "a manifest line must be a JSON object"}
 
 
 def _format_from_name(uri: str) -> str:
@@ -243,6 +250,14 @@ def _canonical(record: dict[str, Any], convention: str, field_map: dict[str, str
 
 
 def _validate(job: str, row: dict[str, Any], reference: str | None, max_text_chars: int) -> tuple[str, str] | None:
+    for key in ("id", "audio", "text", "ref_audio", "ref_id", "source_id"):
+        value = row.get(key)
+        if isinstance(value, str) and not _is_unicode(value):  # a lone surrogate escape, or bytes that were no UTF-8
+            return "invalid_row", f"{key} is not valid Unicode"
+    for key in ("audio", "ref_audio"):
+        value = row.get(key)
+        if isinstance(value, str) and _has_user_info(value):  # never echoed: the message must not carry it
+            return "invalid_row", f"{key} carries credentials (user:password@); use the AWS environment instead"
     raw_id = row.get("id")
     if raw_id is not None and not isinstance(raw_id, (str, int)):
         return "invalid_row", f"id must be a string or an integer, got {type(raw_id).__name__}"
@@ -288,6 +303,20 @@ def _validate(job: str, row: dict[str, Any], reference: str | None, max_text_cha
     return None
 
 
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _has_user_info(uri: str) -> bool:
+    from urllib.parse import urlsplit
+
+    return storage.is_uri(uri) and "@" in urlsplit(uri).netloc
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
@@ -299,13 +328,21 @@ def _number(value: Any) -> float | None:
 
 def _derive_id(job: str, row: dict[str, Any], line: int) -> str:
     """The row's id: its own when it has one, else derived from what it asks for (stable when the manifest is
-    reordered or grows; identical requests get identical ids and are then reported as duplicates)."""
+    reordered or grows; identical requests get identical ids and are then reported as duplicates). An id that
+    cannot be written (not valid Unicode) names the row by its line instead."""
+    row_id = _id_from_row(job, row, line)
+    return row_id if _is_unicode(row_id) else f"line:{line}"
+
+
+def _id_from_row(job: str, row: dict[str, Any], line: int) -> str:
     raw_id = row.get("id")
     if isinstance(raw_id, (str, int)) and str(raw_id).strip():
         return str(raw_id)
     if raw_id is not None:  # an id of the wrong type or empty: name the row by its line
         return f"line:{line}"
-    audio = row.get("__audio_as_written__")
+    # derived from URIs without user info or query string: a presigned URL's signature never becomes an id
+    # (and re-signing the same object keeps its id)
+    audio = _written(row, "__audio_as_written__")
     segment = ""
     if row.get("begin_time") is not None or row.get("end_time") is not None:
         begin = row.get("begin_time") or 0.0
@@ -314,12 +351,17 @@ def _derive_id(job: str, row: dict[str, Any], line: int) -> str:
     if job == "transcribe" and audio:
         return f"{audio}{segment}"
     if job == "convert" and audio:
-        ref = row.get("__ref_audio_as_written__") or row.get("ref_id") or ""
+        ref = _written(row, "__ref_audio_as_written__") or row.get("ref_id") or ""
         return f"{audio}{segment}>{_short_hash(ref)}" if ref else f"{audio}{segment}"
     if job == "synthesize" and row.get("text"):
-        ref = row.get("__ref_audio_as_written__") or row.get("ref_id") or ""
+        ref = _written(row, "__ref_audio_as_written__") or row.get("ref_id") or ""
         return "tts-" + _short_hash(f"{row['text']}\0{ref}")
     return f"line:{line}"
+
+
+def _written(row: dict[str, Any], key: str) -> str | None:
+    value = row.get(key)
+    return storage.redact_uri(value) if value else value
 
 
 def _short_hash(text: str) -> str:
@@ -327,6 +369,15 @@ def _short_hash(text: str) -> str:
 
 
 def _echo(row: dict[str, Any]) -> dict[str, Any]:
-    """Input fields worth keeping on an error row (what the user needs to find the row again)."""
-    return {k: row.get(k) for k in ("audio", "text", "ref_audio", "ref_id", "source_id", "begin_time", "end_time")
-            if row.get(k) is not None}
+    """Input fields worth keeping on an error row (what the user needs to find the row again): only values of the
+    output column's type (a wrong-typed or undecodable value is what the error is about, and would not fit)."""
+    echo: dict[str, Any] = {}
+    for key in ("audio", "text", "ref_audio", "ref_id", "source_id"):
+        value = row.get(key)
+        if isinstance(value, str) and _is_unicode(value):
+            echo[key] = storage.redact_uri(value) if key in ("audio", "ref_audio") else value
+    for key in ("begin_time", "end_time"):
+        value = row.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            echo[key] = float(value)
+    return echo

@@ -229,17 +229,18 @@ def _final_name(record: dict) -> str:
 def resume_plan(index: pa.Table, retry_errors: bool) -> tuple[set[str], set[str]]:
     """(ids already done, ids to redo) from the committed ``index``.
 
-    Done: every id with a committed row. Redo (only with ``--retry-errors``): ids with an error row other than
-    ``duplicate_id`` (a duplicate stays a duplicate however often it is retried) and no ok row.
+    Done: every id with a committed row. Redo: ids whose rows failed for a transient reason (the store was
+    unreachable: :data:`jobs.storage.TRANSIENT_KINDS`), always; and with ``--retry-errors``, ids with an error row
+    other than ``duplicate_id`` (a duplicate stays a duplicate however often it is retried). Never ids with an ok
+    row.
     """
     ids = index.column("id").to_pylist()
     statuses = index.column("status").to_pylist()
     kinds = index.column("error_kind").to_pylist()
     done = set(ids)
-    if not retry_errors:
-        return done, set()
     ok = {i for i, s in zip(ids, statuses, strict=True) if s == "ok"}
-    failed = {i for i, s, k in zip(ids, statuses, kinds, strict=True) if s != "ok" and k != "duplicate_id"}
+    retried = (lambda kind: kind != "duplicate_id") if retry_errors else (lambda kind: kind in storage.TRANSIENT_KINDS)
+    failed = {i for i, s, k in zip(ids, statuses, kinds, strict=True) if s != "ok" and retried(k)}
     return done, failed - ok
 
 

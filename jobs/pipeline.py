@@ -8,6 +8,7 @@ Rows that fail validation are written by the driver as error rows; everything el
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -63,6 +65,10 @@ def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
     started = time.time()
     run_id = new_run_id()
     params = task_params(config)  # also rejects unknown options before anything runs
+    for flag in ("input", "output", "model", "reference"):
+        value = getattr(config, flag)
+        if value and storage.is_uri(value) and "@" in urlsplit(value).netloc:  # never echoed
+            raise JobError(f"--{flag} carries credentials (user:password@); use the AWS environment instead")
     store = OutputStore(config.output)
     previous = store.load().job
     if previous and previous != config.job:
@@ -71,18 +77,22 @@ def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
                          field_map=config.field_map, reference=config.reference,
                          max_text_chars=config.max_text_chars)
     # only now, with everything checked, does this run touch the output
-    store.start(run_id)  # takes ownership, adopts parts of an interrupted run, removes debris
-    plan = _plan(config, inputs, store)
-    if plan.invalid:
-        store.stage(run_id, f"part-{run_id}-invalid.parquet", _error_rows(config, plan.invalid, run_id, params))
+    with _storage_failures("could not take over the output"):
+        store.start(run_id)  # takes ownership, adopts parts of an interrupted run, removes debris
+        plan = _plan(config, inputs, store)
+        if plan.invalid:
+            store.stage(run_id, f"part-{run_id}-invalid.parquet", _error_rows(config, plan.invalid, run_id, params))
     if plan.todo:
         _run_pipeline(config, plan.todo, run_id, params, progress)
-    records = _verified_records(store, run_id, plan.expected)
-    wall_s = time.time() - started
-    run_info = {"run_id": run_id, "job": config.job, "started": started, "wall_s": wall_s,
-                "rows": sum(plan.expected.values()), "input": storage.redact_uri(config.input)}
-    commit = store.commit(records, run=run_info, complete=plan.cut == 0, supersede=plan.supersede)
-    store.finish_run(run_id)
+    with _storage_failures("could not commit the run"):
+        records, unavailable = _verified_records(store, run_id, plan.expected)
+        wall_s = time.time() - started
+        run_info = {"run_id": run_id, "job": config.job, "started": started, "wall_s": wall_s,
+                    "rows": sum(plan.expected.values()), "input": storage.redact_uri(config.input)}
+        # rows the store could not serve are retried by the next run: the output is not complete
+        plan.unavailable = unavailable
+        commit = store.commit(records, run=run_info, complete=plan.complete, supersede=plan.supersede)
+        store.finish_run(run_id)
     new_files = [storage.join(store.uri, p["path"]) for p in commit.parts if p["run_id"] == run_id]
     new_rows = (pa.concat_tables([read_parquet(f, _light_columns(TASKS[config.job])) for f in new_files])
                 if new_files else None)
@@ -98,6 +108,11 @@ class _Plan:
     already_done: int
     cut: int  # pending rows left for a later run by --limit
     supersede: bool  # some of this run's ids already have committed rows (retries)
+    unavailable: int = 0  # rows of this run whose input the store could not serve (storage_unavailable)
+
+    @property
+    def complete(self) -> bool:
+        return self.cut == 0 and self.unavailable == 0
 
     @property
     def expected(self) -> Counter:
@@ -119,18 +134,35 @@ def _plan(config: JobConfig, inputs: InputRows, store: OutputStore) -> _Plan:
     return _Plan(todo=todo, invalid=invalid, already_done=already_done, cut=cut, supersede=bool(redo & done))
 
 
-def _verified_records(store: OutputStore, run_id: str, expected: Counter) -> list[dict]:
-    """The run's staged parts, once they are checked to hold exactly one row per pending input row."""
+def _verified_records(store: OutputStore, run_id: str, expected: Counter) -> tuple[list[dict], int]:
+    """The run's staged parts, once they are checked to hold exactly one row per pending input row, and how many
+    of those rows failed for a transient reason (the store was unreachable)."""
     records = [r for r in store.staged_records() if r["run_id"] == run_id]
     written: Counter = Counter()
+    unavailable = 0
     for record in records:
-        written += count_ids(read_parquet(storage.join(store.run_dir(run_id), record["part"]), ["id"]))
+        part = read_parquet(storage.join(store.run_dir(run_id), record["part"]), ["id", "error_kind"])
+        written += count_ids(part)
+        unavailable += sum(k in storage.TRANSIENT_KINDS for k in part.column("error_kind").to_pylist())
     if written != expected:
         missing, extra = sum((expected - written).values()), sum((written - expected).values())
         store.finish_run(run_id)
         raise JobError(f"the run wrote an inconsistent row set ({missing} rows missing, {extra} extra); "
                        "nothing was committed, rerun the same command")
-    return records
+    return records, unavailable
+
+
+@contextlib.contextmanager
+def _storage_failures(what: str):
+    """A storage failure around the commit is a :class:`JobError` with a clear message, not a traceback. The commit
+    protocol keeps the output consistent: readers see the previous commit (or this one, if its commit file was
+    written), and the next run adopts every finished part."""
+    try:
+        yield
+    except JobError:
+        raise
+    except Exception as exc:
+        raise JobError(f"{what} ({_root_cause(exc)}); finished parts are kept: rerun the same command") from exc
 
 
 def _result(config, inputs, plan, store, commit, run_id, wall_s, new_rows: pa.Table | None) -> JobResult:
@@ -147,9 +179,10 @@ def _result(config, inputs, plan, store, commit, run_id, wall_s, new_rows: pa.Ta
         job=config.job, run_id=run_id, input=storage.redact_uri(config.input), output=store.uri,
         input_rows=inputs.total, skipped_other_task=inputs.skipped_other_task, already_done=plan.already_done,
         processed=sum(plan.expected.values()), counts=counts, committed_rows=commit.rows, committed=dict(committed),
-        complete=plan.cut == 0, files=store.files(commit), metrics=metrics,
+        complete=plan.complete, files=store.files(commit), metrics=metrics,
         metrics_path=storage.join(store.meta, "runs", f"{run_id}.json"), wall_s=wall_s,
-        extra={"pending_after_limit": plan.cut, "convention": inputs.convention},
+        extra={"pending_after_limit": plan.cut, "storage_unavailable": plan.unavailable,
+               "convention": inputs.convention},
     )
 
 

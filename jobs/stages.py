@@ -87,19 +87,7 @@ def decode_batch(batch: pa.Table, job: str, max_duration_s: float) -> pa.Table:
 
 
 def _fetch(uri: str) -> bytes:
-    from gpa.errors import UnreadableAudio
-
-    name = storage.redact_uri(uri)
-    try:
-        return storage.read_bytes(uri)
-    except FileNotFoundError:
-        raise UnreadableAudio(f"{name}: file not found") from None
-    except IsADirectoryError:
-        raise UnreadableAudio(f"{name}: is a directory") from None
-    except PermissionError:
-        raise UnreadableAudio(f"{name}: permission denied") from None
-    except Exception as exc:
-        raise UnreadableAudio(f"{name}: cannot read ({type(exc).__name__}: {storage.scrub(str(exc), 200)})") from None
+    return storage.fetch(uri)  # UnreadableAudio, or StorageUnavailable (transient) when the store is down
 
 
 # --- GPA -------------------------------------------------------------------------------------------------------

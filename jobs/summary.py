@@ -34,7 +34,7 @@ def format_summary(result: JobResult) -> str:
         f"  output          {storage.redact_uri(result.output)}",
         f"  output rows     {result.committed_rows}: {result.committed.get('ok', 0)} ok, "
         f"{result.committed.get('error', 0)} error; "
-        + ("complete" if result.complete else f"INCOMPLETE: {result.extra.get('pending_after_limit', 0)} rows pending"),
+        + ("complete" if result.complete else _incomplete(result.extra)),
         f"  parquet         {storage.redact_uri(storage.join(result.output, 'data'))}/*.parquet  "
         f"(committed list: _gpa_batch/commit.json)",
     ]
@@ -60,3 +60,12 @@ def format_summary(result: JobResult) -> str:
         lines.append(f"  mlflow          FAILED ({t.error}); metrics kept in the file below")
     lines.append(f"  metrics         {storage.redact_uri(result.metrics_path)}")
     return "\n".join(lines)
+
+
+def _incomplete(extra: dict) -> str:
+    parts = []
+    if extra.get("pending_after_limit"):
+        parts.append(f"{extra['pending_after_limit']} rows pending (--limit)")
+    if extra.get("storage_unavailable"):
+        parts.append(f"{extra['storage_unavailable']} rows could not be read (storage unavailable)")
+    return "INCOMPLETE: " + ("; ".join(parts) or "rows pending") + "; rerun the same command to finish"

@@ -262,8 +262,10 @@ class SpeakerCache:
 
     def resolve(self, model, rows: list[dict], field: str = "ref_audio") -> list:
         """The speaker of each live row's reference (None and an error row when it cannot be had)."""
-        from gpa.audio import load_audio
+        from gpa.audio import decode, load_audio
         from gpa.errors import GPAError, UnreadableAudio
+
+        from .storage import fetch, redact_uri
 
         failed: dict[str, Exception] = {}  # failures are remembered for this call only (they may be transient)
         speakers = []
@@ -274,7 +276,8 @@ class SpeakerCache:
             key = row[field]
             if key not in self._cache and key not in failed:
                 try:
-                    self._cache[key] = model.speaker((load_audio(key), S.SAMPLE_RATE))
+                    samples = load_audio(decode(fetch(key), name=redact_uri(key)))  # fetch: storage outages
+                    self._cache[key] = model.speaker((samples, S.SAMPLE_RATE))
                 except GPAError as exc:
                     failed[key] = exc
                 except Exception as exc:
