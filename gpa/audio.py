@@ -66,7 +66,9 @@ def to_mono(samples: np.ndarray) -> np.ndarray:
     if samples.dtype.kind in "iu":  # integer PCM given as an array: scale to [-1, 1)
         samples = samples.astype(np.float64) / float(np.iinfo(samples.dtype).max + 1)
     samples = samples.astype(np.float32, copy=False)
-    if samples.ndim == 2:
+    if samples.ndim == 2 and samples.shape[1] == 1:
+        samples = samples[:, 0]  # mono as (n, 1): no float64 copy of the whole file (2 h at 8 kHz: 460 MB)
+    elif samples.ndim == 2:
         samples = samples.mean(axis=1, dtype=np.float64).astype(np.float32)
     elif samples.ndim != 1:
         raise UnreadableAudio(f"audio array must be 1-D or 2-D, got shape {samples.shape}")

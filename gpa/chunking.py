@@ -61,10 +61,16 @@ def _middle_of_quietest_run(energy: np.ndarray, lo: int, hi: int) -> int:
     return lo + (first + last) // 2
 
 
-def _frame_energy(samples: np.ndarray, frame: int) -> np.ndarray:
+def _frame_energy(samples: np.ndarray, frame: int, block_samples: int = 1 << 20) -> np.ndarray:
     n = len(samples) // frame
-    framed = samples[: n * frame].astype(np.float64).reshape(n, frame)
-    return (framed**2).mean(axis=1)
+    framed = samples[: n * frame].reshape(n, frame)
+    energy = np.empty(n, dtype=np.float64)
+    # block by block: a float64 copy of a long recording would take twice its size again (2 h: ~1 GB)
+    step = max(1, block_samples // frame)
+    for first in range(0, n, step):
+        block = framed[first : first + step].astype(np.float64)
+        energy[first : first + step] = (block * block).mean(axis=1)
+    return energy
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？…])\s+|(?<=[。！？])")

@@ -59,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .errors import GPAError
+
+    try:
+        return _run(args)
+    except GPAError as exc:  # an unusable checkpoint or input: a message, not a traceback
+        print(f"gpa {args.command}: {exc.kind}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args) -> int:
     if args.command == "convert-weights":
         from .checkpoint import convert_to_safetensors
 
