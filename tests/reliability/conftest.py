@@ -25,7 +25,8 @@ TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
 sys.path.insert(0, str(TESTS))  # jobs_helpers
 
-AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN")
+AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN",
+           "AWS_RETRY_MODE", "AWS_MAX_ATTEMPTS")
 
 
 @dataclass
@@ -69,7 +70,10 @@ def s3():
     endpoint = FlakyEndpoint(moto.port)
     endpoint.up()
     saved = {k: os.environ.get(k) for k in AWS_ENV}
-    os.environ.update({"AWS_ENDPOINT_URL": endpoint.url, "AWS_DEFAULT_REGION": "us-east-1", **CANARY_ENV})
+    # the S3 client retries with backoff: the standard mode's 4 attempts (1 + 3 retries, ~3 s in all when the
+    # endpoint stays down), set the standard way
+    os.environ.update({"AWS_ENDPOINT_URL": endpoint.url, "AWS_DEFAULT_REGION": "us-east-1", **CANARY_ENV,
+                       "AWS_RETRY_MODE": "standard", "AWS_MAX_ATTEMPTS": "4"})
     try:
         yield S3(moto, endpoint)
     finally:

@@ -108,12 +108,14 @@ def write_long_flac(path: Path, hours: float = 2.0, rate: int = 8000) -> Path:
 # --- the corpus --------------------------------------------------------------------------------------------------
 
 
-def line(row: dict | str | bytes) -> bytes:
+def line(row: dict | str | bytes, raw_unicode: bool = False) -> bytes:
+    """A manifest line. By default non-ASCII travels as JSON escapes (NUL, surrogates, control characters);
+    ``raw_unicode`` writes it as UTF-8, as ``json.dumps(..., ensure_ascii=False)`` does."""
     if isinstance(row, bytes):
         return row
     if isinstance(row, str):
         return row.encode()
-    return json.dumps(row).encode()  # ensure_ascii: NUL, surrogates and control characters travel as escapes
+    return json.dumps(row, ensure_ascii=not raw_unicode).encode()
 
 
 def audio_cases(d: Path, long_file: Path, s3_bucket: str) -> list[Case]:
@@ -236,12 +238,12 @@ def text_cases(d: Path, reference: str) -> list[Case]:
     (d / "ref_text.wav").write_bytes(b"not audio at all\n")
     (d / "ref_one_sample.wav").write_bytes(encoded(np.array([0.1], np.float32)))
 
-    def one(kind, description, text, outcome, ref=reference, keep_text=False) -> Case:
+    def one(kind, description, text, outcome, ref=reference, keep_text=False, raw_unicode=False) -> Case:
         row_id = f"text-{kind}"
         row = {"id": row_id, "text": text}
         if ref is not None:
             row["ref_audio"] = ref
-        return Case(kind, description, [line(row)], [outcome], [row_id],
+        return Case(kind, description, [line(row, raw_unicode)], [outcome], [row_id],
                     texts={row_id: text} if keep_text else {})
 
     return [
@@ -255,6 +257,8 @@ def text_cases(d: Path, reference: str) -> list[Case]:
         one("text_rtl", "right-to-left scripts (Arabic, Hebrew)", "مرحبا بالعالم. שלום עולם.", None,
             keep_text=True),
         one("text_cjk", "Chinese, Japanese and Korean", "你好，世界。こんにちは。안녕하세요.", None, keep_text=True),
+        one("text_line_separators", "raw U+2028, U+2029 and U+0085 inside the JSON string (UTF-8, unescaped)",
+            "First line\u2028second line\u2029third\x85 fourth.", None, keep_text=True, raw_unicode=True),
         one("ref_missing", "no reference voice", "Hello.", "missing_field", ref=None),
         one("ref_unreadable", "a reference that is not audio", "Hello.", "unreadable_audio",
             ref=str(d / "ref_text.wav")),

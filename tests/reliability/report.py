@@ -64,6 +64,7 @@ def doc_rows(text: str | None = None) -> dict[str, list[str]]:
     for line in text.splitlines():
         match = _ROW.match(line)
         if match:
+            assert match.group("key") not in rows, f"{DOC.name}: two rows for {match.group('key')}"
             rows[match.group("key")] = [c.strip() for c in line.strip().strip("|").split("|")]
     return rows
 
@@ -84,29 +85,25 @@ def check_measurement(key: str, value: float, unit: str) -> None:
 def _reconcile(cells_by_key: dict[str, list[str]], exact: bool) -> None:
     text = DOC.read_text()
     rows = doc_rows(text)
-    stale = []
-    lines = text.splitlines(keepends=True)
+    stale, changed = [], {}
     for key, cells in cells_by_key.items():
         if key not in rows:
             stale.append(f"{key}: no row in {DOC.name}")
             continue
         documented = rows[key][-len(cells):]
-        if exact:
-            ok = documented == cells
-        else:
-            ok = _close(documented[0], cells[0])
-        if ok:
-            continue
-        stale.append(f"{key}: documented {documented}, measured {cells}")
-        if os.environ.get(UPDATE_ENV):
-            for i, line in enumerate(lines):
-                match = _ROW.match(line)
-                if match and match.group("key") == key:
-                    old = [c.strip() for c in line.strip().strip("|").split("|")]
-                    new = old[: len(old) - len(cells)] + cells
-                    lines[i] = "| " + " | ".join(new) + " |\n"
+        if documented != cells:
+            changed[key] = cells
+        if documented != cells and (exact or not _close(documented[0], cells[0])):
+            stale.append(f"{key}: documented {documented}, measured {cells}")
     missing = [s for s in stale if "no row in" in s]
-    if stale and not missing and os.environ.get(UPDATE_ENV):
+    if changed and not missing and os.environ.get(UPDATE_ENV):  # write this run's figures into the doc
+        lines = text.splitlines(keepends=True)
+        for i, line in enumerate(lines):
+            match = _ROW.match(line)
+            if match and match.group("key") in changed:
+                cells = changed[match.group("key")]
+                old = [c.strip() for c in line.strip().strip("|").split("|")]
+                lines[i] = "| " + " | ".join(old[: len(old) - len(cells)] + cells) + " |\n"
         DOC.write_text("".join(lines))
         return
     assert not stale, (f"{DOC} disagrees with this run's measurements (regenerate the figure cells with "

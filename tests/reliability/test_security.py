@@ -101,8 +101,7 @@ def test_pickle_weights_are_refused_and_never_opened(tiny_checkpoint, tmp_path):
             assert "pickle" in message and "convert" in message, message
         assert not canary.exists(), f"{name}: the pickle ran"
     # the explicit conversion uses torch's weights-only unpickler: it refuses the payload instead of running it
-    with pytest.raises(CheckpointError, match="not a plain tensor checkpoint"):
-        gpa_main(["convert-weights", str(llm / "pytorch_model.bin")])
+    assert gpa_main(["convert-weights", str(llm / "pytorch_model.bin")]) == 1
     assert not canary.exists() and not (llm / "model.safetensors").exists()
 
 
@@ -155,7 +154,7 @@ def test_hostile_ids_never_leave_a_local_output(ray_runtime, tiny_checkpoint, ml
     before = files_under(tmp_path)
     out = tmp_path / "out"
     run_job(small_config("synthesize", manifest, out, model, mlflow_uri, audio_storage="objects",
-                         samples=len(HOSTILE_IDS), options={"max_new_tokens": 24}))
+                         samples=len(HOSTILE_IDS), options={"max_new_tokens": 16}))
     rows = committed(out)
     assert sorted(r["id"] for r in rows) == sorted(HOSTILE_IDS) and all(r["status"] == "ok" for r in rows)
     audio_root = (out / "audio").resolve()
@@ -183,7 +182,7 @@ def test_hostile_ids_never_leave_an_s3_output(ray_runtime, s3, tiny_checkpoint, 
     before = all_objects(s3)
     out = f"s3://{bucket}/tenant-a/out"
     run_job(small_config("synthesize", manifest, out, tiny_checkpoint, mlflow_uri, audio_storage="objects",
-                         options={"max_new_tokens": 24}))
+                         options={"max_new_tokens": 16}))
     rows = committed(out)
     assert sorted(r["id"] for r in rows) == sorted(HOSTILE_IDS) and all(r["status"] == "ok" for r in rows)
     after = all_objects(s3)
@@ -279,9 +278,8 @@ def test_credentials_never_reach_logs_mlflow_errors_or_parquet(ray_runtime, s3, 
     report.check({"security.credentials": report.Figures.of(3, list(rows.values()))})
 
 
-@pytest.mark.xfail(strict=True, reason="F9 (/tmp/reliability_findings.md): user info of an s3:// URI reaches the "
-                                       "error column; ids derived from presigned URLs keep their signature")
 def test_credentials_in_uris_never_leak(ray_runtime, s3, tiny_checkpoint, mlflow_uri, tmp_path, caplog, capsys):
+    """URIs with user info are refused without being echoed; ids derived from a presigned URL drop its query."""
     import logging
 
     caplog.set_level(logging.DEBUG)
@@ -290,14 +288,25 @@ def test_credentials_in_uris_never_leak(ray_runtime, s3, tiny_checkpoint, mlflow
     manifest = write_jsonl(tmp_path / "m.jsonl", [
         {"id": "user-info", "audio": f"s3://AKIAGPA:{CANARY}pw@{bucket}/in/a.flac"},
         {"audio": presigned},  # no id: derived from the audio URI
-        {"audio": f"s3://AKIAGPA:{CANARY}pw2@{bucket}/in/a.flac"},
+        {"audio": f"s3://AKIAGPA:{CANARY}pw2@{bucket}/in/b.flac"},
     ])
     out = tmp_path / "out"
     result = run_job(small_config("transcribe", manifest, out, tiny_checkpoint, mlflow_uri, samples=10))
-    rows = committed(out)
+    rows = {r["id"]: r for r in committed(out)}
+    assert rows["user-info"]["error_kind"] == "invalid_row" and "credentials" in rows["user-info"]["error"]
+    assert rows[presigned.split("?")[0]]["status"] == "ok"
+    assert rows[f"s3://{bucket}/in/b.flac"]["error_kind"] == "invalid_row"
     places = {"driver log": caplog.text, "stdout/stderr": "".join(capsys.readouterr()),
               "summary": format_summary(result) + json.dumps(summary_dict(result), default=str)}
     mlflow_root = Path(mlflow_uri.removeprefix("sqlite:///")).parent
     found = find_canary(places, [out, mlflow_root, ray_runtime.temp_dir], mlflow_uri, result.tracking.run_id)
     assert not found, found
-    report.check({"security.credentials_in_uris": report.Figures.of(3, rows)})
+    # and on the command line: --input, --output, --model with user info stop the job before anything runs
+    for flag in ("input", "output", "model"):
+        config = small_config("transcribe", manifest, tmp_path / "out2", tiny_checkpoint, mlflow_uri)
+        setattr(config, flag, f"s3://AKIAGPA:{CANARY}pw@{bucket}/x")
+        with pytest.raises(JobError, match="carries credentials") as error:
+            run_job(config)
+        assert CANARY not in str(error.value)
+    assert not (tmp_path / "out2").exists()
+    report.check({"security.credentials_in_uris": report.Figures.of(3, list(rows.values()))})

@@ -1,0 +1,85 @@
+"""The small decisions the fault scenarios rest on, checked directly: which storage errors are transient, what a
+rerun redoes, what a message may carry, and that chunking a long recording needs no copy of it."""
+
+from __future__ import annotations
+
+import errno
+import tracemalloc
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from jobs import storage
+from jobs.output import resume_plan
+
+
+def client_error(status: int, code: str):
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                       "GetObject")
+
+
+def test_transient_storage_errors():
+    from botocore.exceptions import ConnectionClosedError, EndpointConnectionError, ParamValidationError
+
+    transient = [EndpointConnectionError(endpoint_url="http://x"), ConnectionClosedError(endpoint_url="http://x"),
+                 ConnectionResetError(), TimeoutError(), OSError(errno.EBUSY, "SlowDown"),
+                 client_error(503, "SlowDown"), client_error(500, "InternalError"), client_error(429, "TooMany")]
+    permanent = [FileNotFoundError("k"), PermissionError("k"), IsADirectoryError("k"), OSError(errno.ENOSYS, "x"),
+                 client_error(404, "NoSuchKey"), client_error(403, "AccessDenied"), ValueError("bad"),
+                 ParamValidationError(report="Invalid bucket name")]
+    assert all(storage.is_transient(e) for e in transient)
+    assert not any(storage.is_transient(e) for e in permanent)
+    wrapped = OSError(errno.EIO, "wrapped")
+    wrapped.__cause__ = EndpointConnectionError(endpoint_url="http://x")
+    assert storage.is_transient(wrapped)
+
+
+def test_fetch_tells_an_outage_from_a_bad_file(tmp_path, monkeypatch):
+    from botocore.exceptions import EndpointConnectionError
+
+    from gpa.errors import UnreadableAudio
+
+    with pytest.raises(UnreadableAudio) as missing:
+        storage.fetch(str(tmp_path / "nope.wav"))
+    assert missing.value.kind == "unreadable_audio"
+
+    def down(uri):
+        raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9/b/k")
+
+    monkeypatch.setattr(storage, "read_bytes", down)
+    with pytest.raises(storage.StorageUnavailable) as outage:
+        storage.fetch("s3://b/k.flac?X-Amz-Signature=SECRET")
+    assert outage.value.kind == "storage_unavailable" and "SECRET" not in str(outage.value)
+
+
+def test_rerun_redoes_transient_errors_always_and_other_errors_when_asked():
+    index = pa.table({"id": ["ok", "down", "bad", "dup", "dup"],
+                      "status": ["ok", "error", "error", "ok", "error"],
+                      "error_kind": [None, "storage_unavailable", "unreadable_audio", None, "duplicate_id"]})
+    done, redo = resume_plan(index, retry_errors=False)
+    assert done == {"ok", "down", "bad", "dup"} and redo == {"down"}
+    assert resume_plan(index, retry_errors=True)[1] == {"down", "bad"}
+
+
+def test_messages_lose_user_info_wherever_it_appears():
+    text = storage.scrub('cannot read (ParamValidationError: Invalid bucket name "AKIA:SECRET1@bucket": ...) '
+                         "and https://u:SECRET2@host/p?X-Amz-Signature=SECRET3 at 12:30 for user@example.org")
+    assert "SECRET" not in text and "12:30" in text and "user@example.org" in text
+
+
+def test_chunking_a_long_recording_needs_no_copy_of_it():
+    from gpa.chunking import _frame_energy, split_audio
+
+    samples = (0.01 * np.random.default_rng(0).standard_normal(16000 * 600)).astype(np.float32)  # 10 min, 38 MB
+    n = len(samples) // 320
+    reference = (samples[: n * 320].astype(np.float64).reshape(n, 320) ** 2).mean(axis=1)
+    assert np.array_equal(_frame_energy(samples, 320), reference)  # identical cut points as before
+    tracemalloc.start()
+    split_audio(samples, 16000, 30.0, align=320)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # a constant (one block of 2**20 samples in float64, and its squares) instead of 4x the recording
+    assert peak < 24 * 2**20 < samples.nbytes
