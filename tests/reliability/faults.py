@@ -27,6 +27,18 @@ from pathlib import Path
 FAULTS_ENV = "GPA_RELIABILITY_FAULTS_DIR"
 
 
+def die_with_parent() -> None:
+    """In a child process: get SIGTERM when the process that started it dies, even by SIGKILL (Linux), so a
+    killed test run leaves no server behind."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -46,7 +58,8 @@ class MotoServer:
 
     def start(self) -> MotoServer:
         self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        preexec_fn=die_with_parent)
         deadline = time.time() + 60
         while True:
             try:

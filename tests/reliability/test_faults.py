@@ -24,7 +24,7 @@ from jobs.pipeline import JobError, run_job
 from jobs.summary import format_summary
 
 from . import report
-from .faults import RssSampler, arm_actor_crash, disarm_actor_crash, free_port, model_calls
+from .faults import RssSampler, arm_actor_crash, die_with_parent, disarm_actor_crash, free_port, model_calls
 from .helpers import AUDIO, ROOT, committed, small_config, write_jsonl
 
 CLIPS = ("espeak_short.flac", "espeak_weather.flac", "espeak_numbers.flac", "espeak_library.flac")
@@ -77,7 +77,8 @@ def test_driver_killed_half_way(ray_runtime, tiny_checkpoint, tmp_path, capsys):
 
     env = {**os.environ, "RAY_ADDRESS": ray_runtime.address}
     process = subprocess.Popen([sys.executable, "-m", "jobs", *argv, "--debug-delay-s", "0.2"], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                               preexec_fn=die_with_parent)
     try:
         deadline = time.time() + 240
         while len(store.staged_records()) < 8:  # half of the 16 pending rows
