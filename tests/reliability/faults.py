@@ -334,17 +334,17 @@ def _claim(path: Path, record: dict) -> bool:
 
 
 class RssSampler:
-    """Polls the resident memory of ``root`` (default: this process) and all its descendants: the peak of each
-    process (with its name) and the peak of their sum. Ray's object store is shared memory and counts in the RSS
-    of every process that touched it, so the sum over-counts; the per-process peaks are the useful figure."""
+    """Polls ``/proc`` for the resident memory of ``root`` (default: this process) and all its descendants: the
+    peak of each process (with its name: Ray's process title, e.g. ``ray::MapWorker(MapBatches(GPAStage))``) and
+    the peak of their sum. Ray's object store is shared memory and counts in the RSS of every process that touched
+    it, so the sum over-counts; the per-process peaks are the useful figure. Linux only (reads /proc)."""
 
     def __init__(self, root: int | None = None, interval_s: float = 0.1):
-        import psutil
-
-        self.root = psutil.Process(root or os.getpid())
+        self.root = root or os.getpid()
         self.interval_s = interval_s
         self.peaks: dict[int, tuple[int, str]] = {}
         self.peak_total = 0
+        self._page = os.sysconf("SC_PAGE_SIZE")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -356,29 +356,41 @@ class RssSampler:
         self._stop.set()
         self._thread.join(timeout=10)
 
-    def _run(self) -> None:
-        import psutil
+    def _tree(self) -> list[int]:
+        children: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])  # the name in parentheses may hold spaces
+            children.setdefault(ppid, []).append(int(entry))
+        tree, todo = [], [self.root]
+        while todo:
+            pid = todo.pop()
+            tree.append(pid)
+            todo.extend(children.get(pid, []))
+        return tree
 
+    def _run(self) -> None:
         while not self._stop.is_set():
             total = 0
-            try:
-                processes = [self.root, *self.root.children(recursive=True)]
-            except psutil.Error:
-                processes = []
-            for p in processes:
+            for pid in self._tree():
                 try:
-                    rss = p.memory_info().rss
-                    name = p.name() if p.pid == self.root.pid else (p.cmdline() or [p.name()])[0]
-                except psutil.Error:
+                    rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * self._page
+                    name = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+                except (OSError, IndexError, ValueError):
                     continue
                 total += rss
-                if rss > self.peaks.get(p.pid, (0, ""))[0]:
-                    self.peaks[p.pid] = (rss, name)
+                if rss > self.peaks.get(pid, (0, ""))[0]:
+                    self.peaks[pid] = (rss, name)
             self.peak_total = max(self.peak_total, total)
             self._stop.wait(self.interval_s)
 
     def peak(self, name_contains: str) -> int:
-        """Peak RSS (bytes) of the processes whose name (Ray's process title) contains ``name_contains``."""
+        """Peak RSS (bytes) of the processes whose name contained ``name_contains`` when they peaked."""
         return max([rss for rss, name in self.peaks.values() if name_contains in name], default=0)
 
 
