@@ -16,8 +16,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .errors import EmptyAudio, NonFiniteAudio, UnreadableAudio
-from .storage import read_bytes, redact_uri
+from .errors import EmptyAudio, NonFiniteAudio, StorageUnavailable, UnreadableAudio
+from .storage import is_transient, read_bytes, redact_uri, scrub
 
 SAMPLE_RATE = 16000
 
@@ -91,6 +91,32 @@ def decode(data: bytes, *, name: str = "<bytes>") -> tuple[np.ndarray, int]:
             raise UnreadableAudio(f"{name}: not decodable audio ({_short(sf_error)}; {_short(av_error)})") from None
 
 
+def header_duration(data: bytes) -> float | None:
+    """The duration in seconds that the file's header declares, without decoding it (None when it does not say).
+
+    Lets a caller refuse an over-long file before decoding it: a 10-hour stereo WAV decodes to ~12 GB of floats.
+    """
+    try:
+        info = sf.info(io.BytesIO(data))
+        if info.frames > 0 and info.samplerate > 0:
+            return info.frames / info.samplerate
+    except Exception:
+        pass
+    try:
+        import av
+
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if container.streams.audio:
+                stream = container.streams.audio[0]
+                if stream.duration and stream.time_base:
+                    return float(stream.duration * stream.time_base)
+            if container.duration:
+                return container.duration / av.time_base
+    except Exception:
+        pass
+    return None
+
+
 def _decode_with_pyav(data: bytes) -> tuple[np.ndarray, int]:
     import av
 
@@ -110,21 +136,30 @@ def _decode_with_pyav(data: bytes) -> tuple[np.ndarray, int]:
         return np.concatenate(chunks, axis=1).T.astype(np.float32), int(stream.rate)
 
 
+def read_audio_file(uri: str | os.PathLike) -> bytes:
+    """The bytes of an audio file (local path or URI). Raises :class:`UnreadableAudio` when it cannot be read
+    (missing, a directory, forbidden, an invalid name) and :class:`StorageUnavailable`, its transient subclass,
+    when its store cannot be reached: a batch job retries those rows on its next run."""
+    name = redact_uri(os.fspath(uri))
+    try:
+        return read_bytes(uri)
+    except FileNotFoundError:
+        raise UnreadableAudio(f"{name}: file not found") from None
+    except (IsADirectoryError, NotADirectoryError):
+        raise UnreadableAudio(f"{name}: is a directory") from None
+    except PermissionError:
+        raise UnreadableAudio(f"{name}: permission denied") from None
+    except Exception as exc:
+        if is_transient(exc):
+            raise StorageUnavailable(f"{name}: storage unavailable ({type(exc).__name__}); try again later") from None
+        raise UnreadableAudio(f"{name}: cannot read ({type(exc).__name__}: {scrub(str(exc), 200)})") from None
+
+
 def _read(src) -> tuple[bytes, str]:
     if isinstance(src, (bytes, bytearray, memoryview)):
         return bytes(src), "<bytes>"
     if isinstance(src, (str, os.PathLike)):
-        name = redact_uri(os.fspath(src))
-        try:
-            return read_bytes(src), name
-        except FileNotFoundError:
-            raise UnreadableAudio(f"{name}: file not found") from None
-        except IsADirectoryError:
-            raise UnreadableAudio(f"{name}: is a directory") from None
-        except PermissionError:
-            raise UnreadableAudio(f"{name}: permission denied") from None
-        except OSError as exc:
-            raise UnreadableAudio(f"{name}: cannot read ({type(exc).__name__})") from None
+        return read_audio_file(src), redact_uri(os.fspath(src))
     raise UnreadableAudio(f"unsupported audio input of type {type(src).__name__}")
 
 

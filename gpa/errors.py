@@ -17,6 +17,13 @@ class UnreadableAudio(AudioError):
     kind = "unreadable_audio"
 
 
+class StorageUnavailable(UnreadableAudio):
+    """The store holding the audio could not be reached (refused or reset connection, timeout, 5xx, throttling)
+    even after the client's own retries. Transient: the same read may succeed later."""
+
+    kind = "storage_unavailable"
+
+
 class EmptyAudio(AudioError):
     """The audio decoded to zero samples."""
 

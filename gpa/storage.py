@@ -6,6 +6,7 @@ same code runs against AWS, MinIO or a local test server.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from urllib.parse import urlsplit, urlunsplit
@@ -49,3 +50,57 @@ def read_bytes(uri: str | os.PathLike) -> bytes:
     fs, path = filesystem(uri)
     with fs.open(path, "rb") as f:
         return f.read()
+
+
+_TRANSIENT_ERRNOS = {errno.EBUSY, errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED,
+                     errno.ECONNABORTED, errno.EPIPE, errno.ENETUNREACH, errno.EHOSTUNREACH,
+                     getattr(errno, "EREMOTEIO", 121)}
+_THROTTLING = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestLimitExceeded",
+               "ServiceUnavailable", "InternalError"}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a storage error says "try again later" (outage, timeout, throttling) rather than "this object cannot
+    be read" (missing, forbidden, invalid name)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+            return False
+        if isinstance(exc, (ConnectionError, TimeoutError)):  # builtins: refused, reset, aborted, timed out
+            return True
+        if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:  # s3fs' translation of 5xx/throttling
+            return True
+        module = type(exc).__module__
+        if module.startswith("botocore"):
+            from botocore.exceptions import ClientError, HTTPClientError
+            from botocore.exceptions import ConnectionError as BotoConnectionError
+
+            if isinstance(exc, (BotoConnectionError, HTTPClientError)):
+                return True
+            if isinstance(exc, ClientError):
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+                return status >= 500 or status == 429 or exc.response.get("Error", {}).get("Code") in _THROTTLING
+        if module.startswith("aiohttp"):
+            from aiohttp import ClientConnectionError, ClientPayloadError
+
+            if isinstance(exc, (ClientConnectionError, ClientPayloadError)):
+                return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+_URL_IN_TEXT = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)([^\s'\"<>]*)")
+_USER_INFO = re.compile(r"[^\s\"'/@:]+:[^\s\"'/@]+@")
+
+
+def scrub(message: str, limit: int = 1000) -> str:
+    """``message`` safe to store or log: URLs lose user info and query strings (presigned URLs carry signatures)."""
+
+    def clean(match: re.Match) -> str:
+        return redact_uri(match.group(1) + match.group(2))
+
+    text = _URL_IN_TEXT.sub(clean, str(message))
+    text = re.sub(r"(?i)(aws_secret_access_key|aws_session_token|secret|password|token)=\S+", r"\1=***", text)
+    text = _USER_INFO.sub("***@", text)  # user:password@host outside a URL (e.g. quoted back as a bucket name)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -16,35 +16,49 @@ its job needs becomes an error row (never a dropped row).
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
+from . import schema as S
 from . import storage
 
-CANONICAL = ("id", "audio", "text", "ref_audio", "ref_id", "source_id", "begin_time", "end_time", "seed",
-             "duration_hint")
+CANONICAL = tuple(S.INPUT.names)
 
 # which GPA training ``task`` values each job takes
 GPA_TASKS = {"transcribe": ("stt", "asr", ""), "synthesize": ("tts-a", "tts"), "convert": ("vc",)}
 
+# valid rows are kept as Python dicts only this many at a time, then as Arrow columns: an archive of millions of
+# files fits in a driver's memory (a row as a dict costs ~1.5 kB, as Arrow ~0.15 kB)
+_CHUNK_ROWS = 50_000
+
 
 @dataclass
 class InputRows:
-    rows: list[dict[str, Any]] = field(default_factory=list)  # valid rows, canonical fields
+    table: pa.Table = field(default_factory=S.INPUT.empty_table)  # valid rows, canonical fields (schema.INPUT)
     errors: list[dict[str, Any]] = field(default_factory=list)  # {id, error_kind, error, + echo fields}
     skipped_other_task: int = 0
     convention: str = "canonical"
     source: str = ""  # the input URI, redacted
 
     @property
+    def rows(self) -> list[dict[str, Any]]:
+        """The valid rows as dicts (for small inputs and tests; jobs work on :attr:`table`)."""
+        return self.table.to_pylist()
+
+    @property
     def total(self) -> int:
-        return len(self.rows) + len(self.errors)
+        return self.table.num_rows + len(self.errors)
 
 
 class InputError(ValueError):
@@ -61,17 +75,20 @@ def load_inputs(
     reference: str | None = None,
     max_text_chars: int = 20_000,
 ) -> InputRows:
-    """Read, normalise and validate the input rows of ``job`` (see module docstring)."""
+    """Read, normalise and validate the input rows of ``job`` (see module docstring), streaming the manifest."""
     uri = storage.normalize(uri)
     if glob:
-        raw, convention, base = list_audio_files(uri, glob), "listing", uri
+        raw, convention, base = iter(list_audio_files(uri, glob)), "listing", uri
     else:
         records = read_records(uri, input_format)
-        convention = detect_convention(records, field_map or {})
-        raw = [_canonical(r, convention, field_map or {}) for r in records]
+        head = list(itertools.islice(records, 100))
+        convention = detect_convention(head, field_map or {})
+        raw = (_canonical(r, convention, field_map or {}) for r in itertools.chain(head, records))
         base = storage.parent(uri)
     out = InputRows(convention=convention, source=storage.redact_uri(uri))
     seen: set[str] = set()
+    chunk: list[dict[str, Any]] = []
+    tables: list[pa.Table] = []
     for line, row in enumerate(raw, start=1):
         if "__parse_error__" in row:
             out.errors.append({"id": _unique_line_id(line, seen), "error_kind": "invalid_manifest_row",
@@ -105,7 +122,12 @@ def load_inputs(
             row["ref_id"] = row.get("ref_id") or _written(row, "__ref_audio_as_written__")
         if job == "convert":
             row["source_id"] = row.get("source_id") or _written(row, "__audio_as_written__")
-        out.rows.append({k: v for k, v in row.items() if not k.startswith("__")})
+        chunk.append(row)
+        if len(chunk) == _CHUNK_ROWS:
+            tables.append(S.rows_to_table(chunk, S.INPUT))
+            chunk = []
+    tables.append(S.rows_to_table(chunk, S.INPUT))
+    out.table = pa.concat_tables(tables).combine_chunks()
     return out
 
 
@@ -118,39 +140,78 @@ def _unique_line_id(line: int, seen: set[str]) -> str:
 # --- reading ---------------------------------------------------------------------------------------------------
 
 
-def read_records(uri: str, input_format: str = "auto") -> list[dict[str, Any]]:
-    """The manifest's rows as dicts, in file order. Unparseable JSON lines become ``{"__parse_error__": ...}``."""
+def read_records(uri: str, input_format: str = "auto") -> Iterator[dict[str, Any]]:
+    """The manifest's rows as dicts, in file order, read as a stream. Unparseable JSON lines become
+    ``{"__parse_error__": ...}``; a manifest that cannot be read at all raises :class:`InputError`."""
     fmt = input_format if input_format != "auto" else _format_from_name(uri)
-    try:
-        data = storage.read_bytes(uri)
-    except FileNotFoundError:
-        raise InputError(f"input not found: {storage.redact_uri(uri)}") from None
-    except IsADirectoryError:
-        raise InputError(f"{storage.redact_uri(uri)} is a directory: pass --glob to list its audio files") from None
-    if uri.endswith(".gz"):
-        data = gzip.decompress(data)
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
+    with _open_input(uri) as f:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
 
-        return [_jsonable_row(r) for r in pq.read_table(io.BytesIO(data)).to_pylist()]
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
-    if fmt == "csv":
-        delimiter = "\t" if uri.removesuffix(".gz").endswith(".tsv") else ","
-        # undecodable bytes are kept as surrogates so that only the rows holding them fail (see _validate)
-        text = data.decode("utf-8", "surrogateescape")
-        return [{k: (v if v != "" else None) for k, v in r.items() if k is not None}
-                for r in csv.DictReader(io.StringIO(text), delimiter=delimiter)]
-    if fmt == "jsonl":
-        if data.lstrip().startswith(b"["):  # a JSON array of objects
-            try:
-                items = json.loads(data.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not valid UTF-8"
-                raise InputError(f"{storage.redact_uri(uri)}: not valid JSON ({reason})") from None
-            return [r if isinstance(r, dict) else {"__parse_error__": "not a JSON object"} for r in items]
-        return [_parse_line(line) for line in data.split(b"\n") if line.strip()]
-    raise InputError(f"cannot tell the format of {storage.redact_uri(uri)}; pass --format jsonl|csv|parquet")
+            source = io.BytesIO(f.read()) if isinstance(f, gzip.GzipFile) else f  # Parquet needs cheap seeks
+            for batch in pq.ParquetFile(source).iter_batches(batch_size=_CHUNK_ROWS):
+                yield from (_jsonable_row(r) for r in batch.to_pylist())
+        elif fmt == "csv":
+            delimiter = "\t" if uri.removesuffix(".gz").endswith(".tsv") else ","
+            # undecodable bytes are kept as surrogates so that only the rows holding them fail (see _validate)
+            text = io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline="")
+            for r in csv.DictReader(text, delimiter=delimiter):
+                yield {k: (v if v != "" else None) for k, v in r.items() if k is not None}
+        elif fmt == "jsonl":
+            first = True
+            for line in f:  # split on "\n" only (see _parse_line)
+                if first and line.startswith(codecs.BOM_UTF8):
+                    line = line[len(codecs.BOM_UTF8):]
+                if not line.strip():
+                    continue
+                if first and line.lstrip().startswith(b"["):  # a JSON array of objects, not JSON lines
+                    yield from _json_array(uri, line + f.read())
+                    return
+                first = False
+                yield _parse_line(line)
+        else:
+            raise InputError(f"cannot tell the format of {storage.redact_uri(uri)}; pass --format jsonl|csv|parquet")
+
+
+@contextlib.contextmanager
+def _open_input(uri: str):
+    """The manifest as a binary stream (decompressed when it ends in .gz). Any failure to read it is an
+    :class:`InputError` that says why, without credentials."""
+    from gpa.storage import filesystem
+
+    name = storage.redact_uri(uri)
+    try:
+        fs, path = filesystem(uri)
+        raw = fs.open(path, "rb")
+    except FileNotFoundError:
+        raise InputError(f"input not found: {name}") from None
+    except IsADirectoryError:
+        raise InputError(f"{name} is a directory: pass --glob to list its audio files") from None
+    except Exception as exc:
+        raise InputError(_read_failure(name, exc)) from None
+    try:
+        with raw:
+            yield gzip.GzipFile(fileobj=raw) if uri.endswith(".gz") else raw
+    except (InputError, GeneratorExit):
+        raise
+    except Exception as exc:  # the store went away mid-read, a truncated .gz, ...
+        raise InputError(_read_failure(name, exc)) from None
+
+
+def _read_failure(name: str, exc: Exception) -> str:
+    reason = "storage unavailable, try again later" if storage.is_transient(exc) else "cannot read it"
+    return f"{name}: {reason} ({type(exc).__name__}: {storage.scrub(str(exc), 200)})"
+
+
+def _json_array(uri: str, data: bytes) -> list[dict[str, Any]]:
+    try:
+        items = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not valid UTF-8"
+        raise InputError(f"{storage.redact_uri(uri)}: not valid JSON ({reason})") from None
+    if not isinstance(items, list):
+        raise InputError(f"{storage.redact_uri(uri)}: a JSON manifest must be an array of objects")
+    return [r if isinstance(r, dict) else {"__parse_error__": "not a JSON object"} for r in items]
 
 
 def _parse_line(line: bytes) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -27,11 +28,10 @@ from .config import JobConfig
 from .manifest import InputRows, load_inputs
 from .metrics import error_summary, run_metrics
 from .output import OutputStore, count_ids, new_run_id, read_parquet, resume_plan
-from .tasks import INPUT_COLUMNS, TASKS, WORK_SCHEMA, row_seed
-from .tracking import Tracking, log_run
+from .tasks import TASKS, row_seed
+from .tracking import JobTracking, Tracking
 
 log = logging.getLogger(__name__)
-INPUT_SCHEMA = pa.schema([WORK_SCHEMA.field(c) for c in INPUT_COLUMNS])
 
 
 class JobError(RuntimeError):
@@ -76,13 +76,27 @@ def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
     inputs = load_inputs(config.job, config.input, glob=config.glob, input_format=config.input_format,
                          field_map=config.field_map, reference=config.reference,
                          max_text_chars=config.max_text_chars)
-    # only now, with everything checked, does this run touch the output
+    # only now, with everything checked, does this run touch the output (the default MLflow store lives there)
+    tracking = JobTracking(tracking_uri=config.mlflow_uri, output=store.uri,
+                           experiment=config.experiment or f"gpa-batch-{config.job}",
+                           run_name=config.run_name or f"{config.job}-{run_id}",
+                           tags={"gpa_batch.job": config.job, "gpa_batch.run_id": run_id})
+    try:
+        return _run(config, run_id, started, params, store, inputs, tracking, progress)
+    except BaseException as exc:
+        values = job_params(config, inputs, storage.redact_uri(config.model), "", run_id, params)
+        tracking.finish(params=values, metrics={}, artifacts={}, failure=_root_cause(exc))
+        raise
+
+
+def _run(config: JobConfig, run_id: str, started: float, params: dict, store: OutputStore, inputs: InputRows,
+         tracking: JobTracking, progress: bool | None) -> JobResult:
     with _storage_failures("could not take over the output"):
         store.start(run_id)  # takes ownership, adopts parts of an interrupted run, removes debris
         plan = _plan(config, inputs, store)
         if plan.invalid:
             store.stage(run_id, f"part-{run_id}-invalid.parquet", _error_rows(config, plan.invalid, run_id, params))
-    if plan.todo:
+    if plan.todo.num_rows:
         _run_pipeline(config, plan.todo, run_id, params, progress)
     with _storage_failures("could not commit the run"):
         records, unavailable = _verified_records(store, run_id, plan.expected)
@@ -97,13 +111,13 @@ def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
     new_rows = (pa.concat_tables([read_parquet(f, _light_columns(TASKS[config.job])) for f in new_files])
                 if new_files else None)
     result = _result(config, inputs, plan, store, commit, run_id, wall_s, new_rows)
-    _report(config, inputs, store, result, params, new_files, new_rows)
+    _report(config, inputs, store, result, params, new_files, new_rows, tracking)
     return result
 
 
 @dataclass
 class _Plan:
-    todo: list[dict]  # valid rows to process
+    todo: pa.Table  # valid rows to process (schema.INPUT), each with its seed
     invalid: list[dict]  # rows that failed validation, to write as error rows
     already_done: int
     cut: int  # pending rows left for a later run by --limit
@@ -116,21 +130,25 @@ class _Plan:
 
     @property
     def expected(self) -> Counter:
-        return Counter([r["id"] for r in self.todo] + [e["id"] for e in self.invalid])
+        return Counter(self.todo.column("id").to_pylist() + [e["id"] for e in self.invalid])
 
 
 def _plan(config: JobConfig, inputs: InputRows, store: OutputStore) -> _Plan:
     """What this run does: the input rows without a committed row (and, with --retry-errors, the failed ones)."""
     done, redo = resume_plan(store.index(), config.retry_errors)
-    todo = [r for r in inputs.rows if r["id"] not in done or r["id"] in redo]
-    invalid = [e for e in inputs.errors if e["id"] not in done or e["id"] in redo]
+    finished = done - redo
+    todo = inputs.table
+    if finished:
+        todo = todo.filter(pc.invert(pc.is_in(todo.column("id"), value_set=pa.array(finished, pa.string()))))
+    invalid = [e for e in inputs.errors if e["id"] not in finished]
     cut = 0
-    if config.limit is not None and len(todo) > config.limit:
-        cut = len(todo) - config.limit
-        todo = todo[: config.limit]
-    for row in todo:
-        row["seed"] = row_seed(config.seed, row["id"], row.get("seed"))
-    already_done = sum(1 for r in inputs.rows + inputs.errors if r["id"] in done and r["id"] not in redo)
+    if config.limit is not None and todo.num_rows > config.limit:
+        cut = todo.num_rows - config.limit
+        todo = todo.slice(0, config.limit)
+    seeds = [row_seed(config.seed, row_id, seed)
+             for row_id, seed in zip(todo.column("id").to_pylist(), todo.column("seed").to_pylist(), strict=True)]
+    todo = todo.set_column(todo.schema.get_field_index("seed"), "seed", pa.array(seeds, pa.int64()))
+    already_done = inputs.total - (todo.num_rows + cut) - len(invalid)
     return _Plan(todo=todo, invalid=invalid, already_done=already_done, cut=cut, supersede=bool(redo & done))
 
 
@@ -187,7 +205,7 @@ def _result(config, inputs, plan, store, commit, run_id, wall_s, new_rows: pa.Ta
 
 
 def _report(config: JobConfig, inputs: InputRows, store: OutputStore, result: JobResult, params: dict,
-            new_files: list[str], new_rows: pa.Table | None) -> None:
+            new_files: list[str], new_rows: pa.Table | None, tracking: JobTracking) -> None:
     """Metrics file first (always), then MLflow; a tracking failure is recorded, never raised."""
     model_source = _first(new_rows, "model_source") or storage.redact_uri(config.model)
     model_hash = _first(new_rows, "model_hash") or ""
@@ -199,12 +217,8 @@ def _report(config: JobConfig, inputs: InputRows, store: OutputStore, result: Jo
     except Exception as exc:  # artifacts are a nicety: log the run without them rather than not at all
         log.warning("could not prepare MLflow artifacts: %s", storage.scrub(str(exc), 300))
         artifacts = {}
-    result.tracking = log_run(
-        tracking_uri=config.mlflow_uri, output=store.uri, experiment=config.experiment or f"gpa-batch-{config.job}",
-        run_name=config.run_name or f"{config.job}-{result.run_id}",
-        params=values, metrics=result.metrics, artifacts=artifacts,
-        tags={"gpa_batch.job": config.job, "gpa_batch.run_id": result.run_id, "gpa_batch.model_hash": model_hash},
-    )
+    result.tracking = tracking.finish(params=values, metrics=result.metrics, artifacts=artifacts,
+                                      tags={"gpa_batch.model_hash": model_hash})
     t = result.tracking
     local["mlflow"] = {"uri": t.uri, "experiment": t.experiment, "run_id": t.run_id, "error": t.error}
     storage.write_bytes(result.metrics_path, json.dumps(local, indent=1, default=str).encode())
@@ -213,7 +227,7 @@ def _report(config: JobConfig, inputs: InputRows, store: OutputStore, result: Jo
 # --- the Ray Data part -----------------------------------------------------------------------------------------
 
 
-def _run_pipeline(config: JobConfig, rows: list[dict], run_id: str, params: dict, progress: bool | None) -> None:
+def _run_pipeline(config: JobConfig, rows: pa.Table, run_id: str, params: dict, progress: bool | None) -> None:
     import ray
 
     from .stages import GPAStage, decode_batch, encode_batch, make_sink
@@ -224,9 +238,10 @@ def _run_pipeline(config: JobConfig, rows: list[dict], run_id: str, params: dict
     gpus = config.gpus_per_actor
     if gpus is None:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    ordered = order_rows(task, rows)
+    order = pipeline_order(task, rows)
     window = config.window_rows
-    blocks = [S.rows_to_table(ordered[i: i + window], INPUT_SCHEMA) for i in range(0, len(ordered), window)]
+    # take() copies each window into its own buffers: a slice would ship the whole table with every block
+    blocks = [rows.take(order[i: i + window]) for i in range(0, len(order), window)]
     cfg = config.to_dict()
     # a memory reservation for the CPU stages (decoded audio) also keeps Ray from fusing them into the model
     # actors, which would serialise decoding and inference in one process
@@ -271,16 +286,18 @@ def _root_cause(exc: BaseException) -> str:
                          500)
 
 
-def order_rows(task, rows: list[dict]) -> list[dict]:
-    """The order rows go through the pipeline in.
+def pipeline_order(task, rows: pa.Table) -> np.ndarray:
+    """The order (row indices) rows go through the pipeline in.
 
     Longest first: similar lengths share a window (little padding) and the stragglers do not come last. Segments
     of long recordings instead go file by file, in time order, so that a decode worker decodes each recording once
     for its consecutive segments; GPA still sorts each window by true length.
     """
-    if any(r.get("begin_time") is not None or r.get("end_time") is not None for r in rows):
-        return sorted(rows, key=lambda r: (r.get("audio") or "", r.get("begin_time") or 0.0))
-    return sorted(rows, key=task.length, reverse=True)
+    if rows.column("begin_time").null_count < rows.num_rows or rows.column("end_time").null_count < rows.num_rows:
+        keys = pa.table({"audio": pc.fill_null(rows.column("audio"), ""),
+                         "begin": pc.fill_null(rows.column("begin_time"), 0.0)})
+        return pc.sort_indices(keys, [("audio", "ascending"), ("begin", "ascending")]).to_numpy()
+    return np.argsort(-task.lengths(rows), kind="stable")
 
 
 def _interactive() -> bool:

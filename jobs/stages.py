@@ -52,7 +52,7 @@ class _Decoded:
 
 def decode_batch(batch: pa.Table, job: str, max_duration_s: float) -> pa.Table:
     """Fetch and decode each row's audio to 16 kHz mono, cut its segment, measure its duration."""
-    from gpa.audio import SAMPLE_RATE, decode, load_audio
+    from gpa.audio import SAMPLE_RATE, decode, load_audio, read_audio_file
     from gpa.errors import GPAError, TooLongAudio, UnreadableAudio
 
     task = TASKS[job]
@@ -65,11 +65,11 @@ def decode_batch(batch: pa.Table, job: str, max_duration_s: float) -> pa.Table:
             try:
                 begin, end = row.get("begin_time"), row.get("end_time")
                 if begin is None and end is None:
-                    wav = load_audio(_fetch(row["audio"]))
+                    wav = load_audio(row["audio"])
                 else:
                     if _Decoded.uri != row["audio"]:
                         _Decoded.uri, _Decoded.value = None, None
-                        _Decoded.value = decode(_fetch(row["audio"]), name=storage.redact_uri(row["audio"]))
+                        _Decoded.value = decode(read_audio_file(row["audio"]), name=storage.redact_uri(row["audio"]))
                         _Decoded.uri = row["audio"]
                     wav = load_audio(_Decoded.value, start_s=begin, end_s=end)
                 duration = len(wav) / SAMPLE_RATE
@@ -84,10 +84,6 @@ def decode_batch(batch: pa.Table, job: str, max_duration_s: float) -> pa.Table:
                 _error(row, UnreadableAudio(f"{type(exc).__name__}: {exc}"))
         row["decode_s"] = time.perf_counter() - start
     return work_table(rows, {"wav": wavs})
-
-
-def _fetch(uri: str) -> bytes:
-    return storage.fetch(uri)  # UnreadableAudio, or StorageUnavailable (transient) when the store is down
 
 
 # --- GPA -------------------------------------------------------------------------------------------------------

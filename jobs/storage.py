@@ -6,101 +6,23 @@ have no atomic rename, so every "commit" here is a single small object written l
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import re
 import uuid
 from pathlib import PurePosixPath
 
-from gpa.errors import UnreadableAudio
-from gpa.storage import filesystem, is_uri, redact_uri
+from gpa.errors import StorageUnavailable
+from gpa.storage import filesystem, is_transient, is_uri, read_bytes, redact_uri, scrub
 
 __all__ = [
     "is_uri", "redact_uri", "scrub", "join", "parent", "basename", "resolve_relative", "normalize",
     "read_bytes", "write_bytes", "exists", "listdir", "remove", "move", "makedirs", "safe_name", "id_hash",
-    "fetch", "is_transient", "StorageUnavailable", "TRANSIENT_KINDS",
+    "is_transient", "TRANSIENT_KINDS",
 ]
 
-
-class StorageUnavailable(UnreadableAudio):
-    """The store could not be reached (connection refused or reset, timeout, 5xx, throttling) even after the S3
-    client's own retries with backoff. Transient: such a row is not done, the next run retries it."""
-
-    kind = "storage_unavailable"
-
-
+# error kinds that say "the store was down", not "this row is bad": a plain rerun redoes such rows
 TRANSIENT_KINDS = frozenset({StorageUnavailable.kind})
-_TRANSIENT_ERRNOS = {errno.EBUSY, errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED,
-                     errno.ECONNABORTED, errno.EPIPE, errno.ENETUNREACH, errno.EHOSTUNREACH,
-                     getattr(errno, "EREMOTEIO", 121)}
-_THROTTLING = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestLimitExceeded",
-               "ServiceUnavailable", "InternalError"}
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether a storage error says "try again later" (outage, timeout, throttling) rather than "this object cannot
-    be read" (missing, forbidden, invalid name)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
-            return False
-        if isinstance(exc, (ConnectionError, TimeoutError)):  # builtins: refused, reset, aborted, timed out
-            return True
-        if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:  # s3fs' translation of 5xx/throttling
-            return True
-        module = type(exc).__module__
-        if module.startswith("botocore"):
-            from botocore.exceptions import ClientError, HTTPClientError
-            from botocore.exceptions import ConnectionError as BotoConnectionError
-
-            if isinstance(exc, (BotoConnectionError, HTTPClientError)):
-                return True
-            if isinstance(exc, ClientError):
-                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-                return status >= 500 or status == 429 or exc.response.get("Error", {}).get("Code") in _THROTTLING
-        if module.startswith("aiohttp"):
-            from aiohttp import ClientConnectionError, ClientPayloadError
-
-            if isinstance(exc, (ClientConnectionError, ClientPayloadError)):
-                return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def fetch(uri: str) -> bytes:
-    """The bytes of an input file. Raises :class:`UnreadableAudio` when it cannot be read (missing, a directory,
-    forbidden, an invalid name) and :class:`StorageUnavailable` when its store cannot be reached."""
-    name = redact_uri(uri)
-    try:
-        return read_bytes(uri)
-    except FileNotFoundError:
-        raise UnreadableAudio(f"{name}: file not found") from None
-    except (IsADirectoryError, NotADirectoryError):
-        raise UnreadableAudio(f"{name}: is a directory") from None
-    except PermissionError:
-        raise UnreadableAudio(f"{name}: permission denied") from None
-    except Exception as exc:
-        if is_transient(exc):
-            raise StorageUnavailable(f"{name}: storage unavailable ({type(exc).__name__}); the next run retries "
-                                     "this row") from None
-        raise UnreadableAudio(f"{name}: cannot read ({type(exc).__name__}: {scrub(str(exc), 200)})") from None
-
-_URL_IN_TEXT = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)([^\s'\"<>]*)")
-_USER_INFO = re.compile(r"[^\s\"'/@:]+:[^\s\"'/@]+@")
-
-
-def scrub(message: str, limit: int = 1000) -> str:
-    """``message`` safe to store or log: URLs lose user info and query strings (presigned URLs carry signatures)."""
-
-    def clean(match: re.Match) -> str:
-        return redact_uri(match.group(1) + match.group(2))
-
-    text = _URL_IN_TEXT.sub(clean, str(message))
-    text = re.sub(r"(?i)(aws_secret_access_key|aws_session_token|secret|password|token)=\S+", r"\1=***", text)
-    text = _USER_INFO.sub("***@", text)  # user:password@host outside a URL (e.g. quoted back as a bucket name)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def normalize(uri: str) -> str:
@@ -144,12 +66,6 @@ def resolve_relative(path: str, base_dir: str) -> str:
         key = os.path.normpath("/" + key).lstrip("/")
         return f"{base_dir.split('://', 1)[0]}://{bucket}/{key}"
     return os.path.normpath(os.path.join(base_dir, path))
-
-
-def read_bytes(uri: str) -> bytes:
-    fs, path = filesystem(uri)
-    with fs.open(path, "rb") as f:
-        return f.read()
 
 
 def write_bytes(uri: str, data: bytes) -> None:

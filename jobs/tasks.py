@@ -15,15 +15,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import schema as S
 from .storage import redact_uri
 
 # Columns carried between the stages (one schema for all tasks: unused columns stay null).
 WORK_SCHEMA = pa.schema([
-    ("id", pa.string()), ("audio", pa.string()), ("text", pa.string()), ("ref_audio", pa.string()),
-    ("ref_id", pa.string()), ("source_id", pa.string()), ("begin_time", pa.float64()), ("end_time", pa.float64()),
-    ("seed", pa.int64()), ("duration_hint", pa.float64()),
+    *S.INPUT,
     ("status", pa.string()), ("error_kind", pa.string()), ("error", pa.string()),
     ("duration_s", pa.float64()),
     ("t_start", pa.float64()), ("decode_s", pa.float64()), ("model_s", pa.float64()),
@@ -36,8 +35,6 @@ WORK_SCHEMA = pa.schema([
     ("wav", S.WAV), ("out_wav", S.WAV),
 ])
 WAV_COLUMNS = ("wav", "out_wav")
-INPUT_COLUMNS = ("id", "audio", "text", "ref_audio", "ref_id", "source_id", "begin_time", "end_time", "seed",
-                 "duration_hint")
 
 
 def row_seed(job_seed: int, row_id: str, explicit: int | None) -> int:
@@ -63,12 +60,14 @@ class Task:
             **{**config.options, "batch_size": config.batch_size, "seed": config.seed}
         )
 
-    def length(self, row: dict) -> float:
-        """Rough cost of a row before decoding (for sorting rows into similar-length batches): the audio segment's
-        duration when known."""
-        if row.get("begin_time") is not None and row.get("end_time") is not None:
-            return row["end_time"] - row["begin_time"]
-        return row.get("duration_hint") or 0.0
+    def lengths(self, rows: pa.Table) -> np.ndarray:
+        """Rough cost of each row before decoding (to sort rows into similar-length batches): the audio segment's
+        duration when known, else the manifest's duration hint, else 0."""
+        def column(name: str) -> np.ndarray:
+            return rows.column(name).to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> nan
+
+        segment = column("end_time") - column("begin_time")
+        return np.where(np.isnan(segment), np.nan_to_num(column("duration_hint")), segment)
 
     def run(self, model, rows: list[dict], waves: dict[str, list], options, speakers: SpeakerCache,
             quality: bool) -> list[np.ndarray | None]:
@@ -152,8 +151,8 @@ class SynthesizeTask(Task):
         options.max_text_chars = config.max_text_chars
         return options
 
-    def length(self, row):
-        return float(len(row.get("text") or ""))
+    def lengths(self, rows):
+        return pc.fill_null(pc.utf8_length(rows.column("text")), 0).to_numpy().astype(np.float64)
 
     def run(self, model, rows, waves, options, speakers, quality):
         refs = speakers.resolve(model, rows)
@@ -163,15 +162,7 @@ class SynthesizeTask(Task):
             return outputs
         results = model.synthesize([rows[i]["text"] for i in todo], [refs[i] for i in todo], options,
                                    seeds=[rows[i]["seed"] for i in todo])
-        for i, result in zip(todo, results, strict=True):
-            row = rows[i]
-            if not result.ok:
-                _error(row, result.error)
-                continue
-            outputs[i] = np.asarray(result.audio, dtype=np.float32)
-            row.update(global_tokens=list(map(int, result.global_tokens)),
-                       semantic_tokens=list(map(int, result.semantic_tokens)),
-                       num_generated_tokens=len(result.generated_ids), truncated=bool(result.truncated))
+        _fill_audio_results(rows, todo, results, outputs)
         if quality:
             ok = [i for i in todo if rows[i]["status"] == "ok"]
             _round_trip(model, [rows[i] for i in ok], [outputs[i] for i in ok], options.batch_size)
@@ -209,16 +200,7 @@ class ConvertTask(Task):
             return outputs
         results = model.convert([(waves["wav"][i], S.SAMPLE_RATE) for i in todo], [refs[i] for i in todo], options,
                                 seeds=[rows[i]["seed"] for i in todo])
-        for i, result in zip(todo, results, strict=True):
-            row = rows[i]
-            if not result.ok:
-                _error(row, result.error)
-                continue
-            outputs[i] = np.asarray(result.audio, dtype=np.float32)
-            row.update(global_tokens=list(map(int, result.global_tokens)),
-                       source_semantic_tokens=list(map(int, result.source_semantic_tokens)),
-                       semantic_tokens=list(map(int, result.semantic_tokens)),
-                       num_generated_tokens=len(result.generated_ids), truncated=bool(result.truncated))
+        _fill_audio_results(rows, todo, results, outputs)
         if quality:
             ok = [i for i in todo if rows[i]["status"] == "ok"]
             _similarity(model, [rows[i] for i in ok], [outputs[i] for i in ok], "speaker_similarity",
@@ -252,6 +234,22 @@ TASKS: dict[str, Task] = {t.name: t for t in (TranscribeTask(), SynthesizeTask()
 # --- model-side helpers ----------------------------------------------------------------------------------------
 
 
+def _fill_audio_results(rows: list[dict], todo: list[int], results: list, outputs: list) -> None:
+    """Copy each synthesize/convert result into its row (tokens, counts) and its waveform into ``outputs``."""
+    for i, result in zip(todo, results, strict=True):
+        row = rows[i]
+        if not result.ok:
+            _error(row, result.error)
+            continue
+        outputs[i] = np.asarray(result.audio, dtype=np.float32)
+        row.update(global_tokens=list(map(int, result.global_tokens)),
+                   semantic_tokens=list(map(int, result.semantic_tokens)),
+                   num_generated_tokens=len(result.generated_ids), truncated=bool(result.truncated))
+        source = getattr(result, "source_semantic_tokens", None)  # conversion only
+        if source is not None:
+            row["source_semantic_tokens"] = list(map(int, source))
+
+
 class SpeakerCache:
     """Speakers (global tokens + embedding) per reference, computed once per actor and reused across batches:
     a TTS corpus typically has thousands of rows per reference voice."""
@@ -262,10 +260,8 @@ class SpeakerCache:
 
     def resolve(self, model, rows: list[dict], field: str = "ref_audio") -> list:
         """The speaker of each live row's reference (None and an error row when it cannot be had)."""
-        from gpa.audio import decode, load_audio
+        from gpa.audio import load_audio
         from gpa.errors import GPAError, UnreadableAudio
-
-        from .storage import fetch, redact_uri
 
         failed: dict[str, Exception] = {}  # failures are remembered for this call only (they may be transient)
         speakers = []
@@ -276,7 +272,7 @@ class SpeakerCache:
             key = row[field]
             if key not in self._cache and key not in failed:
                 try:
-                    samples = load_audio(decode(fetch(key), name=redact_uri(key)))  # fetch: storage outages
+                    samples = load_audio(key)  # an outage is StorageUnavailable: retried next run
                     self._cache[key] = model.speaker((samples, S.SAMPLE_RATE))
                 except GPAError as exc:
                     failed[key] = exc

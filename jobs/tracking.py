@@ -1,11 +1,12 @@
-"""MLflow: one run per job, logged at its end. Tracking is never allowed to lose data: any failure here is reported
-and the metrics stay in the JSON file the job writes beside its output."""
+"""MLflow: one run per job, opened as the job starts and finished at its end. Tracking is never allowed to lose
+data: any failure here is reported and the metrics stay in the JSON file the job writes beside its output."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,55 +39,82 @@ def artifact_location_for(uri: str) -> str | None:
     return None
 
 
-def log_run(
-    *,
-    tracking_uri: str | None,
-    output: str,
-    experiment: str,
-    run_name: str,
-    params: dict[str, object],
-    metrics: dict[str, float],
-    artifacts: dict[str, bytes],
-    tags: dict[str, str],
-) -> Tracking:
-    """Log one finished job run. Returns where it went, or the (credential-free) reason it did not."""
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    artifact_location = None
-    try:
+class JobTracking:
+    """The MLflow run of one job.
+
+    It is opened in a background thread as the job starts: opening a new sqlite store runs its schema migrations and
+    a server takes round trips, seconds that would otherwise be added to every job. The run shows RUNNING while the
+    job works and FINISHED or FAILED at its end. Every MLflow call happens on that one thread (an sqlite connection
+    must not change threads).
+    """
+
+    def __init__(self, *, tracking_uri: str | None, output: str, experiment: str, run_name: str,
+                 tags: dict[str, str]):
+        self.experiment = experiment
+        self.shown = "(default)"
+        self.result: Tracking | None = None  # once finished
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="gpa-batch-mlflow")
+        self._opened = self._thread.submit(self._open, tracking_uri, output, run_name, tags)
+
+    def finish(self, *, params: dict[str, object], metrics: dict[str, float], artifacts: dict[str, bytes],
+               tags: dict[str, str] | None = None, failure: str | None = None) -> Tracking:
+        """Log the job's params, metrics and artifacts and end the run (FAILED, with ``failure``, when given).
+        Returns where it went, or the (credential-free) reason it did not. Only the first call logs anything."""
+        if self.result is None:
+            try:
+                self.result = self._thread.submit(self._finish, params, metrics, artifacts, tags or {},
+                                                  failure).result()
+            finally:
+                self._thread.shutdown()
+        return self.result
+
+    def _open(self, tracking_uri: str | None, output: str, run_name: str, tags: dict[str, str]):
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         if uri:
             artifact_location = artifact_location_for(uri)
         else:
             uri, artifact_location = default_tracking_uri(output)
-    except Exception as exc:
-        return Tracking(uri="(default)", experiment=experiment, error=storage.scrub(f"{type(exc).__name__}: {exc}"))
-    shown = uri if uri.startswith("sqlite:") else storage.redact_uri(uri)
-    # fail in seconds, not minutes, when a tracking server is unreachable
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-    try:
-        from mlflow.entities import Metric, Param, RunTag
+        self.shown = uri if uri.startswith("sqlite:") else storage.redact_uri(uri)
+        # fail in seconds, not minutes, when a tracking server is unreachable
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+        from mlflow.entities import RunTag
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=uri)
-        found = client.get_experiment_by_name(experiment)
+        found = client.get_experiment_by_name(self.experiment)
         experiment_id = (found.experiment_id if found is not None
-                         else client.create_experiment(experiment, artifact_location=artifact_location))
+                         else client.create_experiment(self.experiment, artifact_location=artifact_location))
         run = client.create_run(experiment_id, run_name=run_name, tags=tags)
-        run_id = run.info.run_id
-        now = int(time.time() * 1000)
-        client.log_batch(
-            run_id,
-            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None],
-            params=[Param(k, str(v)[:6000]) for k, v in params.items()],
-            tags=[RunTag("gpa_batch.output", storage.redact_uri(output))],
-        )
-        with tempfile.TemporaryDirectory(prefix="gpa-batch-artifacts-") as tmp:
-            for name, data in artifacts.items():
-                path = Path(tmp) / name
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
-            client.log_artifacts(run_id, tmp)
-        client.set_terminated(run_id, "FINISHED")
-        return Tracking(uri=shown, experiment=experiment, run_id=run_id)
-    except Exception as exc:
-        return Tracking(uri=shown, experiment=experiment, error=storage.scrub(f"{type(exc).__name__}: {exc}", 500))
+        client.log_batch(run.info.run_id, tags=[RunTag("gpa_batch.output", storage.redact_uri(output))])
+        return client, run.info.run_id
+
+    def _finish(self, params, metrics, artifacts, tags, failure) -> Tracking:
+        try:
+            client, run_id = self._opened.result()
+        except Exception as exc:
+            return Tracking(uri=self.shown, experiment=self.experiment,
+                            error=storage.scrub(f"{type(exc).__name__}: {exc}", 500))
+        try:
+            from mlflow.entities import Metric, Param, RunTag
+
+            now = int(time.time() * 1000)
+            client.log_batch(
+                run_id,
+                metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None],
+                params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+                tags=[RunTag(k, str(v)) for k, v in tags.items()]
+                + ([RunTag("gpa_batch.failure", storage.scrub(failure, 5000))] if failure else []),
+            )
+            with tempfile.TemporaryDirectory(prefix="gpa-batch-artifacts-") as tmp:
+                for name, data in artifacts.items():
+                    path = Path(tmp) / name
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(data)
+                if artifacts:
+                    client.log_artifacts(run_id, tmp)
+            client.set_terminated(run_id, "FAILED" if failure else "FINISHED")
+            return Tracking(uri=self.shown, experiment=self.experiment, run_id=run_id)
+        except Exception as exc:
+            return Tracking(uri=self.shown, experiment=self.experiment,
+                            error=storage.scrub(f"{type(exc).__name__}: {exc}", 500))

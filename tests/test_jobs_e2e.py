@@ -244,12 +244,20 @@ def test_convert_on_s3(ray_address, tiny_checkpoint, s3_bucket):
 
 
 def test_a_checkpoint_that_cannot_load_stops_the_job(ray_address, tmp_path):
+    from mlflow.tracking import MlflowClient
+
     from jobs.pipeline import JobError
 
+    mlflow_uri = f"sqlite:///{migrated_mlflow_db(tmp_path / 'mlflow.db')}"
     with pytest.raises(JobError, match="CheckpointError"):
         run_job(small_config("transcribe", EXAMPLES / "transcribe.jsonl", tmp_path / "out", tmp_path / "no-model",
-                             None))
+                             mlflow_uri, experiment="failing"))
     assert committed(tmp_path / "out") == [] and not (tmp_path / "out" / "_SUCCESS").exists()
+    # the MLflow run opened as the job started says it failed, and why
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    [run] = client.search_runs([client.get_experiment_by_name("failing").experiment_id])
+    assert run.info.status == "FAILED" and "CheckpointError" in run.data.tags["gpa_batch.failure"]
+    assert run.data.params["job"] == "transcribe" and "rows_ok" not in run.data.metrics
 
 
 def test_killed_run_resumes_to_the_exact_row_set(ray_address, tiny_checkpoint, tmp_path):

@@ -171,3 +171,41 @@ def test_example_manifests_follow_the_json_schemas():
             checked += 1
     assert checked == 20
     assert list(jsonschema.Draft202012Validator(schemas["transcribe"]).iter_errors({"text": "no audio"}))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl.gz", "csv", "parquet"])
+def test_manifests_stream_into_columns(tmp_path, monkeypatch, fmt):
+    """Rows are read as a stream and kept as Arrow columns a chunk at a time: every row, in order, whatever the
+    format, with bad rows in between."""
+    import gzip
+
+    from jobs import manifest as M
+    from jobs import schema as S
+
+    monkeypatch.setattr(M, "_CHUNK_ROWS", 4)
+    rows = [{"id": f"r{i:02d}", "audio": f"clips/{i}.flac", "begin_time": None if i % 3 else 1.5,
+             "end_time": None if i % 3 else 2.5} for i in range(11)]
+    rows[6]["audio"] = None  # a row without audio: an error row, the rest go on
+    path = tmp_path / f"m.{fmt}"
+    if fmt == "jsonl.gz":
+        path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    elif fmt == "csv":
+        path.write_text("id,audio,begin_time,end_time\n" + "".join(
+            f"{r['id']},{r['audio'] or ''},{r['begin_time'] or ''},{r['end_time'] or ''}\n" for r in rows))
+    else:
+        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=3)
+    got = load_inputs("transcribe", str(path))
+    assert got.table.schema == S.INPUT and got.total == 11
+    assert [e["id"] for e in got.errors] == ["r06"]
+    assert got.table.column("id").to_pylist() == [r["id"] for r in rows if r["audio"]]
+    assert got.rows[3]["audio"] == str(tmp_path / "clips" / "3.flac")
+    assert got.rows[3]["begin_time"] == 1.5 and got.rows[3]["end_time"] == 2.5 and got.rows[1]["begin_time"] is None
+
+
+def test_a_manifest_that_breaks_off_is_an_input_error(tmp_path):
+    import gzip
+
+    data = gzip.compress("".join(json.dumps({"id": f"r{i}", "audio": "a.flac"}) + "\n" for i in range(2000)).encode())
+    (tmp_path / "m.jsonl.gz").write_bytes(data[: len(data) // 2])  # truncated upload
+    with pytest.raises(InputError, match=r"m\.jsonl\.gz: cannot read it \(EOFError"):
+        load_inputs("transcribe", str(tmp_path / "m.jsonl.gz"))

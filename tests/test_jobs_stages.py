@@ -8,7 +8,7 @@ import pytest
 
 from jobs import schema as S
 from jobs.config import JobConfig
-from jobs.pipeline import INPUT_SCHEMA, task_params
+from jobs.pipeline import task_params
 from jobs.stages import GPAStage, decode_batch, encode_batch
 from jobs.tasks import TASKS, SpeakerCache
 
@@ -24,7 +24,7 @@ def stage(tiny_checkpoint):
 
 def decoded(rows: list[dict]):
     inputs = [{"id": r[0], "audio": str(r[1]), "seed": 1} for r in rows]
-    return decode_batch(S.rows_to_table(inputs, INPUT_SCHEMA), "transcribe", 3600.0)
+    return decode_batch(S.rows_to_table(inputs, S.INPUT), "transcribe", 3600.0)
 
 
 def test_a_crashing_batch_is_retried_row_by_row(stage, monkeypatch):

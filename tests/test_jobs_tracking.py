@@ -8,16 +8,17 @@ import time
 import pytest
 from jobs_helpers import MlflowServer, migrated_mlflow_db
 
-from jobs.tracking import log_run
+from jobs.tracking import JobTracking
 
 PARAMS = {"job": "transcribe", "input": "s3://bucket/m.jsonl", "options.temperature": 0.2}
 METRICS = {"rows": 3, "rows_ok": 2, "rows_error": 1, "rows_error.unreadable_audio": 1, "wer_mean": 0.25}
 
 
 def log(output: str, uri: str | None):
-    return log_run(tracking_uri=uri, output=output, experiment="gpa-batch-test", run_name="t", params=PARAMS,
-                   metrics=METRICS, artifacts={"config.yaml": b"job: transcribe\n", "samples/a.json": b"[]"},
-                   tags={"gpa_batch.job": "transcribe"})
+    tracking = JobTracking(tracking_uri=uri, output=output, experiment="gpa-batch-test", run_name="t",
+                           tags={"gpa_batch.job": "transcribe"})
+    return tracking.finish(params=PARAMS, metrics=METRICS,
+                           artifacts={"config.yaml": b"job: transcribe\n", "samples/a.json": b"[]"})
 
 
 def test_embedded_sqlite_store_beside_output(tmp_path, monkeypatch):

@@ -69,19 +69,18 @@ def s3():
     moto = MotoServer().start()
     endpoint = FlakyEndpoint(moto.port)
     endpoint.up()
-    saved = {k: os.environ.get(k) for k in AWS_ENV}
     # the S3 client retries with backoff: the standard mode's 4 attempts (1 + 3 retries, ~3 s in all when the
     # endpoint stays down), set the standard way
-    os.environ.update({"AWS_ENDPOINT_URL": endpoint.url, "AWS_DEFAULT_REGION": "us-east-1", **CANARY_ENV,
-                       "AWS_RETRY_MODE": "standard", "AWS_MAX_ATTEMPTS": "4"})
+    values = {"AWS_ENDPOINT_URL": endpoint.url, "AWS_DEFAULT_REGION": "us-east-1", **CANARY_ENV,
+              "AWS_RETRY_MODE": "standard", "AWS_MAX_ATTEMPTS": "4"}
     try:
-        yield S3(moto, endpoint)
+        with pytest.MonkeyPatch.context() as env:
+            for key in AWS_ENV:
+                env.delenv(key, raising=False)  # nothing of the caller's AWS setup leaks in
+            for key, value in values.items():
+                env.setenv(key, value)
+            yield S3(moto, endpoint)
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         endpoint.close()
         moto.stop()
 

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs import storage
+from gpa import audio, storage
 from jobs.output import resume_plan
 
 
@@ -37,21 +37,21 @@ def test_transient_storage_errors():
     assert storage.is_transient(wrapped)
 
 
-def test_fetch_tells_an_outage_from_a_bad_file(tmp_path, monkeypatch):
+def test_reading_audio_tells_an_outage_from_a_bad_file(tmp_path, monkeypatch):
     from botocore.exceptions import EndpointConnectionError
 
-    from gpa.errors import UnreadableAudio
+    from gpa.errors import StorageUnavailable, UnreadableAudio
 
     with pytest.raises(UnreadableAudio) as missing:
-        storage.fetch(str(tmp_path / "nope.wav"))
-    assert missing.value.kind == "unreadable_audio"
+        audio.load_audio(str(tmp_path / "nope.wav"))
+    assert missing.value.kind == "unreadable_audio" and "file not found" in str(missing.value)
 
     def down(uri):
         raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9/b/k")
 
-    monkeypatch.setattr(storage, "read_bytes", down)
-    with pytest.raises(storage.StorageUnavailable) as outage:
-        storage.fetch("s3://b/k.flac?X-Amz-Signature=SECRET")
+    monkeypatch.setattr(audio, "read_bytes", down)
+    with pytest.raises(StorageUnavailable) as outage:
+        audio.load_audio("s3://b/k.flac?X-Amz-Signature=SECRET")
     assert outage.value.kind == "storage_unavailable" and "SECRET" not in str(outage.value)
 
 
