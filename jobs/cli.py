@@ -176,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary_dict(result), indent=1, default=str))
     else:
         print(format_summary(result))
-    return 0
+    # the store was unreachable for some rows: a scheduler that retries failed jobs reruns it (EX_TEMPFAIL)
+    return EXIT_RETRY if result.extra.get("storage_unavailable") else 0
+
+
+EXIT_RETRY = 75
 
 
 def job_main(job: str) -> None:

@@ -66,3 +66,25 @@ def test_speaker_cache_encodes_each_reference_once(stage, monkeypatch):
     assert rows[3]["error_kind"] == "unreadable_audio" and rows[3]["error"].startswith("reference audio")
     cache.resolve(stage.model, rows[:1])
     assert len(calls) == 1
+
+
+def test_over_long_audio_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
+    import numpy as np
+    import soundfile as sf
+
+    import gpa.audio
+
+    long_wav = tmp_path / "long.wav"
+    sf.write(long_wav, np.zeros(16000 * 6, np.float32), 16000)  # 6 s, the limit below is 3 s
+    decoded_sizes = []
+    real = gpa.audio.decode
+    monkeypatch.setattr(gpa.audio, "decode", lambda data, name="": decoded_sizes.append(len(data)) or real(data))
+    inputs = [{"id": "long", "audio": str(long_wav)}, {"id": "short", "audio": str(AUDIO / "espeak_short.flac")},
+              {"id": "segment", "audio": str(long_wav), "begin_time": 0.5, "end_time": 5.0}]
+    out = decode_batch(S.rows_to_table(inputs, S.INPUT), "transcribe", 3.0).drop(["wav", "out_wav"]).to_pylist()
+    rows = {r["id"]: r for r in out}
+    assert rows["long"]["error_kind"] == "too_long_audio" and "by its header" in rows["long"]["error"]
+    assert rows["long"]["duration_s"] == 6.0
+    assert rows["segment"]["error_kind"] == "too_long_audio" and "segment is 4.5 s" in rows["segment"]["error"]
+    assert rows["short"]["status"] == "ok"
+    assert decoded_sizes == [(AUDIO / "espeak_short.flac").stat().st_size]  # only the short file was decoded

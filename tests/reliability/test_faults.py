@@ -120,17 +120,22 @@ def s3_inputs(s3, bucket: str, n: int) -> str:
     return f"s3://{bucket}/in/m.jsonl"
 
 
-def test_s3_outage_mid_read(ray_runtime, s3, tiny_checkpoint, mlflow_uri, tmp_path):
+def test_s3_outage_mid_read(ray_runtime, s3, tiny_checkpoint, mlflow_uri, tmp_path, capsys):
     bucket = s3.bucket("outage-read")
     manifest = s3_inputs(s3, bucket, 6)
     config = small_config("transcribe", manifest, tmp_path / "out", tiny_checkpoint, mlflow_uri, batch_size=1,
                           bucket_batches=2)
+    argv = ["transcribe", "--input", manifest, "--output", str(tmp_path / "out"), "--model", str(tiny_checkpoint),
+            "--batch-size", "1", "--bucket-batches", "2", "--rows-per-part", "4", "--max-new-tokens", "4",
+            "--no-quality", "--mlflow-uri", mlflow_uri, "--no-progress", "--json"]
     # a flapping endpoint (3 resets in a row on the first audio read) is absorbed by the retries with backoff;
     # then the endpoint goes down on the 4th audio read and stays down until the run is over
     s3.endpoint.arm("GET", f"/{bucket}/in/audio/", nth=1, drop=3)
     s3.endpoint.arm("GET", f"/{bucket}/in/audio/", nth=4)
+    capsys.readouterr()
     try:
-        first = run_job(config)
+        code = cli_main(argv)  # as a scheduled job runs it: the exit code asks the scheduler to retry
+        first = json.loads(capsys.readouterr().out)
     finally:
         s3.endpoint.disarm()
         s3.endpoint.up()
@@ -140,7 +145,7 @@ def test_s3_outage_mid_read(ray_runtime, s3, tiny_checkpoint, mlflow_uri, tmp_pa
     unavailable = kinds.pop("storage_unavailable", 0)
     assert len(rows) == 6 and unavailable >= 1 and set(kinds) == {None}  # transient, not "unreadable"
     # ... never presented as complete
-    assert not first.complete and not (tmp_path / "out" / "_SUCCESS").exists()
+    assert code == 75 and not first["complete"] and not (tmp_path / "out" / "_SUCCESS").exists()
     again = run_job(config)  # the store is back: the same command redoes exactly those rows
     final = committed(tmp_path / "out")
     assert again.processed == unavailable and again.complete and (tmp_path / "out" / "_SUCCESS").exists()
