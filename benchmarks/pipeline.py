@@ -157,6 +157,13 @@ def main() -> None:
     script = in_process_script(model, manifest, args.batch_size, args.max_new_tokens, device, args.torch_threads)
     rows = [("in-process: model work", "-", "all", model_work, None),
             ("in-process: script", "-", "all", script, None)]
+    most_actors = max(int(a) for a in args.actors.split(","))
+    pool_threads = most_actors * args.torch_threads
+    pooled = None
+    if device == "cpu" and most_actors > 1:
+        # the same cores as the largest pool, used the in-process way: intra-op threads
+        pooled, _ = in_process(model, manifest, args.batch_size, args.max_new_tokens, device, pool_threads)
+        rows.append((f"in-process: {pool_threads} threads", "-", "all", pooled, None))
     ray_start = time.perf_counter()
     started = ensure_ray()
     ray_start = time.perf_counter() - ray_start
@@ -190,6 +197,10 @@ def main() -> None:
     two = next((r for r in rows if r[1] == "2"), None)
     if two is not None:
         print(f"2 vs 1 actors: {one[3] / two[3]:.2f}x")
+    widest = next((r for r in rows if r[1] == str(most_actors)), None)
+    if pooled is not None and widest is not None:
+        print(f"same {pool_threads} cores: pipeline with {most_actors} actors vs in-process model work with "
+              f"{pool_threads} threads: ratio {pooled / widest[3]:.2f}")
     fixed = one[3] - model_work
     print(f"fixed cost of the pipeline over model work: {fixed:.1f} s; the work ratio reaches 0.9 from about "
           f"{9 * fixed:.0f} s of model work ({9 * fixed / (model_work / n):.0f} clips like these)")

@@ -155,16 +155,9 @@ class SynthesizeTask(Task):
         return pc.fill_null(pc.utf8_length(rows.column("text")), 0).to_numpy().astype(np.float64)
 
     def run(self, model, rows, waves, options, speakers, quality):
-        refs = speakers.resolve(model, rows)
-        todo = [i for i, r in enumerate(refs) if r is not None]
-        outputs: list[np.ndarray | None] = [None] * len(rows)
-        if not todo:
-            return outputs
-        results = model.synthesize([rows[i]["text"] for i in todo], [refs[i] for i in todo], options,
-                                   seeds=[rows[i]["seed"] for i in todo])
-        _fill_audio_results(rows, todo, results, outputs)
+        outputs, refs, ok = _voice_cloning(model, rows, speakers, lambda todo, refs: model.synthesize(
+            [rows[i]["text"] for i in todo], refs, options, seeds=[rows[i]["seed"] for i in todo]))
         if quality:
-            ok = [i for i in todo if rows[i]["status"] == "ok"]
             _round_trip(model, [rows[i] for i in ok], [outputs[i] for i in ok], options.batch_size)
             _similarity(model, [rows[i] for i in ok], [outputs[i] for i in ok], "speaker_similarity",
                         [refs[i].embedding for i in ok])
@@ -193,16 +186,9 @@ class ConvertTask(Task):
     options_class = "ConvertOptions"
 
     def run(self, model, rows, waves, options, speakers, quality):
-        refs = speakers.resolve(model, rows)
-        todo = [i for i, r in enumerate(refs) if r is not None]
-        outputs: list[np.ndarray | None] = [None] * len(rows)
-        if not todo:
-            return outputs
-        results = model.convert([(waves["wav"][i], S.SAMPLE_RATE) for i in todo], [refs[i] for i in todo], options,
-                                seeds=[rows[i]["seed"] for i in todo])
-        _fill_audio_results(rows, todo, results, outputs)
+        outputs, refs, ok = _voice_cloning(model, rows, speakers, lambda todo, refs: model.convert(
+            [(waves["wav"][i], S.SAMPLE_RATE) for i in todo], refs, options, seeds=[rows[i]["seed"] for i in todo]))
         if quality:
-            ok = [i for i in todo if rows[i]["status"] == "ok"]
             _similarity(model, [rows[i] for i in ok], [outputs[i] for i in ok], "speaker_similarity",
                         [refs[i].embedding for i in ok])
             _similarity(model, [rows[i] for i in ok], [outputs[i] for i in ok], "source_similarity",
@@ -234,8 +220,18 @@ TASKS: dict[str, Task] = {t.name: t for t in (TranscribeTask(), SynthesizeTask()
 # --- model-side helpers ----------------------------------------------------------------------------------------
 
 
-def _fill_audio_results(rows: list[dict], todo: list[int], results: list, outputs: list) -> None:
-    """Copy each synthesize/convert result into its row (tokens, counts) and its waveform into ``outputs``."""
+def _voice_cloning(model, rows: list[dict], speakers: SpeakerCache, generate) -> tuple[list, list, list[int]]:
+    """What synthesize and convert share: resolve each row's reference speaker, call ``generate(indices, speakers)``
+    for the rows that have one, and copy the results (tokens, counts, or the error) into the rows.
+
+    Returns the output waveforms (None where there is none), every row's speaker and the indices of the ok rows.
+    """
+    refs = speakers.resolve(model, rows)
+    todo = [i for i, r in enumerate(refs) if r is not None]
+    outputs: list[np.ndarray | None] = [None] * len(rows)
+    if not todo:
+        return outputs, refs, []
+    results = generate(todo, [refs[i] for i in todo])
     for i, result in zip(todo, results, strict=True):
         row = rows[i]
         if not result.ok:
@@ -248,6 +244,7 @@ def _fill_audio_results(rows: list[dict], todo: list[int], results: list, output
         source = getattr(result, "source_semantic_tokens", None)  # conversion only
         if source is not None:
             row["source_semantic_tokens"] = list(map(int, source))
+    return outputs, refs, [i for i in todo if rows[i]["status"] == "ok"]
 
 
 class SpeakerCache:

@@ -37,6 +37,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_serving(url: str, process: subprocess.Popen, what: str, timeout_s: float) -> None:
+    """Poll ``url`` until it answers; RuntimeError when ``process`` exits first or ``timeout_s`` passes."""
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if time.time() > deadline or process.poll() is not None:
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.2)
+
+
 class MlflowServer:
     """``mlflow server --workers 1`` on 127.0.0.1 with its own sqlite store and artifact directory."""
 
@@ -52,16 +65,11 @@ class MlflowServer:
              str(root / "artifacts")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=root, env=env, start_new_session=True,
         )
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.url}/health", timeout=2)
-                return
-            except OSError:
-                if time.time() > deadline or self.process.poll() is not None:
-                    self.stop()
-                    raise RuntimeError("mlflow server did not start") from None
-                time.sleep(0.3)
+        try:
+            wait_until_serving(f"{self.url}/health", self.process, "mlflow server", timeout_s=120)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.process.poll() is not None:

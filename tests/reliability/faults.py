@@ -21,8 +21,9 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
+
+from jobs_helpers import free_port, wait_until_serving
 
 FAULTS_ENV = "GPA_RELIABILITY_FAULTS_DIR"
 
@@ -37,12 +38,6 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- S3 ----------------------------------------------------------------------------------------------------------
@@ -60,16 +55,12 @@ class MotoServer:
         self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         preexec_fn=die_with_parent)
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.url}/moto-api/", timeout=2)
-                return self
-            except OSError:
-                if time.time() > deadline or self.process.poll() is not None:
-                    self.stop()
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.2)
+        try:
+            wait_until_serving(f"{self.url}/moto-api/", self.process, "moto server", timeout_s=60)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
