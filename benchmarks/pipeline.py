@@ -3,12 +3,14 @@
     python benchmarks/pipeline.py                      # 200 clips, tiny random checkpoint, CPU
     python benchmarks/pipeline.py --model /models/gpa --n 1000 --gpus-per-actor 1 --actors 1,2
 
-Two in-process baselines run ``GPA.transcribe`` over every clip in batches of the same size:
+In-process baselines run ``GPA.transcribe`` over every clip in batches of the same size:
 
 - "model work": decoding and transcribing only, with the model already loaded and warmed up (the strictest
   baseline: everything else the pipeline does counts as its overhead);
 - "script": the same in a fresh process, timed from its start (imports, model load, decoding, transcribing), i.e.
-  what a user's own loop costs end to end.
+  what a user's own loop costs end to end;
+- on CPU, "N threads": the model work with as many torch threads as the largest actor pool has cores (the same
+  machine used the in-process way).
 
 The pipeline is timed around ``run_job`` with Ray already running (as on a cluster): reading and validating the
 manifest, decode tasks, the actor pool (its start and model load included), encoding, Parquet, the commit and
