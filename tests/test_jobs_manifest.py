@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -148,6 +149,15 @@ def test_s3_manifest_and_listing(s3_bucket):
         s3.put_object(Bucket=s3_bucket, Key=key, Body=b"x")
     got = load_inputs("transcribe", f"s3://{s3_bucket}/sets/m.jsonl")
     assert [r["audio"] for r in got.rows] == [f"s3://{s3_bucket}/sets/clips/x.flac", f"s3://{s3_bucket}/y.flac"]
+    # the other formats stream from the store too
+    s3.put_object(Bucket=s3_bucket, Key="sets/m.csv", Body=b"\xef\xbb\xbfid,audio\nx,clips/x.flac\ny,../y.flac\n")
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"id": ["x", "y"], "audio": ["clips/x.flac", "../y.flac"]}), buffer)
+    s3.put_object(Bucket=s3_bucket, Key="sets/m.parquet", Body=buffer.getvalue())
+    for name in ("m.csv", "m.parquet"):
+        got = load_inputs("transcribe", f"s3://{s3_bucket}/sets/{name}")
+        assert [(r["id"], r["audio"]) for r in got.rows] == [("x", f"s3://{s3_bucket}/sets/clips/x.flac"),
+                                                              ("y", f"s3://{s3_bucket}/y.flac")]
     listed = load_inputs("transcribe", f"s3://{s3_bucket}/sets/clips/", glob="**/*.flac")
     assert sorted(r["id"] for r in listed.rows) == ["deep/z.flac", "x.flac"]
     assert all(r["audio"].startswith(f"s3://{s3_bucket}/sets/clips/") for r in listed.rows)
