@@ -53,6 +53,10 @@ class JobTracking:
         self.experiment = experiment
         self.shown = "(default)"
         self.result: Tracking | None = None  # once finished
+        # fail in seconds, not minutes, when a tracking server is unreachable (set here: the environment must not
+        # change from another thread while C code may read it)
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="gpa-batch-mlflow")
         self._opened = self._thread.submit(self._open, tracking_uri, output, run_name, tags)
 
@@ -75,9 +79,6 @@ class JobTracking:
         else:
             uri, artifact_location = default_tracking_uri(output)
         self.shown = uri if uri.startswith("sqlite:") else storage.redact_uri(uri)
-        # fail in seconds, not minutes, when a tracking server is unreachable
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
         from mlflow.entities import RunTag
         from mlflow.tracking import MlflowClient
 
