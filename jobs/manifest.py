@@ -1,7 +1,7 @@
 """Reading job inputs: manifests (JSONL, CSV, Parquet; local or ``s3://``) or a listing of audio files.
 
-Every input row becomes a dict of our canonical fields (``id, audio, text, ref_audio, ref_id, source_id,
-begin_time, end_time, seed, duration_hint``) whatever convention the manifest follows:
+Every input row becomes a row of our canonical fields (:data:`jobs.schema.INPUT`: ``id, audio, text, ref_audio,
+ref_id, source_id, begin_time, end_time, seed, duration_hint``) whatever convention the manifest follows:
 
 - ours: the canonical names themselves;
 - GPA's training JSONL: ``task, audio, text, ref_audio, vc_audio, begin_time, end_time`` (seconds; -1 = whole file);
