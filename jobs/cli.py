@@ -147,6 +147,9 @@ def _literal(text: str) -> Any:
         return text
 
 
+EXIT_RETRY = 75  # EX_TEMPFAIL: some rows met an unreachable store; rerunning finishes them
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -178,9 +181,6 @@ def main(argv: list[str] | None = None) -> int:
         print(format_summary(result))
     # the store was unreachable for some rows: a scheduler that retries failed jobs reruns it (EX_TEMPFAIL)
     return EXIT_RETRY if result.extra.get("storage_unavailable") else 0
-
-
-EXIT_RETRY = 75
 
 
 def job_main(job: str) -> None:
