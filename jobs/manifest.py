@@ -30,6 +30,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from gpa.storage import filesystem, is_transient
+
 from . import schema as S
 from . import storage
 
@@ -177,8 +179,6 @@ def read_records(uri: str, input_format: str = "auto") -> Iterator[dict[str, Any
 def _open_input(uri: str):
     """The manifest as a binary stream (decompressed when it ends in .gz). Any failure to read it is an
     :class:`InputError` that says why, without credentials."""
-    from gpa.storage import filesystem
-
     name = storage.redact_uri(uri)
     try:
         fs, path = filesystem(uri)
@@ -199,7 +199,7 @@ def _open_input(uri: str):
 
 
 def _read_failure(name: str, exc: Exception) -> str:
-    reason = "storage unavailable, try again later" if storage.is_transient(exc) else "cannot read it"
+    reason = "storage unavailable, try again later" if is_transient(exc) else "cannot read it"
     return f"{name}: {reason} ({type(exc).__name__}: {storage.scrub(str(exc), 200)})"
 
 
@@ -249,8 +249,6 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".we
 def list_audio_files(prefix: str, pattern: str) -> list[dict[str, Any]]:
     """One row per file under ``prefix`` matching ``pattern``; the id is the path relative to ``prefix`` (stable
     across runs and machines, as long as the archive's layout does not change)."""
-    from gpa.storage import filesystem
-
     fs, base = filesystem(prefix)
     base = base.rstrip("/")
     if hasattr(fs, "invalidate_cache"):

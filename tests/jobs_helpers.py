@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -31,10 +32,24 @@ def migrated_mlflow_db(dest: Path) -> Path:
     return dest
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    """A JSONL manifest of ``rows`` (dicts, or strings written as they are: bad lines)."""
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def committed(output) -> list[dict]:
+    """The rows a reader of the output sees, through the documented reader (the committed parts)."""
+    from jobs.output import OutputStore
+
+    table = OutputStore(str(output)).read()
+    return table.to_pylist() if table is not None else []
 
 
 def wait_until_serving(url: str, process: subprocess.Popen, what: str, timeout_s: float) -> None:

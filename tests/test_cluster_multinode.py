@@ -16,7 +16,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,17 +23,12 @@ import time
 from pathlib import Path
 
 import pytest
+from jobs_helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 AUDIO = ROOT / "manifests" / "examples" / "audio"
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
 BIN = Path(sys.executable).parent
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _processes() -> dict[int, tuple[int, str]]:

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
-from jobs_helpers import migrated_mlflow_db
+from jobs_helpers import committed, migrated_mlflow_db, write_jsonl
 
 from jobs.config import JobConfig
 from jobs.output import OutputStore
@@ -55,16 +55,6 @@ def small_config(job: str, manifest: Path | str, output: Path | str, model, mlfl
                   batch_size=2, bucket_batches=2, rows_per_part=3, options={"max_new_tokens": 24})
     values.update(overrides)
     return JobConfig(**values)
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
-
-
-def committed(output) -> list[dict]:
-    table = OutputStore(str(output)).read()
-    return table.to_pylist() if table is not None else []
 
 
 def bad_audio_files(directory: Path) -> dict[str, Path]:

@@ -10,15 +10,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from jobs_helpers import write_jsonl
 
 from jobs.manifest import InputError, load_inputs
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "manifests" / "examples"
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
 
 
 def test_examples_read_with_relative_paths_resolved():

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -141,6 +142,16 @@ class FlakyEndpoint:
     def disarm(self) -> None:
         with self._lock:
             self._triggers = []
+
+    @contextlib.contextmanager
+    def faults(self):
+        """A block in which armed triggers fire; after it (however it ends) they are disarmed and the endpoint is
+        up again."""
+        try:
+            yield self
+        finally:
+            self.disarm()
+            self.up()
 
     @property
     def armed(self) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from pathlib import Path
 
@@ -17,11 +16,6 @@ CANARY_ENV = {"AWS_ACCESS_KEY_ID": "AKIAGPABATCHTEST", "AWS_SECRET_ACCESS_KEY": 
               "AWS_SESSION_TOKEN": f"{CANARY}sessiontoken"}
 
 
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
-
-
 def small_config(job: str, manifest, output, model, mlflow_uri, **overrides):
     """A job config sized for this machine: tiny batches, a handful of generated tokens."""
     from jobs.config import JobConfig
@@ -31,11 +25,3 @@ def small_config(job: str, manifest, output, model, mlflow_uri, **overrides):
                   samples=1)
     values.update(overrides)
     return JobConfig(**values)
-
-
-def committed(output) -> list[dict]:
-    """The rows a reader of the output sees, through the documented reader (the committed parts)."""
-    from jobs.output import OutputStore
-
-    table = OutputStore(str(output)).read()
-    return table.to_pylist() if table is not None else []

@@ -7,11 +7,12 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 import pytest
+from jobs_helpers import committed
 
 from jobs.pipeline import run_job
 
 from . import report
-from .helpers import committed, small_config
+from .helpers import small_config
 from .make_bad_inputs import build_corpus
 
 

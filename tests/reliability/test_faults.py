@@ -17,6 +17,7 @@ from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
+from jobs_helpers import committed, write_jsonl
 
 from jobs.cli import main as cli_main
 from jobs.output import OutputStore
@@ -25,7 +26,7 @@ from jobs.summary import format_summary
 
 from . import report
 from .faults import RssSampler, arm_actor_crash, die_with_parent, disarm_actor_crash, free_port, model_calls
-from .helpers import AUDIO, ROOT, committed, small_config, write_jsonl
+from .helpers import AUDIO, ROOT, small_config
 
 CLIPS = ("espeak_short.flac", "espeak_weather.flac", "espeak_numbers.flac", "espeak_library.flac")
 
@@ -130,15 +131,12 @@ def test_s3_outage_mid_read(ray_runtime, s3, tiny_checkpoint, mlflow_uri, tmp_pa
             "--no-quality", "--mlflow-uri", mlflow_uri, "--no-progress", "--json"]
     # a flapping endpoint (3 resets in a row on the first audio read) is absorbed by the retries with backoff;
     # then the endpoint goes down on the 4th audio read and stays down until the run is over
-    s3.endpoint.arm("GET", f"/{bucket}/in/audio/", nth=1, drop=3)
-    s3.endpoint.arm("GET", f"/{bucket}/in/audio/", nth=4)
     capsys.readouterr()
-    try:
+    with s3.endpoint.faults():
+        s3.endpoint.arm("GET", f"/{bucket}/in/audio/", nth=1, drop=3)
+        s3.endpoint.arm("GET", f"/{bucket}/in/audio/", nth=4)
         code = cli_main(argv)  # as a scheduled job runs it: the exit code asks the scheduler to retry
         first = json.loads(capsys.readouterr().out)
-    finally:
-        s3.endpoint.disarm()
-        s3.endpoint.up()
     assert len(s3.endpoint.dropped) == 3 and s3.endpoint.outages[-1]["request"]
     rows = committed(tmp_path / "out")
     kinds = Counter(r["error_kind"] for r in rows)
@@ -161,24 +159,17 @@ def test_s3_outage_mid_write_and_mid_commit(ray_runtime, s3, tiny_checkpoint, ml
     config = small_config("transcribe", manifest, out, tiny_checkpoint, mlflow_uri, batch_size=1, bucket_batches=2,
                           rows_per_part=2)
     # 1. the endpoint goes down while the 2nd part is written, and stays down: the run fails cleanly
-    s3.endpoint.arm("PUT", r"/out/\.staging/[^/]+/part-[^/]+\.parquet$", nth=2)
-    try:
-        with pytest.raises(JobError, match="nothing was committed"):
-            run_job(config)
-    finally:
-        s3.endpoint.disarm()
-        s3.endpoint.up()
+    with s3.endpoint.faults(), pytest.raises(JobError, match="nothing was committed"):
+        s3.endpoint.arm("PUT", r"/out/\.staging/[^/]+/part-[^/]+\.parquet$", nth=2)
+        run_job(config)
     assert committed(out) == [] and "out/_SUCCESS" not in s3.keys(bucket)
     first_run = s3.client().get_object(Bucket=bucket, Key="out/_gpa_batch/current-run")["Body"].read().decode()
 
     # 2. the rerun goes down in the middle of its commit (while moving its 2nd part into data/)
-    s3.endpoint.arm("PUT", rf"/out/data/part-(?!{first_run})", nth=2)
-    try:
-        with pytest.raises(JobError, match="could not commit the run .*EndpointConnectionError.*rerun"):
-            run_job(config)
-    finally:
-        s3.endpoint.disarm()
-        s3.endpoint.up()
+    commit_failed = "could not commit the run .*EndpointConnectionError.*rerun"
+    with s3.endpoint.faults(), pytest.raises(JobError, match=commit_failed):
+        s3.endpoint.arm("PUT", rf"/out/data/part-(?!{first_run})", nth=2)
+        run_job(config)
     assert s3.endpoint.outages[-1]["request"].startswith("PUT")
     visible = committed(out)  # the commit file was not replaced: what a reader sees is an earlier commit
     assert "out/_SUCCESS" not in s3.keys(bucket)
@@ -186,11 +177,9 @@ def test_s3_outage_mid_write_and_mid_commit(ray_runtime, s3, tiny_checkpoint, ml
 
     # 3. the third run adopts everything run 2 finished; a flapping endpoint at its commit point (3 resets of the
     # commit file's PUT) is absorbed by the retries
-    s3.endpoint.arm("PUT", r"/out/_gpa_batch/commit\.json$", nth=1, drop=3)
-    try:
+    with s3.endpoint.faults():
+        s3.endpoint.arm("PUT", r"/out/_gpa_batch/commit\.json$", nth=1, drop=3)
         result = run_job(config)
-    finally:
-        s3.endpoint.disarm()
     final = committed(out)
     assert Counter(r["id"] for r in final) == Counter(f"clip-{i:02d}" for i in range(8))
     assert result.complete and result.processed == 0 and result.already_done == 8

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from jobs_helpers import committed, write_jsonl
 
 from gpa.errors import CheckpointError
 from jobs.pipeline import JobError, run_job
@@ -18,7 +19,7 @@ from jobs.summary import format_summary, summary_dict
 
 from . import report
 from .faults import grep_tree
-from .helpers import AUDIO, CANARY, committed, small_config, write_jsonl
+from .helpers import AUDIO, CANARY, small_config
 
 HOSTILE_IDS = ["../../escape", "/etc/passwd", "..", ".", "a/../../../b", "..\\..\\windows\\x", "nul\x00id",
                "x" * 10_000, "s3://other-bucket/key", "%2e%2e%2fescape", "\u2215etc\u2215passwd",
