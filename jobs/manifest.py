@@ -35,7 +35,7 @@ from gpa.storage import filesystem, is_transient
 from . import schema as S
 from . import storage
 
-CANONICAL = tuple(S.INPUT.names)
+CANONICAL = tuple(n for n in S.INPUT.names if n != "size_bytes")
 
 # which GPA training ``task`` values each job takes
 GPA_TASKS = {"transcribe": ("stt", "asr", ""), "synthesize": ("tts-a", "tts"), "convert": ("vc",)}
@@ -248,19 +248,21 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".we
 
 def list_audio_files(prefix: str, pattern: str) -> list[dict[str, Any]]:
     """One row per file under ``prefix`` matching ``pattern``; the id is the path relative to ``prefix`` (stable
-    across runs and machines, as long as the archive's layout does not change)."""
+    across runs and machines, as long as the archive's layout does not change). The listing's file sizes come
+    along: without durations, they are what the planner sorts the archive by."""
     fs, base = filesystem(prefix)
     base = base.rstrip("/")
     if hasattr(fs, "invalidate_cache"):
         fs.invalidate_cache()
-    matches = sorted(p for p in fs.glob(f"{base}/{pattern.lstrip('/')}") if not fs.isdir(p))
+    found = fs.glob(f"{base}/{pattern.lstrip('/')}", detail=True)
+    matches = sorted((p, info) for p, info in found.items() if info.get("type") != "directory")
     if not matches and not fs.exists(base):
         raise InputError(f"input prefix not found: {storage.redact_uri(prefix)}")
     scheme = prefix.split("://", 1)[0] + "://" if storage.is_uri(prefix) else ""
     rows = []
-    for path in matches:
+    for path, info in matches:
         relative = path[len(base):].lstrip("/")
-        rows.append({"id": relative, "audio": f"{scheme}{path}"})
+        rows.append({"id": relative, "audio": f"{scheme}{path}", "size_bytes": info.get("size")})
     return rows
 
 

@@ -297,7 +297,21 @@ def pipeline_order(task, rows: pa.Table) -> np.ndarray:
         keys = pa.table({"audio": pc.fill_null(rows.column("audio"), ""),
                          "begin": pc.fill_null(rows.column("begin_time"), 0.0)})
         return pc.sort_indices(keys, [("audio", "ascending"), ("begin", "ascending")]).to_numpy()
-    return np.argsort(-task.lengths(rows), kind="stable")
+    lengths = task.lengths(rows)
+    if not lengths.all():  # no duration in the manifest: local files are ordered by their size
+        lengths = task.lengths(_with_local_sizes(rows, lengths == 0))
+    return np.argsort(-lengths, kind="stable")
+
+
+def _with_local_sizes(rows: pa.Table, unknown: np.ndarray) -> pa.Table:
+    """``rows`` with ``size_bytes`` filled in for the ``unknown`` rows whose audio is a local file. (Objects in a
+    store would cost a request each: a manifest of them is ordered within each window only, see docs/jobs.md.)"""
+    sizes = rows.column("size_bytes").to_pylist()
+    for i, (uri, wanted) in enumerate(zip(rows.column("audio").to_pylist(), unknown, strict=True)):
+        if wanted and sizes[i] is None and uri and not storage.is_uri(uri):
+            with contextlib.suppress(OSError):  # a missing file becomes its row's error later, not the planner's
+                sizes[i] = os.stat(uri).st_size
+    return rows.set_column(rows.schema.get_field_index("size_bytes"), "size_bytes", pa.array(sizes, pa.int64()))
 
 
 def _interactive() -> bool:

@@ -19,11 +19,12 @@ TIMINGS = pa.struct([("decode_s", pa.float64()), ("model_s", pa.float64()), ("en
 SEGMENT = pa.struct([("start", pa.float64()), ("end", pa.float64()), ("text", pa.string())])
 TOKENS = pa.list_(pa.int32())
 
-# the canonical input fields every manifest convention is mapped to (see jobs/manifest.py)
+# the canonical input fields every manifest convention is mapped to (see jobs/manifest.py), and the size of the
+# audio file when the planner knows it (from a listing or a local stat; not a manifest field)
 INPUT = pa.schema([
     ("id", pa.string()), ("audio", pa.string()), ("text", pa.string()), ("ref_audio", pa.string()),
     ("ref_id", pa.string()), ("source_id", pa.string()), ("begin_time", pa.float64()), ("end_time", pa.float64()),
-    ("seed", pa.int64()), ("duration_hint", pa.float64()),
+    ("seed", pa.int64()), ("duration_hint", pa.float64()), ("size_bytes", pa.int64()),
 ])
 
 COMMON = [

@@ -46,6 +46,9 @@ def row_seed(job_seed: int, row_id: str, explicit: int | None) -> int:
     return (int(job_seed) * 1_000_003 + digest) % (2**31 - 1)
 
 
+_PCM_BYTES_PER_S = 2 * 16000
+
+
 class Task:
     name = ""
     # input fields decoded by the CPU stage ("audio" -> the wav column). References are not: they repeat across
@@ -61,13 +64,15 @@ class Task:
         )
 
     def lengths(self, rows: pa.Table) -> np.ndarray:
-        """Rough cost of each row before decoding (to sort rows into similar-length batches): the audio segment's
-        duration when known, else the manifest's duration hint, else 0."""
+        """Rough cost of each row before decoding (to sort rows into similar-length batches), in seconds: the audio
+        segment's duration when known, else the manifest's duration hint, else the file's size as if it were 16 kHz
+        16-bit PCM (formats differ, but files of one archive compare well by size), else 0."""
         def column(name: str) -> np.ndarray:
             return rows.column(name).to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> nan
 
         segment = column("end_time") - column("begin_time")
-        return np.where(np.isnan(segment), np.nan_to_num(column("duration_hint")), segment)
+        known = np.where(np.isnan(segment), column("duration_hint"), segment)
+        return np.nan_to_num(np.where(np.isnan(known), column("size_bytes") / _PCM_BYTES_PER_S, known))
 
     def run(self, model, rows: list[dict], waves: dict[str, list], options, speakers: SpeakerCache,
             quality: bool) -> list[np.ndarray | None]:

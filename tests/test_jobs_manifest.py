@@ -67,11 +67,13 @@ def test_csv_with_field_map_and_parquet(tmp_path):
 
 def test_listing_with_glob_gives_stable_relative_ids(tmp_path):
     (tmp_path / "a" / "b").mkdir(parents=True)
-    for name in ("a/one.flac", "a/b/two.flac", "a/skip.txt", "three.flac"):
-        (tmp_path / name).write_bytes(b"x")
+    for size, name in enumerate(("a/one.flac", "a/b/two.flac", "a/skip.txt", "three.flac"), start=1):
+        (tmp_path / name).write_bytes(b"x" * size)
     got = load_inputs("transcribe", str(tmp_path), glob="**/*.flac")
     assert got.convention == "listing"
     assert sorted(r["id"] for r in got.rows) == ["a/b/two.flac", "a/one.flac", "three.flac"]
+    # the listing's sizes come along (the planner orders an archive without durations by them)
+    assert {r["id"]: r["size_bytes"] for r in got.rows} == {"a/one.flac": 1, "a/b/two.flac": 2, "three.flac": 4}
     again = load_inputs("transcribe", str(tmp_path) + "/", glob="**/*.flac")
     assert [r["id"] for r in again.rows] == [r["id"] for r in got.rows]
     with pytest.raises(InputError):
@@ -141,8 +143,8 @@ def test_s3_manifest_and_listing(s3_bucket):
     s3 = boto3.client("s3")
     body = json.dumps({"id": "x", "audio": "clips/x.flac"}) + "\n" + json.dumps({"id": "y", "audio": "../y.flac"})
     s3.put_object(Bucket=s3_bucket, Key="sets/m.jsonl", Body=body.encode())
-    for key in ("sets/clips/x.flac", "sets/clips/deep/z.flac", "sets/clips/readme.txt"):
-        s3.put_object(Bucket=s3_bucket, Key=key, Body=b"x")
+    for size, key in enumerate(("sets/clips/x.flac", "sets/clips/deep/z.flac", "sets/clips/readme.txt"), start=1):
+        s3.put_object(Bucket=s3_bucket, Key=key, Body=b"x" * size)
     got = load_inputs("transcribe", f"s3://{s3_bucket}/sets/m.jsonl")
     assert [r["audio"] for r in got.rows] == [f"s3://{s3_bucket}/sets/clips/x.flac", f"s3://{s3_bucket}/y.flac"]
     # the other formats stream from the store too
@@ -155,7 +157,7 @@ def test_s3_manifest_and_listing(s3_bucket):
         assert [(r["id"], r["audio"]) for r in got.rows] == [("x", f"s3://{s3_bucket}/sets/clips/x.flac"),
                                                               ("y", f"s3://{s3_bucket}/y.flac")]
     listed = load_inputs("transcribe", f"s3://{s3_bucket}/sets/clips/", glob="**/*.flac")
-    assert sorted(r["id"] for r in listed.rows) == ["deep/z.flac", "x.flac"]
+    assert sorted((r["id"], r["size_bytes"]) for r in listed.rows) == [("deep/z.flac", 2), ("x.flac", 1)]
     assert all(r["audio"].startswith(f"s3://{s3_bucket}/sets/clips/") for r in listed.rows)
 
 

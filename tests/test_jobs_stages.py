@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from jobs import schema as S
@@ -88,3 +90,29 @@ def test_over_long_audio_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
     assert rows["segment"]["error_kind"] == "too_long_audio" and "segment is 4.5 s" in rows["segment"]["error"]
     assert rows["short"]["status"] == "ok"
     assert decoded_sizes == [(AUDIO / "espeak_short.flac").stat().st_size]  # only the short file was decoded
+
+
+def test_rows_go_longest_first_by_duration_else_file_size(tmp_path):
+    """Windows are cut from this order, so rows of similar length share a model call: by the manifest's durations
+    when it has them, else by the files' sizes (from a listing, or a stat of local files)."""
+    from jobs.manifest import load_inputs
+    from jobs.pipeline import pipeline_order
+
+    sizes = {"small": 1_000, "large": 90_000, "medium": 30_000}
+    for name, size in sizes.items():
+        (tmp_path / f"{name}.wav").write_bytes(b"\0" * size)
+    rows = [{"id": n, "audio": f"{n}.wav"} for n in sizes] + [{"id": "gone", "audio": "gone.wav"},
+                                                               {"id": "hinted", "audio": "small.wav",
+                                                                "duration_hint": 60.0}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = TASKS["transcribe"]
+    table = load_inputs("transcribe", str(tmp_path / "m.jsonl")).table
+    ordered = [table.column("id")[int(i)].as_py() for i in pipeline_order(task, table)]
+    # 60 s hinted > 90 kB (~2.8 s of 16-bit PCM) > 30 kB > 1 kB > a file that cannot be found (last, no size)
+    assert ordered == ["hinted", "large", "medium", "small", "gone"]
+    listed = load_inputs("transcribe", str(tmp_path), glob="*.wav").table
+    assert [listed.column("id")[int(i)].as_py() for i in pipeline_order(task, listed)] == [
+        "large.wav", "medium.wav", "small.wav"]
+    # synthesize orders by text length, whatever the reference audio
+    texts = pa.Table.from_pylist([{"id": "a", "text": "short"}, {"id": "b", "text": "a much longer text"}], S.INPUT)
+    assert list(pipeline_order(TASKS["synthesize"], texts)) == [1, 0]
