@@ -58,6 +58,8 @@ def _add_job_arguments(p: argparse.ArgumentParser) -> None:
                     help="FLAC bytes inside the Parquet (inline, default) or as objects under <output>/audio/")
     io.add_argument("--rows-per-part", type=int, help="rows per Parquet part (default 1000)")
     io.add_argument("--retry-errors", action="store_true", help="also redo rows that failed in earlier runs")
+    io.add_argument("--takeover", action="store_true",
+                    help="take the output over from a run that still holds its lease (only if that run is dead)")
 
     pool = p.add_argument_group("actor pool and batching")
     pool.add_argument("--actors", type=parse_actors, metavar="MIN:MAX", help="model actors (N or MIN:MAX)")

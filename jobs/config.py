@@ -45,6 +45,7 @@ class JobConfig:
     audio_storage: str = "inline"  # inline: FLAC bytes in the Parquet; objects: FLAC files under <output>/audio/
     # resume
     retry_errors: bool = False
+    takeover: bool = False  # take the output from a run whose lease has not expired (it is known to be dead)
     # tracking
     mlflow_uri: str | None = None
     experiment: str | None = None  # default: gpa-batch-<job>

@@ -6,6 +6,7 @@ Layout under the output URI::
     _gpa_batch/commit.json         the commit file: the list of committed parts (the only source of truth)
     _SUCCESS                       present when the committed parts cover every row of the last run's input
     .staging/<run>/                parts of a run in progress, each with a record written after its file
+    _gpa_batch/current-run         the lease of the run that owns the output now (its id, host, pid, heartbeat)
     audio/                         FLAC objects (only with --audio-storage objects)
 
 A run writes its parts under ``.staging/`` (ignored by pyarrow and ``datasets``, as is everything starting with
@@ -21,8 +22,13 @@ error rows): parts holding superseded rows are rewritten without them in the sam
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import logging
+import os
+import socket
+import threading
 import time
 import uuid
 from collections import Counter
@@ -35,6 +41,41 @@ import pyarrow.parquet as pq
 from . import storage
 
 FORMAT = "gpa-batch-output/1"
+# A running job refreshes its lease every HEARTBEAT_S; a lease older than LEASE_S belongs to a dead run (a driver
+# killed on another machine). Killed on this machine, a run is known dead at once (its process is gone).
+HEARTBEAT_S = 20.0
+LEASE_S = 120.0
+
+log = logging.getLogger(__name__)
+_HELD: set[str] = set()  # runs of this process inside OutputStore.holding()
+
+
+class OutputBusy(RuntimeError):
+    """Another live run owns the output."""
+
+
+@dataclass
+class Lease:
+    run_id: str
+    host: str = ""
+    pid: int = 0
+    heartbeat: float = 0.0  # epoch seconds of the owner's last refresh
+
+    @classmethod
+    def mine(cls, run_id: str) -> Lease:
+        return cls(run_id=run_id, host=socket.gethostname(), pid=os.getpid(), heartbeat=time.time())
+
+    def alive(self, now: float | None = None) -> bool:
+        if self.host == socket.gethostname() and self.pid == os.getpid():
+            return self.run_id in _HELD  # an earlier run of this process (e.g. one that raised) is over
+        if self.host == socket.gethostname() and self.pid:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:  # another user's process: it exists
+                pass
+        return (now or time.time()) - self.heartbeat < LEASE_S
 
 
 def new_run_id() -> str:
@@ -132,19 +173,71 @@ class OutputStore:
 
     # --- committing ------------------------------------------------------------------------------------------
 
+    def lease(self) -> Lease | None:
+        """Who owns the output now, if anyone."""
+        try:
+            body = storage.read_bytes(self.current_uri).decode()
+        except FileNotFoundError:
+            return None
+        try:
+            value = json.loads(body)
+            return Lease(run_id=str(value["run_id"]), host=str(value.get("host", "")), pid=int(value.get("pid", 0)),
+                         heartbeat=float(value.get("heartbeat", 0.0)))
+        except (ValueError, KeyError, TypeError):
+            return Lease(run_id=body.strip())  # an unreadable lease counts as expired
+
     def is_current(self, run_id: str) -> bool:
         """Whether ``run_id`` is the run that owns the output now. A killed driver's tasks can outlive it for a
         while; its writers check this before staging a part, so they cannot write into a later run's output."""
-        try:
-            return storage.read_bytes(self.current_uri).decode() == run_id
-        except FileNotFoundError:
-            return False
+        lease = self.lease()
+        return lease is not None and lease.run_id == run_id
 
-    def start(self, run_id: str | None = None) -> Commit:
-        """Called when a run starts: take ownership, adopt finished parts of killed runs, drop debris, un-mark
-        completeness."""
+    def check_free(self, run_id: str, takeover: bool = False) -> None:
+        """Raise :class:`OutputBusy` when another run that is still alive owns the output (unless ``takeover``)."""
+        lease = self.lease()
+        if lease is None or lease.run_id == run_id or takeover or not lease.alive():
+            return
+        where = f" on {lease.host}, pid {lease.pid}" if lease.host else ""
+        raise OutputBusy(f"run {lease.run_id}{where} is writing to {storage.redact_uri(self.uri)} (last heartbeat "
+                         f"{time.time() - lease.heartbeat:.0f} s ago); wait for it to finish, or pass --takeover "
+                         f"if it is dead (a lease expires {LEASE_S:.0f} s after its last heartbeat)")
+
+    def renew(self, run_id: str) -> None:
+        storage.write_bytes(self.current_uri, json.dumps(Lease.mine(run_id).__dict__).encode())
+
+    @contextlib.contextmanager
+    def holding(self, run_id: str, every_s: float = HEARTBEAT_S):
+        """Keep ``run_id``'s lease fresh while the block runs, then give the output up (on any exit)."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(every_s):
+                try:
+                    if not self.is_current(run_id):
+                        return  # taken over (--takeover): this run will fail its commit check
+                    self.renew(run_id)
+                except Exception as exc:  # a store hiccup: the next beat tries again
+                    log.warning("could not renew the lease on the output: %s", storage.scrub(str(exc), 200))
+
+        thread = threading.Thread(target=beat, name="gpa-batch-lease", daemon=True)
+        thread.start()
+        _HELD.add(run_id)
+        try:
+            yield
+        finally:
+            _HELD.discard(run_id)
+            stop.set()
+            thread.join()
+            with contextlib.suppress(Exception):  # an expired lease is harmless; a failing store must not mask
+                if self.is_current(run_id):         # the error the block raised
+                    storage.remove(self.current_uri)
+
+    def start(self, run_id: str | None = None, takeover: bool = False) -> Commit:
+        """Called when a run starts: take ownership (refused while another live run owns the output), adopt
+        finished parts of killed runs, drop debris, un-mark completeness."""
         if run_id is not None:
-            storage.write_bytes(self.current_uri, run_id.encode())
+            self.check_free(run_id, takeover)
+            self.renew(run_id)
         storage.remove(self.success_uri)
         commit = self.load()
         committed = {p["path"] for p in commit.parts}

@@ -27,7 +27,7 @@ from . import storage
 from .config import JobConfig
 from .manifest import InputRows, load_inputs
 from .metrics import error_summary, run_metrics
-from .output import OutputStore, count_ids, new_run_id, read_parquet, resume_plan
+from .output import OutputBusy, OutputStore, count_ids, new_run_id, read_parquet, resume_plan
 from .tasks import TASKS, row_seed
 from .tracking import JobTracking, Tracking
 
@@ -73,6 +73,8 @@ def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
     previous = store.load().job
     if previous and previous != config.job:
         raise JobError(f"{storage.redact_uri(store.uri)} holds {previous} results; use another --output")
+    with _storage_failures("could not read the output's lease"):
+        store.check_free(run_id, config.takeover)  # before anything is read or logged for a run that cannot go on
     inputs = load_inputs(config.job, config.input, glob=config.glob, input_format=config.input_format,
                          field_map=config.field_map, reference=config.reference,
                          max_text_chars=config.max_text_chars)
@@ -92,24 +94,26 @@ def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
 def _run(config: JobConfig, run_id: str, started: float, params: dict, store: OutputStore, inputs: InputRows,
          tracking: JobTracking, progress: bool | None) -> JobResult:
     with _storage_failures("could not take over the output"):
-        store.start(run_id)  # takes ownership, adopts parts of an interrupted run, removes debris
-        plan = _plan(config, inputs, store)
-        if plan.invalid:
-            store.stage(run_id, f"part-{run_id}-invalid.parquet", _error_rows(config, plan.invalid, run_id, params))
-    if plan.todo.num_rows:
-        _run_pipeline(config, plan.todo, run_id, params, progress)
-    with _storage_failures("could not commit the run"):
-        records, unavailable = _verified_records(store, run_id, plan.expected)
-        wall_s = time.time() - started
-        run_info = {"run_id": run_id, "job": config.job, "started": started, "wall_s": wall_s,
-                    "rows": sum(plan.expected.values()), "input": storage.redact_uri(config.input)}
-        # rows the store could not serve are retried by the next run: the output is not complete
-        plan.unavailable = unavailable
-        commit = store.commit(records, run=run_info, complete=plan.complete, supersede=plan.supersede)
-        store.finish_run(run_id)
+        store.start(run_id, config.takeover)  # takes ownership, adopts parts of an interrupted run, removes debris
+    with store.holding(run_id):  # a heartbeat tells later runs that this one is alive
+        with _storage_failures("could not take over the output"):
+            plan = _plan(config, inputs, store)
+            if plan.invalid:
+                store.stage(run_id, f"part-{run_id}-invalid.parquet",
+                            _error_rows(config, plan.invalid, run_id, params))
+        if plan.todo.num_rows:
+            _run_pipeline(config, plan.todo, run_id, params, progress)
+        with _storage_failures("could not commit the run"):
+            records, unavailable, new_rows = _verified_records(store, run_id, plan.expected,
+                                                               _light_columns(TASKS[config.job]))
+            wall_s = time.time() - started
+            run_info = {"run_id": run_id, "job": config.job, "started": started, "wall_s": wall_s,
+                        "rows": sum(plan.expected.values()), "input": storage.redact_uri(config.input)}
+            # rows the store could not serve are retried by the next run: the output is not complete
+            plan.unavailable = unavailable
+            commit = store.commit(records, run=run_info, complete=plan.complete, supersede=plan.supersede)
+            store.finish_run(run_id)
     new_files = [storage.join(store.uri, p["path"]) for p in commit.parts if p["run_id"] == run_id]
-    new_rows = (pa.concat_tables([read_parquet(f, _light_columns(TASKS[config.job])) for f in new_files])
-                if new_files else None)
     result = _result(config, inputs, plan, store, commit, run_id, wall_s, new_rows)
     _report(config, inputs, store, result, params, new_files, new_rows, tracking)
     return result
@@ -152,22 +156,29 @@ def _plan(config: JobConfig, inputs: InputRows, store: OutputStore) -> _Plan:
     return _Plan(todo=todo, invalid=invalid, already_done=already_done, cut=cut, supersede=bool(redo & done))
 
 
-def _verified_records(store: OutputStore, run_id: str, expected: Counter) -> tuple[list[dict], int]:
-    """The run's staged parts, once they are checked to hold exactly one row per pending input row, and how many
-    of those rows failed for a transient reason (the store was unreachable)."""
+def _verified_records(store: OutputStore, run_id: str, expected: Counter,
+                      columns: list[str]) -> tuple[list[dict], int, pa.Table | None]:
+    """The run's staged parts, once they are checked to hold exactly one row per pending input row; how many of
+    those rows failed for a transient reason (the store was unreachable); and the rows' ``columns`` (for the
+    run's metrics: each part is read once)."""
+    if not store.is_current(run_id):
+        raise JobError("another run took this output over (--takeover) while this one was running; nothing was "
+                       "committed (the other run adopts this run's finished parts)")
     records = [r for r in store.staged_records() if r["run_id"] == run_id]
     written: Counter = Counter()
     unavailable = 0
+    parts = []
     for record in records:
-        part = read_parquet(storage.join(store.run_dir(run_id), record["part"]), ["id", "error_kind"])
+        part = read_parquet(storage.join(store.run_dir(run_id), record["part"]), columns)
         written += count_ids(part)
         unavailable += sum(k in storage.TRANSIENT_KINDS for k in part.column("error_kind").to_pylist())
+        parts.append(part)
     if written != expected:
         missing, extra = sum((expected - written).values()), sum((written - expected).values())
         store.finish_run(run_id)
         raise JobError(f"the run wrote an inconsistent row set ({missing} rows missing, {extra} extra); "
                        "nothing was committed, rerun the same command")
-    return records, unavailable
+    return records, unavailable, pa.concat_tables(parts) if parts else None
 
 
 @contextlib.contextmanager
@@ -179,6 +190,8 @@ def _storage_failures(what: str):
         yield
     except JobError:
         raise
+    except OutputBusy as exc:
+        raise JobError(str(exc)) from None
     except Exception as exc:
         raise JobError(f"{what} ({_root_cause(exc)}); finished parts are kept: rerun the same command") from exc
 

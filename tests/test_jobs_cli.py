@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,8 @@ def test_flags_fill_the_job_config():
     assert c.field_map == {"id": "utt", "text": "sentence"} and c.reference == "voice.wav"
     defaults = config(["transcribe", "--input", "m.jsonl", "--output", "o", "--model", "m"])
     assert defaults.actors == (1, 1) and not defaults.retry_errors and defaults.cpus_per_actor <= 0.5
+    assert not defaults.takeover and config(["convert", "--input", "m", "--output", "o", "--model", "m",
+                                             "--takeover"]).takeover
     assert defaults.options == {} and defaults.quality is True
 
 
@@ -71,3 +74,24 @@ def test_module_entry_points_answer_help():
     out = subprocess.run([sys.executable, "-m", "jobs.convert", "--input", "x"], capture_output=True, text=True,
                          cwd=ROOT, timeout=60)
     assert out.returncode == 2 and "--output" in out.stderr
+
+
+def test_an_output_held_by_a_live_run_is_refused_before_any_work(tmp_path):
+    """A second run (a schedule firing while the last run still goes) stops at once, with a clear message, instead
+    of taking the output from the live run; nothing is read, written or logged to MLflow."""
+    import json
+    import time
+
+    from jobs.output import OutputStore
+    from jobs.pipeline import JobError, run_job
+
+    out = tmp_path / "out"
+    store = OutputStore(str(out))
+    lease = {"run_id": "nightly-1", "host": "ray-head-7f9c", "pid": 4242, "heartbeat": time.time() - 30}
+    (out / "_gpa_batch").mkdir(parents=True)
+    (out / "_gpa_batch" / "current-run").write_text(json.dumps(lease))
+    c = config(["transcribe", "--input", str(tmp_path / "not-read.jsonl"), "--output", str(out), "--model", "m"])
+    with pytest.raises(JobError, match=r"run nightly-1 on ray-head-7f9c, pid 4242 is writing to .*heartbeat 3\d s "
+                                       r"ago.*--takeover"):
+        run_job(c)
+    assert store.is_current("nightly-1") and sorted(os.listdir(out)) == ["_gpa_batch"]

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import subprocess
+import sys
+import time
 
 import pyarrow.parquet as pq
 import pytest
 
 from jobs import schema as S
 from jobs import storage
-from jobs.output import OutputStore, resume_plan
+from jobs.output import LEASE_S, OutputBusy, OutputStore, resume_plan
 
 
 def part(rows: list[tuple[str, str, str | None]]):
@@ -131,3 +136,60 @@ def test_commit_on_s3(s3_bucket):
     store.finish_run("r1")
     assert ids(OutputStore(uri)) == ["a"] and storage.exists(f"{uri}/_SUCCESS")
     assert storage.listdir(f"{uri}/.staging", recursive=True) == []
+
+
+def write_lease(store: OutputStore, run_id: str, host: str, pid: int, age_s: float = 0.0) -> None:
+    lease = {"run_id": run_id, "host": host, "pid": pid, "heartbeat": time.time() - age_s}
+    storage.write_bytes(store.current_uri, json.dumps(lease).encode())
+
+
+def test_a_live_run_keeps_the_output_and_a_dead_one_does_not(tmp_path):
+    store = OutputStore(str(tmp_path))
+    store.start("r1")
+    assert (store.lease().run_id, store.lease().pid, store.lease().host) == ("r1", os.getpid(), socket.gethostname())
+    with store.holding("r1"), pytest.raises(OutputBusy, match=r"run r1 .*--takeover"):  # r1 is still going
+        store.start("r2")
+    write_lease(store, "r1", socket.gethostname(), os.getpid())  # r1 of this process has ended (it raised, say)
+    store.start("r2")
+    assert store.is_current("r2")
+    # a driver killed on this machine: its process is gone, so the output is free at once
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    write_lease(store, "r2", socket.gethostname(), dead.pid)
+    store.start("r3")
+    assert store.is_current("r3")
+    # a driver on another machine: alive while its heartbeat is fresh, dead once its lease has expired
+    write_lease(store, "r3", "elsewhere", 1)
+    with pytest.raises(OutputBusy, match="on elsewhere"):
+        store.start("r4")
+    store.start("r4", takeover=True)
+    assert store.is_current("r4")
+    write_lease(store, "r4", "elsewhere", 1, age_s=LEASE_S + 1)
+    store.start("r5")
+    assert store.is_current("r5")
+    storage.write_bytes(store.current_uri, b"r5")  # an unreadable (or old, plain-text) lease counts as expired
+    store.start("r6")
+    assert store.is_current("r6")
+
+
+def test_the_lease_is_renewed_while_held_and_given_up_after(tmp_path):
+    store = OutputStore(str(tmp_path))
+    store.start("r1")
+    first = store.lease().heartbeat
+    with store.holding("r1", every_s=0.05):
+        deadline = time.time() + 10
+        while store.lease().heartbeat == first:
+            assert time.time() < deadline, "the lease was not renewed"
+            time.sleep(0.02)
+    assert store.lease() is None  # given up: the next run starts without waiting
+    store.start("r2")
+    with pytest.raises(RuntimeError, match="boom"), store.holding("r2", every_s=0.05):
+        raise RuntimeError("boom")
+    assert store.lease() is None  # also when the run fails
+    # taken over while held: the old run neither renews nor removes the new owner's lease
+    store.start("r3")
+    with store.holding("r3", every_s=0.05):
+        store.start("r4", takeover=True)
+        time.sleep(0.3)
+        assert store.is_current("r4")
+    assert store.is_current("r4")

@@ -1,5 +1,6 @@
 """Faults injected into real components while a job runs: the GPA actor dies mid-batch, the driver is killed,
-the S3 endpoint goes down mid-read and mid-write, the MLflow server goes away, a 2-hour file joins short ones.
+a second run starts while one is going, the S3 endpoint goes down mid-read and mid-write, the MLflow server goes
+away, a 2-hour file joins short ones.
 
 In every case: one output row per input row, nothing partial presented as complete, and a rerun of the same
 command completes exactly what is missing. The figures go to docs/reliability.md (see ``report.py``).
@@ -86,7 +87,7 @@ def test_driver_killed_half_way(ray_runtime, tiny_checkpoint, tmp_path, capsys):
             assert process.poll() is None, "the job ended before it could be killed"
             assert time.time() < deadline, "the job staged nothing"
             time.sleep(0.1)
-        killed_run = (out / "_gpa_batch" / "current-run").read_text()
+        killed_run = store.lease().run_id
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
@@ -109,6 +110,51 @@ def test_driver_killed_half_way(ray_runtime, tiny_checkpoint, tmp_path, capsys):
     assert sum(r["run_id"] == summary["run_id"] for r in final) == summary["processed"]
     assert not (out / ".staging").exists()
     report.check({"fault.driver_killed": report.Figures.of(len(rows) + 2, final)})
+
+
+def test_a_second_run_while_the_first_is_live(ray_runtime, tiny_checkpoint, tmp_path, capsys):
+    """The same command started again while a run is going (a schedule firing before the last run ended): the
+    second run stops at once, touching nothing; the first one finishes undisturbed."""
+    import mlflow
+
+    rows = clip_rows(8)
+    manifest = write_jsonl(tmp_path / "m.jsonl", rows)
+    out = tmp_path / "out"
+    tracking = mlflow_db(tmp_path)
+    argv = ["transcribe", "--input", str(manifest), "--output", str(out), "--model", str(tiny_checkpoint),
+            "--batch-size", "1", "--bucket-batches", "1", "--rows-per-part", "1", "--max-new-tokens", "4",
+            "--mlflow-uri", tracking, "--no-progress", "--json"]
+    env = {**os.environ, "RAY_ADDRESS": ray_runtime.address}
+    first = subprocess.Popen([sys.executable, "-m", "jobs", *argv, "--debug-delay-s", "0.3"], cwd=ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+                             preexec_fn=die_with_parent)
+    store = OutputStore(str(out))
+    try:
+        deadline = time.time() + 240
+        while not store.staged_records():  # the first run is under way
+            assert first.poll() is None, "the first run ended before the second one started"
+            assert time.time() < deadline, "the first run staged nothing"
+            time.sleep(0.1)
+        owner = store.lease()
+        staged = sorted(r["part"] for r in store.staged_records())
+        assert cli_main(argv) == 1
+        message = capsys.readouterr().err
+        assert f"run {owner.run_id} on " in message and "--takeover" in message
+        assert store.lease().run_id == owner.run_id  # the first run still owns the output ...
+        assert set(staged) <= {r["part"] for r in store.staged_records()}  # ... and all it had staged
+        summary = json.loads(first.communicate(timeout=300)[0])
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(timeout=30)
+    assert first.returncode == 0 and summary["complete"] and summary["run_id"] == owner.run_id
+    final = committed(out)
+    assert Counter(r["id"] for r in final) == Counter(r["id"] for r in rows) and (out / "_SUCCESS").exists()
+    assert store.lease() is None  # given up at the end: the next night's run starts at once
+    mlflow.set_tracking_uri(tracking)
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert [r.info.run_name for r in runs] == [f"transcribe-{owner.run_id}"]  # the refused run logged nothing
+    report.check({"fault.overlapping_run": report.Figures.of(len(rows), final)})
 
 
 def s3_inputs(s3, bucket: str, n: int) -> str:
@@ -163,7 +209,7 @@ def test_s3_outage_mid_write_and_mid_commit(ray_runtime, s3, tiny_checkpoint, ml
         s3.endpoint.arm("PUT", r"/out/\.staging/[^/]+/part-[^/]+\.parquet$", nth=2)
         run_job(config)
     assert committed(out) == [] and "out/_SUCCESS" not in s3.keys(bucket)
-    first_run = s3.client().get_object(Bucket=bucket, Key="out/_gpa_batch/current-run")["Body"].read().decode()
+    first_run = next(k.split("/")[2] for k in s3.keys(bucket) if k.startswith("out/.staging/"))  # its staged part
 
     # 2. the rerun goes down in the middle of its commit (while moving its 2nd part into data/)
     commit_failed = "could not commit the run .*EndpointConnectionError.*rerun"
