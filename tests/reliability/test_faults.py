@@ -115,7 +115,7 @@ def test_driver_killed_half_way(ray_runtime, tiny_checkpoint, tmp_path, capsys):
 def test_a_second_run_while_the_first_is_live(ray_runtime, tiny_checkpoint, tmp_path, capsys):
     """The same command started again while a run is going (a schedule firing before the last run ended): the
     second run stops at once, touching nothing; the first one finishes undisturbed."""
-    import mlflow
+    from mlflow.tracking import MlflowClient
 
     rows = clip_rows(8)
     manifest = write_jsonl(tmp_path / "m.jsonl", rows)
@@ -151,8 +151,8 @@ def test_a_second_run_while_the_first_is_live(ray_runtime, tiny_checkpoint, tmp_
     final = committed(out)
     assert Counter(r["id"] for r in final) == Counter(r["id"] for r in rows) and (out / "_SUCCESS").exists()
     assert store.lease() is None  # given up at the end: the next night's run starts at once
-    mlflow.set_tracking_uri(tracking)
-    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    client = MlflowClient(tracking_uri=tracking)  # not mlflow.set_tracking_uri: that would leak into later tests
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.info.run_name for r in runs] == [f"transcribe-{owner.run_id}"]  # the refused run logged nothing
     report.check({"fault.overlapping_run": report.Figures.of(len(rows), final)})
 
