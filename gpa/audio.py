@@ -16,7 +16,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .errors import EmptyAudio, NonFiniteAudio, StorageUnavailable, UnreadableAudio
+from .errors import EmptyAudio, NonFiniteAudio, StorageUnavailable, TooLongAudio, UnreadableAudio
 from .storage import is_transient, read_bytes, redact_uri, scrub
 
 SAMPLE_RATE = 16000
@@ -31,11 +31,20 @@ def load_audio(
     sample_rate: int = SAMPLE_RATE,
     start_s: float | None = None,
     end_s: float | None = None,
+    max_duration_s: float | None = None,
 ) -> np.ndarray:
     """Decode ``src`` to a 1-D float32 array at ``sample_rate``, optionally cut to ``[start_s, end_s)`` seconds.
 
-    Raises :class:`UnreadableAudio`, :class:`EmptyAudio` or :class:`NonFiniteAudio` (all with a ``kind``).
+    ``max_duration_s`` refuses longer audio with :class:`TooLongAudio` (its ``duration_s`` says how long): a
+    whole file before it is decoded when its header declares its length (a 10-hour stereo WAV decodes to ~12 GB of
+    floats), else once decoded and cut. Raises :class:`UnreadableAudio`, :class:`EmptyAudio` or
+    :class:`NonFiniteAudio` too (all with a ``kind``).
     """
+    def too_long(seconds: float, what: str) -> TooLongAudio:
+        error = TooLongAudio(f"{what} is {seconds:.1f} s; the limit is {max_duration_s:g} s")
+        error.duration_s = seconds
+        return error
+
     if isinstance(src, tuple):
         if len(src) != 2:
             raise UnreadableAudio("an audio tuple must be (samples, sample_rate)")
@@ -44,6 +53,10 @@ def load_audio(
             samples = samples.T  # accept (channels, n) as torch/torchaudio users pass it
     else:
         data, name = _read(src)
+        if max_duration_s is not None and start_s is None and end_s is None:
+            declared = header_duration(data)
+            if declared is not None and declared > max_duration_s + 1.0:  # headers may round: refuse clear cases
+                raise too_long(declared, "audio (by its header)")
         samples, source_rate = decode(data, name=name)
     if source_rate <= 0:
         raise UnreadableAudio(f"invalid sample rate {source_rate}")
@@ -56,6 +69,8 @@ def load_audio(
         raise EmptyAudio("audio has no samples" + (" in the requested segment" if start_s or end_s else ""))
     if not np.isfinite(samples).all():
         raise NonFiniteAudio("audio contains NaN or infinite samples")
+    if max_duration_s is not None and samples.size / source_rate > max_duration_s:
+        raise too_long(samples.size / source_rate, "the segment" if start_s or end_s else "audio")
     if source_rate != sample_rate:
         samples = soxr.resample(samples, source_rate, sample_rate, quality="VHQ")  # as the reference BiCodec path
     return np.ascontiguousarray(samples, dtype=np.float32)

@@ -43,9 +43,11 @@ class TooShortAudio(AudioError):
 
 
 class TooLongAudio(AudioError, ValueError):
-    """The audio is longer than a model component accepts in one pass; the caller must chunk it."""
+    """The audio is longer than a model component accepts in one pass (the caller must chunk it), or longer than
+    the caller allows (``load_audio(max_duration_s=)``)."""
 
     kind = "too_long_audio"
+    duration_s: float | None = None  # how long it is, when known
 
 
 class InvalidText(GPAError):

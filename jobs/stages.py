@@ -52,11 +52,8 @@ class _Decoded:
 
 def decode_batch(batch: pa.Table, job: str, max_duration_s: float) -> pa.Table:
     """Fetch and decode each row's audio to 16 kHz mono, cut its segment, measure its duration."""
-    from gpa.audio import SAMPLE_RATE, decode, header_duration, load_audio, read_audio_file
+    from gpa.audio import SAMPLE_RATE, decode, load_audio, read_audio_file
     from gpa.errors import GPAError, TooLongAudio, UnreadableAudio
-
-    def too_long(seconds: float, what: str) -> TooLongAudio:
-        return TooLongAudio(f"{what} is {seconds:.1f} s; the limit is {max_duration_s:g} s (--max-duration-s)")
 
     task = TASKS[job]
     rows = batch.to_pylist()
@@ -68,27 +65,23 @@ def decode_batch(batch: pa.Table, job: str, max_duration_s: float) -> pa.Table:
             try:
                 begin, end = row.get("begin_time"), row.get("end_time")
                 name = storage.redact_uri(row["audio"])
-                if begin is not None and end is not None and end - begin > max_duration_s:
-                    row["duration_s"] = end - begin
-                    raise too_long(end - begin, "the segment")
+                if begin is not None and end is not None and end - begin > max_duration_s:  # before fetching
+                    error = TooLongAudio(f"the segment is {end - begin:.1f} s; the limit is {max_duration_s:g} s")
+                    error.duration_s = end - begin
+                    raise error
                 if begin is None and end is None:
-                    data = read_audio_file(row["audio"])
-                    declared = header_duration(data)
-                    if declared is not None and declared > max_duration_s + 1.0:  # refused before decoding it
-                        row["duration_s"] = declared
-                        raise too_long(declared, "audio (by its header)")
-                    wav = load_audio(decode(data, name=name))
+                    wav = load_audio(row["audio"], max_duration_s=max_duration_s)
                 else:
                     if _Decoded.uri != row["audio"]:
                         _Decoded.uri, _Decoded.value = None, None
                         _Decoded.value = decode(read_audio_file(row["audio"]), name=name)
                         _Decoded.uri = row["audio"]
-                    wav = load_audio(_Decoded.value, start_s=begin, end_s=end)
-                duration = len(wav) / SAMPLE_RATE
-                row["duration_s"] = duration
-                if duration > max_duration_s:
-                    raise too_long(duration, "audio")
+                    wav = load_audio(_Decoded.value, start_s=begin, end_s=end, max_duration_s=max_duration_s)
+                row["duration_s"] = len(wav) / SAMPLE_RATE
                 wavs[i] = wav
+            except TooLongAudio as exc:
+                row["duration_s"] = exc.duration_s
+                _error(row, TooLongAudio(f"{exc} (--max-duration-s)"))
             except GPAError as exc:
                 _error(row, exc)
             except Exception as exc:  # anything else a decoder may throw is still this row's problem only

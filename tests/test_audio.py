@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 
 from gpa.audio import decode, encode_flac, load_audio
-from gpa.errors import EmptyAudio, NonFiniteAudio, UnreadableAudio
+from gpa.errors import EmptyAudio, NonFiniteAudio, TooLongAudio, UnreadableAudio
 
 
 def tone(seconds=0.5, rate=16000, freq=440.0, channels=1):
@@ -105,3 +105,25 @@ def test_flac_roundtrip():
     samples, rate = decode(encode_flac(wave))
     assert rate == 16000
     np.testing.assert_allclose(samples[:, 0], wave, atol=1 / 32000)
+
+
+def test_max_duration_refuses_long_audio_before_decoding_it(tmp_path, monkeypatch):
+    import gpa.audio
+
+    path = tmp_path / "long.wav"
+    sf.write(path, tone(6.0, 8000, channels=2), 8000)
+    decoded = []
+    real = gpa.audio.decode
+    monkeypatch.setattr(gpa.audio, "decode", lambda data, name="": decoded.append(name) or real(data, name=name))
+    with pytest.raises(TooLongAudio, match=r"by its header\) is 6\.0 s; the limit is 3 s") as info:
+        load_audio(str(path), max_duration_s=3.0)
+    assert info.value.duration_s == pytest.approx(6.0) and info.value.kind == "too_long_audio"
+    assert decoded == []  # refused from the header: never decoded
+    assert len(load_audio(str(path), max_duration_s=6.0)) == 6 * 16000  # at the limit it loads
+    # without a header to go by (samples in memory, or a segment), the decoded length decides
+    with pytest.raises(TooLongAudio, match="audio is 6.0 s") as info:
+        load_audio((tone(6.0, 8000), 8000), max_duration_s=3.0)
+    assert info.value.duration_s == pytest.approx(6.0)
+    with pytest.raises(TooLongAudio, match="the segment is 4.0 s"):
+        load_audio(str(path), start_s=1.0, end_s=5.0, max_duration_s=3.0)
+    assert len(load_audio(str(path), start_s=1.0, end_s=3.5, max_duration_s=3.0)) == 40000
