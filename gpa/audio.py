@@ -40,11 +40,6 @@ def load_audio(
     floats), else once decoded and cut. Raises :class:`UnreadableAudio`, :class:`EmptyAudio` or
     :class:`NonFiniteAudio` too (all with a ``kind``).
     """
-    def too_long(seconds: float, what: str) -> TooLongAudio:
-        error = TooLongAudio(f"{what} is {seconds:.1f} s; the limit is {max_duration_s:g} s")
-        error.duration_s = seconds
-        return error
-
     if isinstance(src, tuple):
         if len(src) != 2:
             raise UnreadableAudio("an audio tuple must be (samples, sample_rate)")
@@ -56,7 +51,7 @@ def load_audio(
         if max_duration_s is not None and start_s is None and end_s is None:
             declared = header_duration(data)
             if declared is not None and declared > max_duration_s + 1.0:  # headers may round: refuse clear cases
-                raise too_long(declared, "audio (by its header)")
+                raise TooLongAudio.over_limit("audio (by its header)", declared, max_duration_s)
         samples, source_rate = decode(data, name=name)
     if source_rate <= 0:
         raise UnreadableAudio(f"invalid sample rate {source_rate}")
@@ -70,7 +65,8 @@ def load_audio(
     if not np.isfinite(samples).all():
         raise NonFiniteAudio("audio contains NaN or infinite samples")
     if max_duration_s is not None and samples.size / source_rate > max_duration_s:
-        raise too_long(samples.size / source_rate, "the segment" if start_s or end_s else "audio")
+        raise TooLongAudio.over_limit("the segment" if start_s or end_s else "audio", samples.size / source_rate,
+                                      max_duration_s)
     if source_rate != sample_rate:
         samples = soxr.resample(samples, source_rate, sample_rate, quality="VHQ")  # as the reference BiCodec path
     return np.ascontiguousarray(samples, dtype=np.float32)

@@ -1,5 +1,7 @@
 """Typed errors. Each carries a stable ``kind`` that batch jobs write into error rows."""
 
+from __future__ import annotations
+
 
 class GPAError(Exception):
     """Base class of every error raised by :mod:`gpa`."""
@@ -47,7 +49,14 @@ class TooLongAudio(AudioError, ValueError):
     the caller allows (``load_audio(max_duration_s=)``)."""
 
     kind = "too_long_audio"
-    duration_s: float | None = None  # how long it is, when known
+
+    def __init__(self, message: str, duration_s: float | None = None):
+        super().__init__(message)
+        self.duration_s = duration_s  # how long it is, when known
+
+    @classmethod
+    def over_limit(cls, what: str, seconds: float, limit_s: float) -> TooLongAudio:
+        return cls(f"{what} is {seconds:.1f} s; the limit is {limit_s:g} s", duration_s=seconds)
 
 
 class InvalidText(GPAError):

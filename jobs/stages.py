@@ -66,9 +66,7 @@ def decode_batch(batch: pa.Table, job: str, max_duration_s: float) -> pa.Table:
                 begin, end = row.get("begin_time"), row.get("end_time")
                 name = storage.redact_uri(row["audio"])
                 if begin is not None and end is not None and end - begin > max_duration_s:  # before fetching
-                    error = TooLongAudio(f"the segment is {end - begin:.1f} s; the limit is {max_duration_s:g} s")
-                    error.duration_s = end - begin
-                    raise error
+                    raise TooLongAudio.over_limit("the segment", end - begin, max_duration_s)
                 if begin is None and end is None:
                     wav = load_audio(row["audio"], max_duration_s=max_duration_s)
                 else:
@@ -81,7 +79,7 @@ def decode_batch(batch: pa.Table, job: str, max_duration_s: float) -> pa.Table:
                 wavs[i] = wav
             except TooLongAudio as exc:
                 row["duration_s"] = exc.duration_s
-                _error(row, TooLongAudio(f"{exc} (--max-duration-s)"))
+                _error(row, TooLongAudio(f"{exc} (--max-duration-s)", exc.duration_s))
             except GPAError as exc:
                 _error(row, exc)
             except Exception as exc:  # anything else a decoder may throw is still this row's problem only
