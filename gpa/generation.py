@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from .inference import inference_mode
 from .vocab import TokenLayout, normalize_task
 
 
@@ -97,7 +98,7 @@ class GenerationOutput:
     hit_max_new_tokens: bool
 
 
-@torch.inference_mode()
+@inference_mode()
 def generate(
     model,
     prompts: Sequence[Sequence[int]],

@@ -31,6 +31,7 @@ from torch.nn import functional as F
 
 from .checkpoint import find_safetensors, load_safetensors_strict
 from .errors import AudioError, CheckpointError, EmptyAudio, NonFiniteAudio, TooLongAudio
+from .inference import inference_mode
 
 SAMPLE_RATE = 16000
 # conv1 has stride 1 and conv2 stride 2 in every Whisper encoder.
@@ -452,7 +453,7 @@ class GLMSpeechTokenizer:
         frames = torch.arange(mel.shape[-1], device=self.device) * config.hop_length
         return mel, frames[None, :] < sizes[:, None]
 
-    @torch.inference_mode()
+    @inference_mode()
     def features(self, audios: list[np.ndarray]) -> list[np.ndarray]:
         """Per-item log-mel ``[n_mels, frames]`` as WhisperFeatureExtractor gives for the item alone
         (``padding="longest"``, ``pad_to_multiple_of=samples_per_token``)."""
@@ -465,7 +466,7 @@ class GLMSpeechTokenizer:
                 out[i] = mel[row, :, :frames].float().cpu().numpy()
         return out
 
-    @torch.inference_mode()
+    @inference_mode()
     def tokenize(self, audios: list[np.ndarray]) -> list[np.ndarray]:
         """Token ids (int64, ``ceil(samples / samples_per_token)`` each) for every 16 kHz mono float32 input."""
         audios = [self._check(a, i) for i, a in enumerate(audios)]

@@ -158,3 +158,33 @@ def test_unset_sampling_settings_come_from_the_checkpoint_generation_config(tiny
     assert (resolved.top_k, resolved.top_p, resolved.temperature, resolved.repetition_penalty) == (20, 0.8, 0.2, 1.2)
     assert SynthesizeOptions(top_k=5).generation(defaults).top_k == 5
     assert TranscribeOptions().generation(tiny_model.checkpoint_generation["stt"]).do_sample is False
+
+
+def test_every_attention_runs_without_cudnn_attention(tiny_model):
+    """Batch jobs change shapes at every batch and decoding step, and cuDNN attention plans each new shape afresh
+    (gpa/inference.py): every attention module of the three models runs with it off, and the process-wide
+    setting is as before once GPA returns."""
+    import torch
+
+    seen: dict[str, set[bool]] = {}
+
+    def record(module, args):
+        seen.setdefault(type(module).__name__, set()).add(torch.backends.cuda.cudnn_sdp_enabled())
+
+    attention = [m for part in (tiny_model.llm, tiny_model.glm.encoder, tiny_model.bicodec.codec,
+                                tiny_model.bicodec.wav2vec2)
+                 for m in part.modules() if type(m).__name__.endswith("Attention")]
+    assert {type(m).__name__ for m in attention} == {"Qwen3Attention", "WhisperVQAttention", "Attention",
+                                                     "Wav2Vec2Attention"}
+    hooks = [m.register_forward_pre_hook(record) for m in attention]
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        speaker = tiny_model.speaker((voice(3.0, seed=2), 16000))
+        assert tiny_model.transcribe([(voice(1.2), 16000), (voice(2.3, seed=1), 16000)])[0].ok
+        assert tiny_model.synthesize(["two words"], [speaker], SynthesizeOptions(max_new_tokens=8))[0].ok
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert set(seen) == {type(m).__name__ for m in attention}, seen
+    assert all(flags == {False} for flags in seen.values()), seen
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before

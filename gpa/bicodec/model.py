@@ -16,6 +16,7 @@ import torch
 
 from ..checkpoint import load_safetensors_strict
 from ..errors import EmptyAudio, NonFiniteAudio, TooShortAudio
+from ..inference import inference_mode
 from .codec import BiCodecModel
 from .config import BiCodecConfig, load_config
 from .mel import MelSpectrogram
@@ -130,7 +131,7 @@ class BiCodec:
                 out[i] = result[j]
         return out  # type: ignore[return-value]
 
-    @torch.inference_mode()
+    @inference_mode()
     def _semantic(self, wavs: list[np.ndarray]) -> list[np.ndarray]:
         for wav in wavs:
             self._check_semantic_length(wav)
@@ -146,7 +147,7 @@ class BiCodec:
 
     # ----------------------------------------------------------------- speaker stream
 
-    @torch.inference_mode()
+    @inference_mode()
     def _speaker(self, wavs: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
         """Global tokens (flattened (num_quantizers * token_num,)) and ECAPA embeddings of the reference clips."""
         clips = [self._reference_clip(w) for w in wavs]
@@ -191,7 +192,7 @@ class BiCodec:
         wavs = [self._prepare(a) if preprocess else np.asarray(a, np.float32) for a in audios]
         for wav in wavs:
             self._check_semantic_length(wav)
-        with torch.inference_mode():
+        with inference_mode():
             return [f.float().cpu() for f in self._batched(wavs, self.wav2vec2)]
 
     def mel(self, audios: Sequence[np.ndarray], *, preprocess: bool = True) -> list[torch.Tensor]:
@@ -201,7 +202,7 @@ class BiCodec:
         Without, the mel of the waveform exactly as given.
         """
         out = []
-        with torch.inference_mode():
+        with inference_mode():
             for a in audios:
                 wav = self._reference_clip(self._prepare(a)) if preprocess else np.asarray(a, np.float32)
                 if wav.shape[0] <= self.config.mel_params.n_fft // 2:
@@ -210,7 +211,7 @@ class BiCodec:
                 out.append(self.mel_transform(torch.from_numpy(np.ascontiguousarray(wav)).to(self.device)).cpu())
         return out
 
-    @torch.inference_mode()
+    @inference_mode()
     def decode(self, global_tokens: Sequence[np.ndarray], semantic_tokens: Sequence[np.ndarray]) -> list[np.ndarray]:
         """float32 16 kHz waveforms, ``samples_per_semantic_token`` samples per semantic token.
 
