@@ -68,7 +68,7 @@ def padding_waste(lengths: list[int], batch: int, window: int) -> float:
     return 1 - sum(lengths) / padded
 
 
-def in_process(model_path: str, manifest: Path, batch_size: int, max_new_tokens: int, device: str,
+def in_process(model_path: str, manifest: Path, batch_size: int, max_new_tokens: int, device: str, dtype: str,
                threads: int, warm_up: bool = True) -> tuple[float, list[int]]:
     """Seconds to decode and transcribe every clip with a loaded, warmed-up model, and the clips' lengths."""
     import torch
@@ -77,7 +77,7 @@ def in_process(model_path: str, manifest: Path, batch_size: int, max_new_tokens:
     from gpa.audio import load_audio
 
     torch.set_num_threads(threads)
-    model = GPA.from_pretrained(model_path, device=device)
+    model = GPA.from_pretrained(model_path, device=device, dtype=getattr(torch, dtype))
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     options = TranscribeOptions(batch_size=batch_size, max_new_tokens=max_new_tokens)
     if warm_up:
@@ -91,11 +91,11 @@ def in_process(model_path: str, manifest: Path, batch_size: int, max_new_tokens:
 
 
 def in_process_script(model_path: str, manifest: Path, batch_size: int, max_new_tokens: int, device: str,
-                      threads: int) -> float:
+                      dtype: str, threads: int) -> float:
     """Wall seconds of a fresh process that imports GPA, loads the model, then decodes and transcribes every clip."""
     code = (f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import pipeline as b; "
             f"b.in_process({model_path!r}, b.Path({str(manifest)!r}), {batch_size}, {max_new_tokens}, {device!r}, "
-            f"{threads}, warm_up=False)")
+            f"{dtype!r}, {threads}, warm_up=False)")
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True)
     return time.perf_counter() - start
@@ -111,7 +111,8 @@ def pipeline(model_path: str, manifest: Path, output: Path, actors: int, bucket_
                        torch_threads=args.torch_threads,
                        gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
                        options={"max_new_tokens": args.max_new_tokens},
-                       mlflow_uri=f"sqlite:///{output.parent / 'bench-mlflow.db'}", device=args.device)
+                       mlflow_uri=f"sqlite:///{output.parent / 'bench-mlflow.db'}", device=args.device,
+                       dtype=args.dtype)
     started = time.time()
     result = run_job(config, progress=False)
     wall = time.time() - started
@@ -135,7 +136,9 @@ def main() -> None:
     parser.add_argument("--actors", default="1,2", help="actor counts to compare")
     parser.add_argument("--gpus-per-actor", type=float, default=None)
     parser.add_argument("--cpus-per-actor", type=float, default=0.5)
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--device", default=None, help="default: cuda with --gpus-per-actor, else cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                        help="default, as in a job: bfloat16 on cuda, float32 on cpu")
     parser.add_argument("--torch-threads", type=int, default=1, help="per actor, and for the in-process baseline")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--min-s", type=float, default=1.0)
@@ -153,10 +156,13 @@ def main() -> None:
         model = str(make_tiny_checkpoint(work / "tiny", seed=0))
     (work / "clips").mkdir()
     manifest, seconds = make_clips(work / "clips", args.n, args.seed, args.min_s, args.max_s)
-    device = args.device or "cpu"
-    model_work, lengths = in_process(model, manifest, args.batch_size, args.max_new_tokens, device,
+    device = args.device = args.device or ("cuda" if args.gpus_per_actor else "cpu")
+    # the same dtype in the baselines as in the job's actors
+    dtype = args.dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    model_work, lengths = in_process(model, manifest, args.batch_size, args.max_new_tokens, device, dtype,
                                      args.torch_threads)
-    script = in_process_script(model, manifest, args.batch_size, args.max_new_tokens, device, args.torch_threads)
+    script = in_process_script(model, manifest, args.batch_size, args.max_new_tokens, device, dtype,
+                               args.torch_threads)
     rows = [("in-process: model work", "-", "all", model_work, None),
             ("in-process: script", "-", "all", script, None)]
     most_actors = max(int(a) for a in args.actors.split(","))
@@ -164,7 +170,7 @@ def main() -> None:
     pooled = None
     if device == "cpu" and most_actors > 1:
         # the same cores as the largest pool, used the in-process way: intra-op threads
-        pooled, _ = in_process(model, manifest, args.batch_size, args.max_new_tokens, device, pool_threads)
+        pooled, _ = in_process(model, manifest, args.batch_size, args.max_new_tokens, device, dtype, pool_threads)
         rows.append((f"in-process: {pool_threads} threads", "-", "all", pooled, None))
     ray_start = time.perf_counter()
     started = ensure_ray()
@@ -181,7 +187,7 @@ def main() -> None:
             shutdown_ray()
     n = args.n
     print(f"\n{n} clips, {seconds:.0f} s of audio, batch {args.batch_size}, {args.torch_threads} torch "
-          f"thread(s) per model, model {model}")
+          f"thread(s) per model, {device} {dtype}, model {model}")
     print(f"{'mode':<24} {'actors':>6} {'bucket':>6} {'wall s':>7} {'rows/s':>7} {'audio s/s':>9} "
           f"{'ratio':>6} {'ratio':>7} {'first s':>7} {'last s':>6} {'steady rows/s':>13} {'steady ratio':>12}")
     print(f"{'':<24} {'':>6} {'':>6} {'':>7} {'':>7} {'':>9} {'work':>6} {'script':>7}")

@@ -63,7 +63,7 @@ def _add_job_arguments(p: argparse.ArgumentParser) -> None:
 
     pool = p.add_argument_group("actor pool and batching")
     pool.add_argument("--actors", type=parse_actors, metavar="MIN:MAX", help="model actors (N or MIN:MAX)")
-    pool.add_argument("--batch-size", type=int, help="items per model call (default 8)")
+    pool.add_argument("--batch-size", type=int, help="items per model call (default 64 on a GPU, 8 on a CPU)")
     pool.add_argument("--bucket-batches", type=int,
                       help="rows per actor call = batch size x this; they are sorted by length first (default 4)")
     pool.add_argument("--gpus-per-actor", type=float, help="default: 1 when the cluster has GPUs, else 0")

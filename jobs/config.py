@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 JOBS = ("transcribe", "synthesize", "convert")
+# Items per model call when --batch-size is not given. On a GPU, decoding steps cost about the same for 8 rows as
+# for 128 (kernel launches, not arithmetic, bound them): an H200 transcribed 4.9 clips/s in batches of 8, 26.5 in
+# batches of 64 and 40 in batches of 128 (docs/jobs.md). 64 leaves room for long inputs on a 24 GB card.
+CPU_BATCH_SIZE = 8
+GPU_BATCH_SIZE = 64
 
 
 @dataclass
@@ -23,7 +28,7 @@ class JobConfig:
     limit: int | None = None  # process at most this many pending rows (the rest stay pending)
     # pool and batching
     actors: tuple[int, int] = (1, 1)
-    batch_size: int = 8  # items per model call
+    batch_size: int | None = None  # items per model call; None: GPU_BATCH_SIZE when actors have a GPU, else 8
     bucket_batches: int = 4  # each actor call sorts batch_size * bucket_batches rows by length first
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
     cpus_per_actor: float = 0.5  # <= 0.5 on small machines, or the CPU stages starve
@@ -64,12 +69,20 @@ class JobConfig:
         lo, hi = self.actors
         if lo < 1 or hi < lo:
             raise ValueError(f"--actors must be MIN:MAX with 1 <= MIN <= MAX, got {lo}:{hi}")
-        if self.batch_size < 1 or self.bucket_batches < 1:
+        if (self.batch_size is not None and self.batch_size < 1) or self.bucket_batches < 1:
             raise ValueError("--batch-size and --bucket-batches must be >= 1")
         if self.audio_storage not in ("inline", "objects"):
             raise ValueError("--audio-storage must be inline or objects")
         if self.input_format not in ("auto", "jsonl", "csv", "parquet"):
             raise ValueError("--format must be auto, jsonl, csv or parquet")
+
+    def for_cluster(self, cluster_gpus: float) -> JobConfig:
+        """This config with the defaults that depend on the cluster filled in: GPUs per actor (1 when the cluster
+        has a GPU, else 0) and a batch size for the device the actors will run on."""
+        gpus = self.gpus_per_actor if self.gpus_per_actor is not None else (1 if cluster_gpus >= 1 else 0)
+        on_gpu = gpus > 0 and (self.device is None or self.device.startswith("cuda"))
+        batch = self.batch_size or (GPU_BATCH_SIZE if on_gpu else CPU_BATCH_SIZE)
+        return dataclasses.replace(self, gpus_per_actor=gpus, batch_size=batch)
 
     @property
     def window_rows(self) -> int:

@@ -64,6 +64,7 @@ def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
     """Run one job to the end: its output is committed (or untouched) when this returns or raises."""
     started = time.time()
     run_id = new_run_id()
+    config = config.for_cluster(_cluster_gpus(config))
     params = task_params(config)  # also rejects unknown options before anything runs
     for flag in ("input", "output", "model", "reference"):
         value = getattr(config, flag)
@@ -248,9 +249,6 @@ def _run_pipeline(config: JobConfig, rows: pa.Table, run_id: str, params: dict, 
     task = TASKS[config.job]
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress if progress is not None else _interactive()
-    gpus = config.gpus_per_actor
-    if gpus is None:
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     order = pipeline_order(task, rows)
     window = config.window_rows
     # take() copies each window into its own buffers: a slice would ship the whole table with every block
@@ -265,7 +263,7 @@ def _run_pipeline(config: JobConfig, rows: pa.Table, run_id: str, params: dict, 
     ds = ds.map_batches(
         GPAStage, fn_constructor_kwargs={"config": cfg}, batch_format="pyarrow", batch_size=window,
         compute=ray.data.ActorPoolStrategy(min_size=config.actors[0], max_size=config.actors[1]),
-        num_gpus=gpus, num_cpus=config.cpus_per_actor,
+        num_gpus=config.gpus_per_actor, num_cpus=config.cpus_per_actor,
     )
     ds = ds.map_batches(encode_batch, batch_format="pyarrow", batch_size=window,
                         fn_kwargs={"config": cfg, "run_id": run_id, "params": params}, **cpu_args)
@@ -341,6 +339,15 @@ def _with_local_sizes(rows: pa.Table, unknown: np.ndarray) -> pa.Table:
     for i, size in zip(todo, found, strict=True):
         sizes[i] = size
     return rows.set_column(rows.schema.get_field_index("size_bytes"), "size_bytes", pa.array(sizes, pa.int64()))
+
+
+def _cluster_gpus(config: JobConfig) -> float:
+    """GPUs of the Ray cluster this process is connected to (0 when not connected); asked only when needed."""
+    if config.gpus_per_actor is not None:
+        return 0.0
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0.0
 
 
 def _interactive() -> bool:
@@ -423,7 +430,7 @@ def job_params(config: JobConfig, inputs: InputRows, model_source: str, model_ha
         "output": storage.redact_uri(config.output),
         "input_convention": inputs.convention, "glob": config.glob or "", "batch_size": config.batch_size,
         "bucket_batches": config.bucket_batches, "actors_min": config.actors[0], "actors_max": config.actors[1],
-        "gpus_per_actor": config.gpus_per_actor if config.gpus_per_actor is not None else "auto",
+        "gpus_per_actor": config.gpus_per_actor,
         "cpus_per_actor": config.cpus_per_actor, "retry_errors": config.retry_errors, "seed": config.seed,
         "limit": config.limit if config.limit is not None else "", "audio_storage": config.audio_storage,
         "max_duration_s": config.max_duration_s, "quality": config.quality,

@@ -36,6 +36,25 @@ def test_flags_fill_the_job_config():
     assert defaults.options == {} and defaults.quality is True
 
 
+def test_batch_size_and_gpus_default_to_what_the_cluster_has():
+    from jobs.config import CPU_BATCH_SIZE, GPU_BATCH_SIZE
+
+    c = config(["transcribe", "--input", "m.jsonl", "--output", "o", "--model", "m"])
+    assert c.batch_size is None and c.gpus_per_actor is None
+    on_cpus = c.for_cluster(cluster_gpus=0)
+    assert (on_cpus.gpus_per_actor, on_cpus.batch_size, on_cpus.window_rows) == (0, CPU_BATCH_SIZE, 4 * CPU_BATCH_SIZE)
+    on_gpus = c.for_cluster(cluster_gpus=8)
+    assert (on_gpus.gpus_per_actor, on_gpus.batch_size) == (1, GPU_BATCH_SIZE)
+    assert GPU_BATCH_SIZE > CPU_BATCH_SIZE
+    # what is given stays: a GPU share, a device, a batch size
+    assert config(["transcribe", "--input", "m", "--output", "o", "--model", "m", "--gpus-per-actor", "0.5"]
+                  ).for_cluster(cluster_gpus=0).batch_size == GPU_BATCH_SIZE
+    assert config(["transcribe", "--input", "m", "--output", "o", "--model", "m", "--device", "cpu"]
+                  ).for_cluster(cluster_gpus=4).batch_size == CPU_BATCH_SIZE
+    assert config(["transcribe", "--input", "m", "--output", "o", "--model", "m", "--batch-size", "3"]
+                  ).for_cluster(cluster_gpus=4).batch_size == 3
+
+
 def test_yaml_config_is_overridden_by_flags(tmp_path):
     (tmp_path / "job.yaml").write_text(
         "input: s3://bucket/archive/\nglob: '**/*.mp3'\noutput: s3://bucket/out\nmodel: /ckpt\nbatch_size: 4\n"
