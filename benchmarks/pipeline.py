@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--bucket-batches", type=int, default=4)
     parser.add_argument("--actors", default="1,2", help="actor counts to compare")
     parser.add_argument("--gpus-per-actor", type=float, default=None)
-    parser.add_argument("--cpus-per-actor", type=float, default=0.5)
+    parser.add_argument("--cpus-per-actor", type=float, help="default, as in a job: 1 with a GPU, else 0.5")
     parser.add_argument("--device", default=None, help="default: cuda with --gpus-per-actor, else cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                         help="default, as in a job: bfloat16 on cuda, float32 on cpu")

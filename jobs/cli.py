@@ -67,7 +67,8 @@ def _add_job_arguments(p: argparse.ArgumentParser) -> None:
     pool.add_argument("--bucket-batches", type=int,
                       help="rows per actor call = batch size x this; they are sorted by length first (default 4)")
     pool.add_argument("--gpus-per-actor", type=float, help="default: 1 when the cluster has GPUs, else 0")
-    pool.add_argument("--cpus-per-actor", type=float, help="default 0.5 (keep <= 0.5 on small machines)")
+    pool.add_argument("--cpus-per-actor", type=float,
+                      help="default 1 with a GPU, else 0.5 (keep <= 0.5 on small machines)")
     pool.add_argument("--cpus-per-task", type=float, help="CPUs per decode/encode task (default 0.5)")
     pool.add_argument("--memory-per-task-mb", type=int, help="memory reserved per decode/encode task (default 512)")
     pool.add_argument("--device", help="cuda / cpu (default: cuda when the actor has a GPU)")

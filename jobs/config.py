@@ -31,7 +31,9 @@ class JobConfig:
     batch_size: int | None = None  # items per model call; None: GPU_BATCH_SIZE when actors have a GPU, else 8
     bucket_batches: int = 4  # each actor call sorts batch_size * bucket_batches rows by length first
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
-    cpus_per_actor: float = 0.5  # <= 0.5 on small machines, or the CPU stages starve
+    # None: 1 with a GPU (its decoding loop keeps a core busy), else 0.5 (<= 0.5 on small machines, or the CPU
+    # stages starve)
+    cpus_per_actor: float | None = None
     cpus_per_task: float = 0.5  # decode/encode tasks
     memory_per_task_mb: int = 512  # memory reserved per decode/encode task
     device: str | None = None  # None: cuda when the actor has a GPU, else cpu
@@ -78,11 +80,12 @@ class JobConfig:
 
     def for_cluster(self, cluster_gpus: float) -> JobConfig:
         """This config with the defaults that depend on the cluster filled in: GPUs per actor (1 when the cluster
-        has a GPU, else 0) and a batch size for the device the actors will run on."""
+        has a GPU, else 0), and the batch size and CPUs per actor for the device the actors will run on."""
         gpus = self.gpus_per_actor if self.gpus_per_actor is not None else (1 if cluster_gpus >= 1 else 0)
         on_gpu = gpus > 0 and (self.device is None or self.device.startswith("cuda"))
         batch = self.batch_size or (GPU_BATCH_SIZE if on_gpu else CPU_BATCH_SIZE)
-        return dataclasses.replace(self, gpus_per_actor=gpus, batch_size=batch)
+        cpus = self.cpus_per_actor if self.cpus_per_actor is not None else (1.0 if gpus > 0 else 0.5)
+        return dataclasses.replace(self, gpus_per_actor=gpus, batch_size=batch, cpus_per_actor=cpus)
 
     @property
     def window_rows(self) -> int:

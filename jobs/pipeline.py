@@ -263,7 +263,7 @@ def _run_pipeline(config: JobConfig, rows: pa.Table, run_id: str, params: dict, 
     ds = ds.map_batches(
         GPAStage, fn_constructor_kwargs={"config": cfg}, batch_format="pyarrow", batch_size=window,
         compute=ray.data.ActorPoolStrategy(min_size=config.actors[0], max_size=config.actors[1]),
-        num_gpus=config.gpus_per_actor, num_cpus=config.cpus_per_actor,
+        **_actor_resources(config),
     )
     ds = ds.map_batches(encode_batch, batch_format="pyarrow", batch_size=window,
                         fn_kwargs={"config": cfg, "run_id": run_id, "params": params}, **cpu_args)
@@ -339,6 +339,13 @@ def _with_local_sizes(rows: pa.Table, unknown: np.ndarray) -> pa.Table:
     for i, size in zip(todo, found, strict=True):
         sizes[i] = size
     return rows.set_column(rows.schema.get_field_index("size_bytes"), "size_bytes", pa.array(sizes, pa.int64()))
+
+
+def _actor_resources(config: JobConfig) -> dict:
+    if config.gpus_per_actor and config.cpus_per_actor == 1:
+        # Ray Data reserves 1 CPU for GPU work by default; naming both only adds its "experimental" warning
+        return {"num_gpus": config.gpus_per_actor}
+    return {"num_gpus": config.gpus_per_actor, "num_cpus": config.cpus_per_actor}
 
 
 def _cluster_gpus(config: JobConfig) -> float:

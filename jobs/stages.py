@@ -100,7 +100,8 @@ class GPAStage:
 
         from gpa import GPA
 
-        self.config = JobConfig.from_dict(config)
+        # run_job passes a config with these defaults filled in; anyone else gets them for this process's GPUs
+        self.config = JobConfig.from_dict(config).for_cluster(cluster_gpus=torch.cuda.device_count())
         self.task = TASKS[self.config.job]
         threads = self.config.torch_threads or max(1, int(round(self.config.cpus_per_actor)))
         torch.set_num_threads(threads)

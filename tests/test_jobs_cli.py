@@ -30,7 +30,7 @@ def test_flags_fill_the_job_config():
     assert c.options == {"temperature": 0.7, "do_sample": False, "top_k": 5}
     assert c.field_map == {"id": "utt", "text": "sentence"} and c.reference == "voice.wav"
     defaults = config(["transcribe", "--input", "m.jsonl", "--output", "o", "--model", "m"])
-    assert defaults.actors == (1, 1) and not defaults.retry_errors and defaults.cpus_per_actor <= 0.5
+    assert defaults.actors == (1, 1) and not defaults.retry_errors
     assert not defaults.takeover and config(["convert", "--input", "m", "--output", "o", "--model", "m",
                                              "--takeover"]).takeover
     assert defaults.options == {} and defaults.quality is True
@@ -40,11 +40,12 @@ def test_batch_size_and_gpus_default_to_what_the_cluster_has():
     from jobs.config import CPU_BATCH_SIZE, GPU_BATCH_SIZE
 
     c = config(["transcribe", "--input", "m.jsonl", "--output", "o", "--model", "m"])
-    assert c.batch_size is None and c.gpus_per_actor is None
+    assert c.batch_size is None and c.gpus_per_actor is None and c.cpus_per_actor is None
     on_cpus = c.for_cluster(cluster_gpus=0)
     assert (on_cpus.gpus_per_actor, on_cpus.batch_size, on_cpus.window_rows) == (0, CPU_BATCH_SIZE, 4 * CPU_BATCH_SIZE)
+    assert on_cpus.cpus_per_actor <= 0.5  # or the CPU stages starve on a 2-CPU machine
     on_gpus = c.for_cluster(cluster_gpus=8)
-    assert (on_gpus.gpus_per_actor, on_gpus.batch_size) == (1, GPU_BATCH_SIZE)
+    assert (on_gpus.gpus_per_actor, on_gpus.batch_size, on_gpus.cpus_per_actor) == (1, GPU_BATCH_SIZE, 1)
     assert GPU_BATCH_SIZE > CPU_BATCH_SIZE
     # what is given stays: a GPU share, a device, a batch size
     assert config(["transcribe", "--input", "m", "--output", "o", "--model", "m", "--gpus-per-actor", "0.5"]
