@@ -83,7 +83,8 @@ def main() -> None:
         speaker = model.speaker(ref)
         seconds = sum(len(a) / 16000 for a, _ in audios)
         texts = [f"Sentence number {i} of the benchmark, long enough to matter." for i in range(args.items)]
-        common = {"max_new_tokens": args.new_tokens}
+        # each timed call gets at most --batch-size items; GPA must not split them into smaller batches itself
+        common = {"max_new_tokens": args.new_tokens, "batch_size": args.batch_size}
         tasks = {
             "transcribe": (lambda b: model.transcribe(b, TranscribeOptions(**common)), audios, seconds),
             "synthesize": (lambda b: model.synthesize(b, [speaker] * len(b), SynthesizeOptions(**common)), texts,

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The GPU figures of docs/jobs.md in one go, on one GPU: the pipeline against in-process GPA on the same clips,
-# then GPA's batched vs one-at-a-time throughput.
+# Both benchmarks on one GPU in one go: the pipeline against in-process GPA on the same clips, then GPA's
+# batched vs one-at-a-time throughput (the two tables of docs/jobs.md, "On a GPU", were measured with BATCH=32).
 #
 #   bash benchmarks/gpu.sh                         # a real-size random checkpoint (generated once, ~4 GB)
-#   CHECKPOINT=/models/gpa N=1000 bash benchmarks/gpu.sh
+#   CHECKPOINT=/models/gpa N=1000 BATCH=32 bash benchmarks/gpu.sh
 #
 # Needs the project's dependencies with a CUDA build of torch (pip install -e . after torch). Tables go to stdout
 # and to $RESULTS (default ./gpu-results): pipeline.txt, gpa_throughput.txt (logs beside them).

@@ -131,7 +131,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--model", help="checkpoint (default: a generated tiny random one)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, help="default, as in a job: 64 on cuda, 8 on cpu")
     parser.add_argument("--bucket-batches", type=int, default=4)
     parser.add_argument("--actors", default="1,2", help="actor counts to compare")
     parser.add_argument("--gpus-per-actor", type=float, default=None)
@@ -146,6 +146,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
+    from jobs.config import CPU_BATCH_SIZE, GPU_BATCH_SIZE
     from jobs.pipeline import ensure_ray, shutdown_ray
 
     work = Path(tempfile.mkdtemp(prefix="gpa-batch-bench-"))
@@ -156,9 +157,12 @@ def main() -> None:
         model = str(make_tiny_checkpoint(work / "tiny", seed=0))
     (work / "clips").mkdir()
     manifest, seconds = make_clips(work / "clips", args.n, args.seed, args.min_s, args.max_s)
+    # the job and the baselines on the same device, with the same dtype and batch size (the job's defaults for it)
     device = args.device = args.device or ("cuda" if args.gpus_per_actor else "cpu")
-    # the same dtype in the baselines as in the job's actors
+    if args.gpus_per_actor is None:
+        args.gpus_per_actor = 1.0 if device.startswith("cuda") else 0.0
     dtype = args.dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    args.batch_size = args.batch_size or (GPU_BATCH_SIZE if device.startswith("cuda") else CPU_BATCH_SIZE)
     model_work, lengths = in_process(model, manifest, args.batch_size, args.max_new_tokens, device, dtype,
                                      args.torch_threads)
     script = in_process_script(model, manifest, args.batch_size, args.max_new_tokens, device, dtype,

@@ -81,8 +81,11 @@ class JobConfig:
     def for_cluster(self, cluster_gpus: float) -> JobConfig:
         """This config with the defaults that depend on the cluster filled in: GPUs per actor (1 when the cluster
         has a GPU, else 0), and the batch size and CPUs per actor for the device the actors will run on."""
-        gpus = self.gpus_per_actor if self.gpus_per_actor is not None else (1 if cluster_gpus >= 1 else 0)
-        on_gpu = gpus > 0 and (self.device is None or self.device.startswith("cuda"))
+        wants_gpu = self.device is None or self.device.startswith("cuda")
+        gpus = self.gpus_per_actor
+        if gpus is None:
+            gpus = 1.0 if cluster_gpus >= 1 and wants_gpu else 0.0
+        on_gpu = gpus > 0 and wants_gpu
         batch = self.batch_size or (GPU_BATCH_SIZE if on_gpu else CPU_BATCH_SIZE)
         cpus = self.cpus_per_actor if self.cpus_per_actor is not None else (1.0 if gpus > 0 else 0.5)
         return dataclasses.replace(self, gpus_per_actor=gpus, batch_size=batch, cpus_per_actor=cpus)
@@ -90,6 +93,8 @@ class JobConfig:
     @property
     def window_rows(self) -> int:
         """Rows per actor call: the model sorts them by length and runs them in batches of ``batch_size``."""
+        if self.batch_size is None:
+            raise ValueError("the batch size depends on the cluster: use for_cluster() first")
         return self.batch_size * self.bucket_batches
 
     def to_dict(self) -> dict[str, Any]:

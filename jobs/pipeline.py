@@ -263,7 +263,7 @@ def _run_pipeline(config: JobConfig, rows: pa.Table, run_id: str, params: dict, 
     ds = ds.map_batches(
         GPAStage, fn_constructor_kwargs={"config": cfg}, batch_format="pyarrow", batch_size=window,
         compute=ray.data.ActorPoolStrategy(min_size=config.actors[0], max_size=config.actors[1]),
-        **_actor_resources(config),
+        num_gpus=config.gpus_per_actor, num_cpus=config.cpus_per_actor,
     )
     ds = ds.map_batches(encode_batch, batch_format="pyarrow", batch_size=window,
                         fn_kwargs={"config": cfg, "run_id": run_id, "params": params}, **cpu_args)
@@ -341,20 +341,29 @@ def _with_local_sizes(rows: pa.Table, unknown: np.ndarray) -> pa.Table:
     return rows.set_column(rows.schema.get_field_index("size_bytes"), "size_bytes", pa.array(sizes, pa.int64()))
 
 
-def _actor_resources(config: JobConfig) -> dict:
-    if config.gpus_per_actor and config.cpus_per_actor == 1:
-        # Ray Data reserves 1 CPU for GPU work by default; naming both only adds its "experimental" warning
-        return {"num_gpus": config.gpus_per_actor}
-    return {"num_gpus": config.gpus_per_actor, "num_cpus": config.cpus_per_actor}
+class _NoBothResourcesWarning(logging.Filter):
+    """Ray Data warns that giving a map both CPUs and GPUs is "experimental"; it is how a GPU actor keeps a CPU
+    reserved on every Ray version (only recent ones reserve one CPU for GPU work by themselves)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Specifying both num_cpus and num_gpus" not in record.getMessage()
+
+
+logging.getLogger("ray.data._internal.execution.operators.map_operator").addFilter(_NoBothResourcesWarning())
 
 
 def _cluster_gpus(config: JobConfig) -> float:
-    """GPUs of the Ray cluster this process is connected to (0 when not connected); asked only when needed."""
+    """GPUs of the Ray cluster this process is connected to; asked only when needed. Without a connection,
+    Ray Data will start a local Ray on this machine: its GPUs."""
     if config.gpus_per_actor is not None:
         return 0.0
     import ray
 
-    return ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0.0
+    if ray.is_initialized():
+        return ray.cluster_resources().get("GPU", 0)
+    import torch
+
+    return float(torch.cuda.device_count())
 
 
 def _interactive() -> bool:

@@ -41,6 +41,8 @@ def test_batch_size_and_gpus_default_to_what_the_cluster_has():
 
     c = config(["transcribe", "--input", "m.jsonl", "--output", "o", "--model", "m"])
     assert c.batch_size is None and c.gpus_per_actor is None and c.cpus_per_actor is None
+    with pytest.raises(ValueError, match="for_cluster"):
+        c.window_rows  # noqa: B018
     on_cpus = c.for_cluster(cluster_gpus=0)
     assert (on_cpus.gpus_per_actor, on_cpus.batch_size, on_cpus.window_rows) == (0, CPU_BATCH_SIZE, 4 * CPU_BATCH_SIZE)
     assert on_cpus.cpus_per_actor <= 0.5  # or the CPU stages starve on a 2-CPU machine
@@ -50,8 +52,9 @@ def test_batch_size_and_gpus_default_to_what_the_cluster_has():
     # what is given stays: a GPU share, a device, a batch size
     assert config(["transcribe", "--input", "m", "--output", "o", "--model", "m", "--gpus-per-actor", "0.5"]
                   ).for_cluster(cluster_gpus=0).batch_size == GPU_BATCH_SIZE
-    assert config(["transcribe", "--input", "m", "--output", "o", "--model", "m", "--device", "cpu"]
-                  ).for_cluster(cluster_gpus=4).batch_size == CPU_BATCH_SIZE
+    on_cpu = config(["transcribe", "--input", "m", "--output", "o", "--model", "m", "--device", "cpu"]
+                    ).for_cluster(cluster_gpus=4)
+    assert (on_cpu.gpus_per_actor, on_cpu.batch_size, on_cpu.cpus_per_actor) == (0, CPU_BATCH_SIZE, 0.5)
     assert config(["transcribe", "--input", "m", "--output", "o", "--model", "m", "--batch-size", "3"]
                   ).for_cluster(cluster_gpus=4).batch_size == 3
 

@@ -188,3 +188,44 @@ def test_every_attention_runs_without_cudnn_attention(tiny_model):
     assert set(seen) == {type(m).__name__ for m in attention}, seen
     assert all(flags == {False} for flags in seen.values()), seen
     assert torch.backends.cuda.cudnn_sdp_enabled() == before
+
+
+def test_cudnn_attention_switch_keeps_the_callers_choices_across_threads():
+    import threading
+
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from gpa.inference import inference_mode
+
+    cudnn = torch.backends.cuda.cudnn_sdp_enabled
+    with sdpa_kernel([SDPBackend.MATH]):  # a caller's own choice: only the math kernel
+        with inference_mode():
+            assert not cudnn() and torch.backends.cuda.math_sdp_enabled()
+            assert not torch.backends.cuda.flash_sdp_enabled()  # not switched back on
+    assert cudnn()
+    # two threads whose GPA calls overlap: off until the last one leaves, then back as it was
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def first():
+        with inference_mode():
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def second():
+        a_in.wait(10)
+        with inference_mode():
+            b_in.set()
+            a_out.wait(10)
+            seen["after the first left"] = cudnn()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert seen == {"after the first left": False}
+    assert cudnn()
+

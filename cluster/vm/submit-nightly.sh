@@ -16,7 +16,7 @@ actors=${GPA_ACTORS:-1:16}
 port=${GPA_DASHBOARD_PORT:-8265}
 
 job=(gpa-batch transcribe --input "$input" --output "$output" --model "$model" --actors "$actors"
-     --gpus-per-actor 0.5 --batch-size 16 --experiment gpa-batch-nightly --no-progress --glob "$glob")
+     --gpus-per-actor 0.5 --batch-size 64 --experiment gpa-batch-nightly --no-progress --glob "$glob")
 
 if [[ -n ${GPA_DRY_RUN:-} ]]; then
     echo "${job[*]@Q}"
