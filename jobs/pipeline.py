@@ -34,6 +34,17 @@ from .tracking import JobTracking, Tracking
 log = logging.getLogger(__name__)
 
 
+class _NoBothResourcesWarning(logging.Filter):
+    """Ray Data warns that giving a map both CPUs and GPUs is "experimental"; it is how a GPU actor keeps a CPU
+    reserved on every Ray version (only recent ones reserve one CPU for GPU work by themselves)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Specifying both num_cpus and num_gpus" not in record.getMessage()
+
+
+logging.getLogger("ray.data._internal.execution.operators.map_operator").addFilter(_NoBothResourcesWarning())
+
+
 class JobError(RuntimeError):
     """The job as a whole cannot run (unreadable input, output of another job, inconsistent write)."""
 
@@ -339,17 +350,6 @@ def _with_local_sizes(rows: pa.Table, unknown: np.ndarray) -> pa.Table:
     for i, size in zip(todo, found, strict=True):
         sizes[i] = size
     return rows.set_column(rows.schema.get_field_index("size_bytes"), "size_bytes", pa.array(sizes, pa.int64()))
-
-
-class _NoBothResourcesWarning(logging.Filter):
-    """Ray Data warns that giving a map both CPUs and GPUs is "experimental"; it is how a GPU actor keeps a CPU
-    reserved on every Ray version (only recent ones reserve one CPU for GPU work by themselves)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Specifying both num_cpus and num_gpus" not in record.getMessage()
-
-
-logging.getLogger("ray.data._internal.execution.operators.map_operator").addFilter(_NoBothResourcesWarning())
 
 
 def _cluster_gpus(config: JobConfig) -> float:
