@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import sys
 from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
@@ -31,9 +32,28 @@ def redact_uri(uri: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+def _import_s3fs() -> None:
+    """Import s3fs, afresh when an earlier import in this process was cut short.
+
+    Ray cancels a task by raising KeyboardInterrupt in it (a failing job cancels its running tasks). One that lands
+    while a worker imports s3fs (with aiobotocore and aiohttp: about a second on a small machine) leaves some
+    submodules behind, and every later import in that worker fails with "module aiohttp has no attribute
+    http_exceptions". Forgetting the half-imported packages lets the import run again from the start.
+    """
+    try:
+        import s3fs  # noqa: F401
+    except (ImportError, AttributeError):
+        if "s3fs" in sys.modules:  # imported after all: the error is another one
+            raise
+        for name in [m for m in sys.modules if m.partition(".")[0] in ("s3fs", "aiobotocore", "aiohttp")]:
+            del sys.modules[name]
+        import s3fs  # noqa: F401
+
+
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem for ``uri`` and the path inside it."""
     if uri.startswith("s3://") or uri.startswith("s3a://"):
+        _import_s3fs()
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         client_kwargs = {"endpoint_url": endpoint} if endpoint else {}
         fs = fsspec.filesystem("s3", client_kwargs=client_kwargs)
