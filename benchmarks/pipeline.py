@@ -101,22 +101,17 @@ def in_process_script(model_path: str, manifest: Path, batch_size: int, max_new_
     return time.perf_counter() - start
 
 
-def pipeline(model_path: str, manifest: Path, output: Path, actors: int, bucket_batches: int,
-             args) -> tuple[float, dict]:
-    from jobs.config import JobConfig
+def pipeline(job, output: Path, actors: int, bucket_batches: int, n: int) -> tuple[float, dict]:
+    import dataclasses
+
     from jobs.pipeline import run_job
 
-    config = JobConfig(job="transcribe", input=str(manifest), output=str(output), model=model_path,
-                       actors=(actors, actors), batch_size=args.batch_size, bucket_batches=bucket_batches,
-                       torch_threads=args.torch_threads,
-                       gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
-                       options={"max_new_tokens": args.max_new_tokens},
-                       mlflow_uri=f"sqlite:///{output.parent / 'bench-mlflow.db'}", device=args.device,
-                       dtype=args.dtype)
+    config = dataclasses.replace(job, output=str(output), actors=(actors, actors), bucket_batches=bucket_batches,
+                                 mlflow_uri=f"sqlite:///{output.parent / 'bench-mlflow.db'}")
     started = time.time()
     result = run_job(config, progress=False)
     wall = time.time() - started
-    assert result.committed_rows == args.n, result.committed_rows
+    assert result.committed_rows == n, result.committed_rows
     import pyarrow.parquet as pq
 
     finished = sorted(t["finished_at"] for t in pq.read_table(result.files, columns=["timings"]).column(0).to_pylist())
@@ -146,7 +141,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from jobs.config import CPU_BATCH_SIZE, GPU_BATCH_SIZE
+    from jobs.config import JobConfig
     from jobs.pipeline import ensure_ray, shutdown_ray
 
     work = Path(tempfile.mkdtemp(prefix="gpa-batch-bench-"))
@@ -158,11 +153,13 @@ def main() -> None:
     (work / "clips").mkdir()
     manifest, seconds = make_clips(work / "clips", args.n, args.seed, args.min_s, args.max_s)
     # the job and the baselines on the same device, with the same dtype and batch size (the job's defaults for it)
-    device = args.device = args.device or ("cuda" if args.gpus_per_actor else "cpu")
-    if args.gpus_per_actor is None:
-        args.gpus_per_actor = 1.0 if device.startswith("cuda") else 0.0
-    dtype = args.dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-    args.batch_size = args.batch_size or (GPU_BATCH_SIZE if device.startswith("cuda") else CPU_BATCH_SIZE)
+    device = args.device or ("cuda" if args.gpus_per_actor else "cpu")
+    job = JobConfig(job="transcribe", input=str(manifest), output="", model=model, batch_size=args.batch_size,
+                    torch_threads=args.torch_threads, gpus_per_actor=args.gpus_per_actor,
+                    cpus_per_actor=args.cpus_per_actor, options={"max_new_tokens": args.max_new_tokens},
+                    device=device, dtype=args.dtype).for_cluster(cluster_gpus=int(device.startswith("cuda")))
+    dtype = job.model_dtype(device)
+    args.batch_size = job.batch_size
     model_work, lengths = in_process(model, manifest, args.batch_size, args.max_new_tokens, device, dtype,
                                      args.torch_threads)
     script = in_process_script(model, manifest, args.batch_size, args.max_new_tokens, device, dtype,
@@ -184,7 +181,7 @@ def main() -> None:
         if args.bucket_batches != 1:
             runs.append((1, 1))  # the same job without bucketing windows: what sorting by length buys
         for actors, bucket in runs:
-            wall, m = pipeline(model, manifest, work / f"out-{actors}-{bucket}", actors, bucket, args)
+            wall, m = pipeline(job, work / f"out-{actors}-{bucket}", actors, bucket, args.n)
             rows.append(("pipeline", str(actors), str(bucket), wall, m))
     finally:
         if started:

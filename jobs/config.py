@@ -90,6 +90,10 @@ class JobConfig:
         cpus = self.cpus_per_actor if self.cpus_per_actor is not None else (1.0 if gpus > 0 else 0.5)
         return dataclasses.replace(self, gpus_per_actor=gpus, batch_size=batch, cpus_per_actor=cpus)
 
+    def model_dtype(self, device: str) -> str:
+        """The model's dtype on ``device``: ``dtype`` when given, else bfloat16 on CUDA and float32 on a CPU."""
+        return self.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+
     @property
     def window_rows(self) -> int:
         """Rows per actor call: the model sorts them by length and runs them in batches of ``batch_size``."""

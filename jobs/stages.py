@@ -106,8 +106,7 @@ class GPAStage:
         threads = self.config.torch_threads or max(1, int(round(self.config.cpus_per_actor)))
         torch.set_num_threads(threads)
         device = self.config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
-            self.config.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
+        dtype = getattr(torch, self.config.model_dtype(device))
         self.model = GPA.from_pretrained(self.config.model, device=device, dtype=dtype, cache_dir=self.config.cache_dir)
         self.options = self.task.options(self.config)
         self.speakers = SpeakerCache()
