@@ -12,18 +12,22 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .errors import CheckpointError
 from .storage import filesystem, is_uri, redact_uri
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 def refuse_pickle(path: str | Path) -> None:
@@ -72,6 +76,31 @@ def load_safetensors_strict(module: nn.Module, path: str | Path) -> None:
     check_loading_info(str(path), report | {"mismatched_keys": mismatched})
     with torch.no_grad():
         module.load_state_dict(state, strict=True)
+
+
+class _SkipRandomFill(TorchFunctionMode):
+    """Random fills become no-ops: a module built to be loaded strictly has every parameter and persistent buffer
+    overwritten, so drawing their initial values is wasted (seconds on a CPU for the full-size encoders). Torch
+    function modes are per thread, so other threads' modules are unaffected."""
+
+    SKIPPED = frozenset({
+        torch.Tensor.uniform_, torch.Tensor.normal_,
+        nn.init.uniform_, nn.init.normal_, nn.init.kaiming_uniform_,
+    })
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.SKIPPED:
+            return kwargs["tensor"] if "tensor" in kwargs else args[0]
+        return func(*args, **kwargs)
+
+
+def load_module(build: Callable[[], ModuleT], path: str | Path) -> ModuleT:
+    """``build()`` (without drawing random initial weights), then :func:`load_safetensors_strict` from ``path``."""
+    with _SkipRandomFill():
+        module = build()
+    load_safetensors_strict(module, path)
+    return module
 
 
 def check_loading_info(what: str, info: dict, *, ignore_unexpected: tuple[str, ...] = ()) -> None:

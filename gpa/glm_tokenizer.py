@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
-from .checkpoint import find_safetensors, load_safetensors_strict
+from .checkpoint import find_safetensors, load_module
 from .errors import AudioError, CheckpointError, EmptyAudio, NonFiniteAudio, TooLongAudio
 from .inference import inference_mode
 
@@ -400,8 +400,7 @@ class GLMSpeechTokenizer:
         """``directory``: the ``glm-4-voice-tokenizer`` folder (config.json, preprocessor_config.json,
         model.safetensors)."""
         config = GLMTokenizerConfig.from_dir(directory)
-        encoder = WhisperVQEncoder(config)
-        load_safetensors_strict(encoder, find_safetensors(directory))
+        encoder = load_module(lambda: WhisperVQEncoder(config), find_safetensors(directory))
         return cls(encoder.to(device=device, dtype=dtype), batch_size=batch_size)
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import unicodedata
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,24 +81,30 @@ class GPA:
         directory = resolve_checkpoint(source, cache_dir)
         device = torch.device(device)
         dtype = dtype or torch.float32
-        glm = GLMSpeechTokenizer.from_pretrained(directory / "glm-4-voice-tokenizer", device=device, dtype=dtype)
-        bicodec = BiCodec.from_pretrained(directory / "BiCodec", device=device, dtype=torch.float32)
-        llm, tokenizer = load_llm(directory, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-        layout = TokenLayout.from_tokenizer(
-            tokenizer,
-            glm_codebook_size=glm.codebook_size,
-            global_codebook_size=bicodec.global_codebook_size,
-            semantic_codebook_size=bicodec.semantic_codebook_size,
-        )
-        return cls(
-            llm,
-            tokenizer,
-            layout,
-            glm,
-            bicodec,
-            source=redact_uri(os.fspath(source)),
-            content_hash=content_hash(directory),
-        )
+        # hashing reads every file again (seconds for the full-size checkpoint): overlap it with building the models
+        hashing = ThreadPoolExecutor(1, thread_name_prefix="gpa-hash")
+        digest = hashing.submit(content_hash, directory)
+        try:
+            glm = GLMSpeechTokenizer.from_pretrained(directory / "glm-4-voice-tokenizer", device=device, dtype=dtype)
+            bicodec = BiCodec.from_pretrained(directory / "BiCodec", device=device, dtype=torch.float32)
+            llm, tokenizer = load_llm(directory, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+            layout = TokenLayout.from_tokenizer(
+                tokenizer,
+                glm_codebook_size=glm.codebook_size,
+                global_codebook_size=bicodec.global_codebook_size,
+                semantic_codebook_size=bicodec.semantic_codebook_size,
+            )
+            return cls(
+                llm,
+                tokenizer,
+                layout,
+                glm,
+                bicodec,
+                source=redact_uri(os.fspath(source)),
+                content_hash=digest.result(),
+            )
+        finally:
+            hashing.shutdown(wait=False)  # a load that failed does not wait for the hash
 
     @property
     def device(self) -> torch.device:

@@ -10,6 +10,7 @@ from gpa.checkpoint import (
     content_hash,
     convert_to_safetensors,
     find_safetensors,
+    load_module,
     load_safetensors_strict,
     resolve_checkpoint,
 )
@@ -39,6 +40,54 @@ def test_strict_loading_names_missing_unexpected_and_mismatched_keys(tmp_path):
     model = Tiny()
     load_safetensors_strict(model, path)
     assert torch.equal(model.proj.weight, state["proj.weight"])
+
+
+class WithWindow(Tiny):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(4, 2)
+        self.conv = torch.nn.Conv1d(2, 2, 3)
+        self.register_buffer("window", torch.hann_window(8), persistent=False)  # computed, not in the file
+
+
+def test_load_module_draws_no_random_weights_and_loads_every_one(tmp_path):
+    state = WithWindow().state_dict()
+    path = tmp_path / "model.safetensors"
+    save_file(state, path)
+    rng = torch.get_rng_state()
+    model = load_module(WithWindow, path)
+    assert torch.equal(torch.get_rng_state(), rng)  # no uniform_/normal_/kaiming_uniform_ ran
+    for key, value in state.items():
+        assert torch.equal(model.state_dict()[key], value), key
+    assert torch.equal(model.window, torch.hann_window(8))  # computed buffers are built as usual
+    WithWindow()
+    assert not torch.equal(torch.get_rng_state(), rng)  # (building normally draws them)
+
+    save_file({k: v for k, v in state.items() if k != "conv.bias"}, path)
+    with pytest.raises(CheckpointError, match=r"conv\.bias"):
+        load_module(WithWindow, path)  # an uninitialised parameter is never handed out
+
+
+def test_load_module_leaves_other_threads_alone(tmp_path):
+    import threading
+
+    path = tmp_path / "model.safetensors"
+    save_file(Tiny().state_dict(), path)
+    drew = []
+
+    def other_thread():
+        before = torch.get_rng_state()
+        torch.nn.Linear(8, 8)
+        drew.append(not torch.equal(before, torch.get_rng_state()))
+
+    def build():
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+        return Tiny()
+
+    load_module(build, path)
+    assert drew == [True]
 
 
 class Boom:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import load_safetensors_strict
+from ..checkpoint import load_module
 from ..errors import EmptyAudio, NonFiniteAudio, TooShortAudio
 from ..inference import inference_mode
 from .codec import BiCodecModel
@@ -81,8 +81,7 @@ class BiCodec:
         """Load ``directory`` (the ``BiCodec`` folder: config.yaml, model.safetensors, wav2vec2-large-xlsr-53/)."""
         directory = Path(directory)
         config = load_config(directory / CONFIG_FILE)
-        codec = BiCodecModel(config)
-        load_safetensors_strict(codec, directory / WEIGHTS_FILE)
+        codec = load_module(lambda: BiCodecModel(config), directory / WEIGHTS_FILE)
         codec = codec.to(device=device, dtype=dtype).eval()
         wav2vec2 = Wav2Vec2Features.from_pretrained(directory / WAV2VEC2_DIR, device=device, dtype=dtype)
         return cls(config, codec, wav2vec2, device=device, dtype=dtype, normalization=normalization)
