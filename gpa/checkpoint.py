@@ -79,9 +79,10 @@ def load_safetensors_strict(module: nn.Module, path: str | Path) -> None:
 
 
 class _SkipRandomFill(TorchFunctionMode):
-    """Random fills become no-ops: a module built to be loaded strictly has every parameter and persistent buffer
-    overwritten, so drawing their initial values is wasted (seconds on a CPU for the full-size encoders). Torch
-    function modes are per thread, so other threads' modules are unaffected."""
+    """Random fills of parameters become no-ops: a module built to be loaded strictly has every parameter
+    overwritten, so drawing their initial values is wasted (seconds on a CPU for the full-size encoders). Buffers
+    are filled as usual (a non-persistent one is not in the file). Torch function modes are per thread, so other
+    threads' modules are unaffected."""
 
     SKIPPED = frozenset({
         torch.Tensor.uniform_, torch.Tensor.normal_,
@@ -91,7 +92,9 @@ class _SkipRandomFill(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in self.SKIPPED:
-            return kwargs["tensor"] if "tensor" in kwargs else args[0]
+            tensor = kwargs["tensor"] if "tensor" in kwargs else args[0]
+            if isinstance(tensor, nn.Parameter):
+                return tensor
         return func(*args, **kwargs)
 
 

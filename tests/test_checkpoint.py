@@ -48,20 +48,23 @@ class WithWindow(Tiny):
         self.embed = torch.nn.Embedding(4, 2)
         self.conv = torch.nn.Conv1d(2, 2, 3)
         self.register_buffer("window", torch.hann_window(8), persistent=False)  # computed, not in the file
+        self.register_buffer("noise", torch.empty(64).normal_(), persistent=False)  # drawn, not in the file
 
 
 def test_load_module_draws_no_random_weights_and_loads_every_one(tmp_path):
     state = WithWindow().state_dict()
     path = tmp_path / "model.safetensors"
     save_file(state, path)
-    rng = torch.get_rng_state()
+    torch.manual_seed(1)
     model = load_module(WithWindow, path)
-    assert torch.equal(torch.get_rng_state(), rng)  # no uniform_/normal_/kaiming_uniform_ ran
+    after_load = torch.get_rng_state()
+    torch.manual_seed(1)
+    noise = torch.empty(64).normal_()
+    assert torch.equal(model.noise, noise)  # buffers are filled as usual
+    assert torch.equal(after_load, torch.get_rng_state())  # and nothing else drew: no fill ran on a parameter
     for key, value in state.items():
         assert torch.equal(model.state_dict()[key], value), key
     assert torch.equal(model.window, torch.hann_window(8))  # computed buffers are built as usual
-    WithWindow()
-    assert not torch.equal(torch.get_rng_state(), rng)  # (building normally draws them)
 
     save_file({k: v for k, v in state.items() if k != "conv.bias"}, path)
     with pytest.raises(CheckpointError, match=r"conv\.bias"):
