@@ -319,13 +319,16 @@ def _final_name(record: dict) -> str:
     return record["part"]  # part names already carry the run id and are unique
 
 
-def resume_plan(index: pa.Table, retry_errors: bool) -> tuple[set[str], set[str]]:
+def resume_plan(index: pa.Table, retry_errors: bool, wanted: Counter | None = None) -> tuple[set[str], set[str]]:
     """(ids already done, ids to redo) from the committed ``index``.
 
     Done: every id with a committed row. Redo: ids whose rows failed for a transient reason (the store was
     unreachable: :data:`jobs.storage.TRANSIENT_KINDS`), always; and with ``--retry-errors``, ids with an error row
     other than ``duplicate_id`` (a duplicate stays a duplicate however often it is retried). Never ids with an ok
-    row.
+    row, except: with ``wanted`` (how many input rows each id has), ids whose committed rows do not stand one for
+    one for their input rows, with the first one's result among them. A run stopped after staging its validation
+    errors commits a duplicate's ``duplicate_id`` row without the first row's result, and a manifest can gain or
+    lose duplicates; all the rows of such an id are redone, and supersede the committed ones.
     """
     ids = index.column("id").to_pylist()
     statuses = index.column("status").to_pylist()
@@ -334,7 +337,12 @@ def resume_plan(index: pa.Table, retry_errors: bool) -> tuple[set[str], set[str]
     ok = {i for i, s in zip(ids, statuses, strict=True) if s == "ok"}
     retried = (lambda kind: kind != "duplicate_id") if retry_errors else (lambda kind: kind in storage.TRANSIENT_KINDS)
     failed = {i for i, s, k in zip(ids, statuses, kinds, strict=True) if s != "ok" and retried(k)}
-    return done, failed - ok
+    redo = failed - ok
+    if wanted is not None:
+        committed = Counter(ids)
+        with_result = {i for i, k in zip(ids, kinds, strict=True) if k != "duplicate_id"}
+        redo |= {i for i, n in committed.items() if i in wanted and (n != wanted[i] or i not in with_result)}
+    return done, redo
 
 
 def count_ids(table: pa.Table) -> Counter:

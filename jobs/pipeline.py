@@ -151,7 +151,8 @@ class _Plan:
 
 def _plan(config: JobConfig, inputs: InputRows, store: OutputStore) -> _Plan:
     """What this run does: the input rows without a committed row (and, with --retry-errors, the failed ones)."""
-    done, redo = resume_plan(store.index(), config.retry_errors)
+    wanted = Counter(inputs.table.column("id").to_pylist() + [e["id"] for e in inputs.errors])
+    done, redo = resume_plan(store.index(), config.retry_errors, wanted)
     finished = done - redo
     todo = inputs.table
     if finished:
@@ -160,7 +161,11 @@ def _plan(config: JobConfig, inputs: InputRows, store: OutputStore) -> _Plan:
     cut = 0
     if config.limit is not None and todo.num_rows > config.limit:
         cut = todo.num_rows - config.limit
+        deferred = set(todo.column("id").to_pylist()[config.limit:])
         todo = todo.slice(0, config.limit)
+        # an id's rows go together: its duplicates wait for the run that does its first row
+        cut += sum(e["id"] in deferred for e in invalid)
+        invalid = [e for e in invalid if e["id"] not in deferred]
     seeds = [row_seed(config.seed, row_id, seed)
              for row_id, seed in zip(todo.column("id").to_pylist(), todo.column("seed").to_pylist(), strict=True)]
     todo = todo.set_column(todo.schema.get_field_index("seed"), "seed", pa.array(seeds, pa.int64()))

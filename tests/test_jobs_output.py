@@ -193,3 +193,59 @@ def test_the_lease_is_renewed_while_held_and_given_up_after(tmp_path):
         time.sleep(0.3)
         assert store.is_current("r4")
     assert store.is_current("r4")
+
+
+def test_a_duplicated_id_keeps_one_row_per_input_row_across_interrupted_runs(tmp_path):
+    """A run stopped after staging its validation errors commits (by adoption) a duplicate's ``duplicate_id`` row
+    without its first row's result: the id must not count as done. Nor may a manifest that gains a duplicate."""
+    from jobs.config import JobConfig
+    from jobs.manifest import load_inputs
+    from jobs.pipeline import _error_rows, _plan, task_params
+
+    manifest = tmp_path / "in.jsonl"
+    config = JobConfig(job="transcribe", input=str(manifest), output=str(tmp_path / "out"), model="unused")
+    params = task_params(config)
+    store = OutputStore(config.output)
+
+    def plan(run_id: str, row_ids: list[str], limit: int | None = None):
+        manifest.write_text("".join(json.dumps({"id": i, "audio": "a.flac"}) + "\n" for i in row_ids))
+        store.start(run_id, takeover=True)  # (the earlier "killed" run is this live process)
+        cfg = JobConfig.from_dict(config.to_dict() | {"limit": limit})
+        return _plan(cfg, load_inputs("transcribe", str(manifest)), store)
+
+    def run(run_id: str, row_ids: list[str], limit: int | None = None, killed: bool = False):
+        p = plan(run_id, row_ids, limit)
+        records = [store.stage(run_id, f"part-{run_id}-invalid.parquet", _error_rows(config, p.invalid, run_id,
+                                                                                        params))] if p.invalid else []
+        if killed:
+            return p
+        todo = [(i, "ok", None) for i in p.todo.column("id").to_pylist()]
+        if todo:
+            records.append(store.stage(run_id, f"part-{run_id}-00000.parquet", part(todo)))
+        store.commit(records, run={"run_id": run_id, "job": "transcribe"}, complete=p.complete, supersede=p.supersede)
+        store.finish_run(run_id)
+        return p
+
+    def committed() -> list[tuple[str, str | None]]:
+        index = store.index()
+        return sorted(zip(index.column("id").to_pylist(), index.column("error_kind").to_pylist(), strict=True),
+                      key=lambda r: (r[0], r[1] or ""))
+
+    run("r1", ["a", "x", "x"], killed=True)  # stopped after staging "x: duplicate_id"
+    p = run("r2", ["a", "x", "x"])
+    assert sorted(p.todo.column("id").to_pylist()) == ["a", "x"] and [e["id"] for e in p.invalid] == ["x"]
+    assert committed() == [("a", None), ("x", None), ("x", "duplicate_id")] and p.complete
+
+    p = run("r3", ["a", "x", "x"])  # nothing left to do
+    assert p.todo.num_rows == 0 and p.invalid == [] and committed() == [("a", None), ("x", None),
+                                                                        ("x", "duplicate_id")]
+    p = run("r4", ["a", "x", "x", "x"])  # the manifest gained a duplicate: x's rows are redone together
+    assert p.todo.column("id").to_pylist() == ["x"] and len(p.invalid) == 2
+    assert committed() == [("a", None), ("x", None), ("x", "duplicate_id"), ("x", "duplicate_id")]
+
+    # --limit keeps an id's rows together: the duplicate waits for the run that does the first row
+    p = run("r5", ["a", "x", "x", "x", "b", "y", "y"], limit=0)
+    assert p.todo.num_rows == 0 and p.invalid == [] and p.cut == 2 + 1 and not p.complete
+    p = run("r6", ["a", "x", "x", "x", "b", "y", "y"])
+    assert sorted(p.todo.column("id").to_pylist()) == ["b", "y"] and [e["id"] for e in p.invalid] == ["y"]
+    assert len(committed()) == 7
