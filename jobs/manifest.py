@@ -345,10 +345,10 @@ def _validate(job: str, row: dict[str, Any], reference: str | None, max_text_cha
     if row.get("begin_time") is not None and row.get("end_time") is not None and row["end_time"] <= row["begin_time"]:
         return "invalid_row", f"end_time {row['end_time']} is not after begin_time {row['begin_time']}"
     if row.get("seed") not in (None, ""):
-        try:
-            row["seed"] = int(row["seed"])
-        except (TypeError, ValueError):
-            return "invalid_row", f"seed must be an integer, got {str(row['seed'])[:40]!r}"
+        seed = _integer(row["seed"])
+        if seed is None or not -(2**63) <= seed < 2**63:  # stored as int64
+            return "invalid_row", f"seed must be a 64-bit integer, got {str(row['seed'])[:40]!r}"
+        row["seed"] = seed
     else:
         row["seed"] = None
     if job in ("transcribe", "convert") and not row.get("audio"):
@@ -383,6 +383,18 @@ def _number(value: Any) -> float | None:
         return None
     try:
         return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _integer(value: Any) -> int | None:
+    """``value`` as an int when it is one (3, "3", 3.0), else None (True, 1.7, "x")."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    try:
+        return int(value)
     except (TypeError, ValueError):
         return None
 

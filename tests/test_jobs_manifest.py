@@ -105,6 +105,17 @@ def test_invalid_rows_become_error_rows(tmp_path):
     assert got.total == 11  # every input row is accounted for
 
 
+def test_seeds_are_64_bit_integers_or_error_rows(tmp_path):
+    seeds = {"huge": 2**64, "bool": True, "fraction": 1.7, "word": "x", "text": "7", "float": 3.0,
+             "lowest": -(2**63), "highest": 2**63 - 1, "none": None}
+    manifest = write_jsonl(tmp_path / "m.jsonl", [{"id": k, "audio": "a.wav", "seed": v} for k, v in seeds.items()])
+    got = load_inputs("transcribe", str(manifest))  # one bad seed never stops the job
+    assert sorted((e["id"], e["error_kind"]) for e in got.errors) == [
+        ("bool", "invalid_row"), ("fraction", "invalid_row"), ("huge", "invalid_row"), ("word", "invalid_row")]
+    assert {r["id"]: r["seed"] for r in got.rows} == {"text": 7, "float": 3, "lowest": -(2**63),
+                                                      "highest": 2**63 - 1, "none": None}
+
+
 def test_synthesize_and_convert_validation(tmp_path):
     manifest = write_jsonl(tmp_path / "m.jsonl", [
         {"id": "t1", "text": "hello", "ref_audio": "voice.wav"},
