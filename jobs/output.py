@@ -7,6 +7,7 @@ Layout under the output URI::
     _SUCCESS                       present when the committed parts cover every row of the last run's input
     .staging/<run>/                parts of a run in progress, each with a record written after its file
     _gpa_batch/current-run         the lease of the run that owns the output now (its id, host, pid, heartbeat)
+    _gpa_batch/output.json         written by the first run: this location is a gpa-batch output
     audio/                         FLAC objects (only with --audio-storage objects)
 
 A run writes its parts under ``.staging/`` (ignored by pyarrow and ``datasets``, as is everything starting with
@@ -50,8 +51,16 @@ log = logging.getLogger(__name__)
 _HELD: set[str] = set()  # runs of this process inside OutputStore.holding()
 
 
-class OutputBusy(RuntimeError):
+class OutputRefused(RuntimeError):
+    """A run may not write to this output."""
+
+
+class OutputBusy(OutputRefused):
     """Another live run owns the output."""
+
+
+class ForeignOutput(OutputRefused):
+    """The output location holds files that gpa-batch did not write, which a run would delete."""
 
 
 @dataclass
@@ -117,6 +126,7 @@ class OutputStore:
         self.staging = storage.join(self.uri, ".staging")
         self.commit_uri = storage.join(self.meta, "commit.json")
         self.current_uri = storage.join(self.meta, "current-run")
+        self.marker_uri = storage.join(self.meta, "output.json")
         self.success_uri = storage.join(self.uri, "_SUCCESS")
 
     # --- reading ---------------------------------------------------------------------------------------------
@@ -202,6 +212,19 @@ class OutputStore:
                          f"{time.time() - lease.heartbeat:.0f} s ago); wait for it to finish, or pass --takeover "
                          f"if it is dead (a lease expires {LEASE_S:.0f} s after its last heartbeat)")
 
+    def check_ours(self) -> None:
+        """Raise :class:`ForeignOutput` when the location is not a gpa-batch output yet but holds files a run would
+        delete (``data/``, ``_SUCCESS``): a dataset folder or the input archive given as ``--output`` by mistake."""
+        if storage.exists(self.marker_uri) or storage.exists(self.commit_uri):  # (outputs of older versions)
+            return
+        found = storage.listdir(self.data, recursive=True)[:3]
+        if storage.exists(self.success_uri):
+            found.append(self.success_uri)
+        if found:
+            names = ", ".join(storage.redact_uri(u) for u in found)
+            raise ForeignOutput(f"{storage.redact_uri(self.uri)} is not a gpa-batch output but holds files a run "
+                                f"would replace ({names}); choose an empty or new --output")
+
     def renew(self, run_id: str) -> None:
         storage.write_bytes(self.current_uri, json.dumps(Lease.mine(run_id).__dict__).encode())
 
@@ -237,6 +260,10 @@ class OutputStore:
         finished parts of killed runs, drop debris, un-mark completeness."""
         if run_id is not None:
             self.check_free(run_id, takeover)
+        self.check_ours()
+        if not storage.exists(self.marker_uri):
+            storage.write_bytes(self.marker_uri, json.dumps({"format": FORMAT}).encode())
+        if run_id is not None:
             self.renew(run_id)
         storage.remove(self.success_uri)
         commit = self.load()

@@ -27,7 +27,7 @@ from . import storage
 from .config import JobConfig
 from .manifest import InputRows, load_inputs
 from .metrics import error_summary, run_metrics
-from .output import OutputBusy, OutputStore, count_ids, new_run_id, read_parquet, resume_plan
+from .output import OutputRefused, OutputStore, count_ids, new_run_id, read_parquet, resume_plan
 from .tasks import TASKS, row_seed
 from .tracking import JobTracking, Tracking
 
@@ -87,6 +87,7 @@ def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
         raise JobError(f"{storage.redact_uri(store.uri)} holds {previous} results; use another --output")
     with _storage_failures("could not read the output's lease"):
         store.check_free(run_id, config.takeover)  # before anything is read or logged for a run that cannot go on
+        store.check_ours()
     inputs = load_inputs(config.job, config.input, glob=config.glob, input_format=config.input_format,
                          field_map=config.field_map, reference=config.reference,
                          max_text_chars=config.max_text_chars)
@@ -207,7 +208,7 @@ def _storage_failures(what: str):
         yield
     except JobError:
         raise
-    except OutputBusy as exc:
+    except OutputRefused as exc:
         raise JobError(str(exc)) from None
     except Exception as exc:
         raise JobError(f"{what} ({_root_cause(exc)}); finished parts are kept: rerun the same command") from exc

@@ -249,3 +249,37 @@ def test_a_duplicated_id_keeps_one_row_per_input_row_across_interrupted_runs(tmp
     p = run("r6", ["a", "x", "x", "x", "b", "y", "y"])
     assert sorted(p.todo.column("id").to_pylist()) == ["b", "y"] and [e["id"] for e in p.invalid] == ["y"]
     assert len(committed()) == 7
+
+
+def test_a_location_with_files_gpa_batch_did_not_write_is_refused_untouched(tmp_path):
+    from jobs.config import JobConfig
+    from jobs.output import ForeignOutput
+    from jobs.pipeline import JobError, run_job
+
+    corpus = tmp_path / "corpus"  # a Hugging Face dataset folder given as --output by mistake
+    (corpus / "data").mkdir(parents=True)
+    (corpus / "data" / "train-00000.parquet").write_bytes(b"PAR1")
+    (corpus / "_SUCCESS").write_text("")
+    before = sorted(p.relative_to(corpus) for p in corpus.rglob("*"))
+    with pytest.raises(ForeignOutput, match=r"not a gpa-batch output.*train-00000\.parquet"):
+        OutputStore(str(corpus)).start("r1")
+    manifest = tmp_path / "in.jsonl"
+    manifest.write_text(json.dumps({"id": "a", "audio": "a.flac"}) + "\n")
+    with pytest.raises(JobError, match="choose an empty or new --output"):
+        run_job(JobConfig(job="transcribe", input=str(manifest), output=str(corpus), model="unused"))
+    assert sorted(p.relative_to(corpus) for p in corpus.rglob("*")) == before
+
+    # a new location, or one with other files only, becomes an output; later runs know it as one
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "notes.txt").write_text("mine")
+    store = OutputStore(str(fresh))
+    store.start("r1")
+    store.commit([store.stage("r1", "part-r1-00000.parquet", part([("a", "ok", None)]))],
+                 run={"run_id": "r1", "job": "transcribe"}, complete=True)
+    store.finish_run("r1")
+    store.start("r2")
+    assert ids(store) == ["a"] and (fresh / "notes.txt").read_text() == "mine"
+    (fresh / "_gpa_batch" / "output.json").unlink()  # an output written before the marker existed
+    store.start("r3")
+    assert ids(store) == ["a"]
