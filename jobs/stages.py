@@ -176,7 +176,7 @@ def encode_batch(batch: pa.Table, config: dict, run_id: str, params: dict) -> pa
                 name = storage.safe_name(row["id"], ".flac")
                 if config_obj.audio_storage == "objects":
                     uri = storage.join(storage.normalize(config_obj.output), "audio", name[:2], name)
-                    storage.write_bytes(uri, flac)
+                    _write_audio_object(uri, flac, name)
                     audio = {"bytes": None, "path": uri}
                 else:
                     audio = {"bytes": flac, "path": name}
@@ -194,6 +194,16 @@ def encode_batch(batch: pa.Table, config: dict, run_id: str, params: dict) -> pa
                           "latency_s": end - row["t_start"] if row.get("t_start") else None, "finished_at": end}
         out_rows.append(out)
     return S.rows_to_table(out_rows, task.schema())
+
+
+def _write_audio_object(uri: str, flac: bytes, name: str) -> None:
+    try:
+        storage.write_bytes(uri, flac)
+    except Exception as exc:
+        if storage.is_transient(exc):  # an outage is not this row's fault: a plain rerun redoes the row
+            raise storage.StorageUnavailable(f"{name}: storage unavailable while writing its audio "
+                                             f"({type(exc).__name__}); try again later") from None
+        raise
 
 
 def _encode_error(exc: Exception) -> Exception:

@@ -13,12 +13,12 @@ import uuid
 from pathlib import PurePosixPath
 
 from gpa.errors import StorageUnavailable
-from gpa.storage import filesystem, is_uri, read_bytes, redact_uri, scrub
+from gpa.storage import filesystem, is_transient, is_uri, read_bytes, redact_uri, scrub
 
 __all__ = [
     "is_uri", "redact_uri", "scrub", "join", "parent", "basename", "resolve_relative", "normalize",
     "read_bytes", "write_bytes", "exists", "listdir", "remove", "move", "makedirs", "safe_name", "id_hash",
-    "TRANSIENT_KINDS",
+    "is_transient", "StorageUnavailable", "TRANSIENT_KINDS",
 ]
 
 # error kinds that say "the store was down", not "this row is bad": a plain rerun redoes such rows

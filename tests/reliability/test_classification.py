@@ -83,3 +83,35 @@ def test_chunking_a_long_recording_needs_no_copy_of_it():
     tracemalloc.stop()
     # a constant (one block of 2**20 samples in float64, and its squares) instead of 4x the recording
     assert peak < 24 * 2**20 < samples.nbytes
+
+
+def test_an_outage_writing_audio_objects_is_transient(tmp_path, monkeypatch):
+    """A finished row whose audio object cannot be written because the store is down is redone by a plain rerun
+    (``storage_unavailable``); a store that refuses the object for good makes an ``encode_error`` row."""
+    import time
+
+    from botocore.exceptions import EndpointConnectionError
+
+    from jobs import stages
+    from jobs.config import JobConfig
+    from jobs.pipeline import task_params
+
+    config = JobConfig(job="synthesize", input="m.jsonl", output=str(tmp_path / "out"), model="unused",
+                       audio_storage="objects")
+    rows = [{"id": i, "text": "hi", "status": "ok", "t_start": time.time()} for i in ("down", "denied", "fine")]
+    work = stages.work_table(rows, {"out_wav": [np.zeros(1600, np.float32)] * 3})
+    real = stages.storage.write_bytes
+
+    def flaky(uri, data):
+        if "down" in uri:
+            raise OSError("upload failed") from EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+        if "denied" in uri:
+            raise PermissionError("Access Denied")
+        return real(uri, data)
+
+    monkeypatch.setattr(stages.storage, "write_bytes", flaky)
+    out = {r["id"]: r for r in stages.encode_batch(work, config.to_dict(), "run", task_params(config)).to_pylist()}
+    assert out["down"]["error_kind"] == "storage_unavailable" and "try again later" in out["down"]["error"]
+    assert out["denied"]["error_kind"] == "encode_error" and "PermissionError" in out["denied"]["error"]
+    assert out["fine"]["status"] == "ok" and out["fine"]["audio"]["path"].endswith(".flac")
+    assert all(out[i]["audio"] is None for i in ("down", "denied"))
