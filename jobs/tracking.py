@@ -34,8 +34,8 @@ def default_tracking_uri(output: str) -> tuple[str, str | None]:
 
 def artifact_location_for(uri: str) -> str | None:
     """Artifacts of an sqlite store go beside its database; a tracking server decides for itself."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
+    if uri.startswith("sqlite:///"):  # sqlite:///mlflow.db is relative to the working directory, as for MLflow
+        return (Path(uri[len("sqlite:///"):]).absolute().parent / "artifacts").as_uri()
     return None
 
 

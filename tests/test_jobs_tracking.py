@@ -42,6 +42,17 @@ def test_embedded_sqlite_store_beside_output(tmp_path, monkeypatch):
     assert client.get_run(again.run_id).info.experiment_id == experiment.experiment_id
 
 
+def test_relative_sqlite_uri(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    migrated_mlflow_db(tmp_path / "runs" / "mlflow.db")
+    tracking = log(str(tmp_path / "out"), "sqlite:///runs/mlflow.db")  # MLflow's own example form
+    assert tracking.error is None and tracking.run_id
+    experiment = MlflowClient(tracking_uri=tracking.uri).get_experiment_by_name("gpa-batch-test")
+    assert experiment.artifact_location == (tmp_path / "runs" / "artifacts").as_uri()
+
+
 def test_unreachable_tracking_server_is_reported_not_raised(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
