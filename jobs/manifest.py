@@ -24,6 +24,7 @@ import io
 import itertools
 import json
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,8 @@ GPA_TASKS = {"transcribe": ("stt", "asr", ""), "synthesize": ("tts-a", "tts"), "
 
 # valid rows are kept as Python dicts only this many at a time, then as Arrow columns: an archive of millions of
 # files fits in a driver's memory (a row as a dict costs ~1.5 kB, as Arrow ~0.15 kB)
+AUDIO_SCHEMES = frozenset({"file", "s3", "s3a"})  # what a manifest's audio fields may name
+_URI_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _CHUNK_ROWS = 50_000
 
 
@@ -319,6 +322,11 @@ def _validate(job: str, row: dict[str, Any], reference: str | None, max_text_cha
         value = row.get(key)
         if isinstance(value, str) and _has_user_info(value):  # never echoed: the message must not carry it
             return "invalid_row", f"{key} carries credentials (user:password@); use the AWS environment instead"
+        scheme = _URI_SCHEME.match(value) if isinstance(value, str) else None
+        if scheme and scheme.group(1) not in AUDIO_SCHEMES:
+            # workers would fetch any URL a manifest names (http://169.254.169.254/... is the cloud's metadata)
+            return "invalid_row", (f"{key}: unsupported URI scheme {scheme.group(1)[:20]!r} (local paths, file:// "
+                                   "and s3:// only)")
     raw_id = row.get("id")
     if raw_id is not None and not isinstance(raw_id, (str, int)):
         return "invalid_row", f"id must be a string or an integer, got {type(raw_id).__name__}"

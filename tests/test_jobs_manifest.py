@@ -116,6 +116,26 @@ def test_seeds_are_64_bit_integers_or_error_rows(tmp_path):
                                                       "highest": 2**63 - 1, "none": None}
 
 
+def test_audio_fields_name_local_files_or_s3_objects_only(tmp_path):
+    manifest = write_jsonl(tmp_path / "m.jsonl", [
+        {"id": "metadata", "audio": "http://169.254.169.254/latest/meta-data/iam/"},
+        {"id": "gcs", "audio": "gs://bucket/a.flac"},
+        {"id": "memory", "audio": "memory://a.flac"},
+        {"id": "s3", "audio": "s3://bucket/a.flac"},
+        {"id": "s3a", "audio": "s3a://bucket/a.flac"},
+        {"id": "S3", "audio": "S3://bucket/a.flac"},  # schemes are named as the storage layer knows them
+        {"id": "file", "audio": f"file://{tmp_path}/a.flac"},
+        {"id": "relative", "audio": "a.flac"},
+    ])
+    got = load_inputs("transcribe", str(manifest))
+    errors = {e["id"]: e["error"] for e in got.errors}
+    assert sorted(errors) == ["S3", "gcs", "memory", "metadata"] and all("unsupported URI scheme" in m for m in
+                                                                    errors.values())
+    assert sorted(r["id"] for r in got.rows) == ["file", "relative", "s3", "s3a"]
+    refs = write_jsonl(tmp_path / "s.jsonl", [{"id": "x", "text": "hi", "ref_audio": "https://example.com/r.wav"}])
+    assert load_inputs("synthesize", str(refs)).errors[0]["error"].startswith("ref_audio: unsupported URI scheme")
+
+
 def test_synthesize_and_convert_validation(tmp_path):
     manifest = write_jsonl(tmp_path / "m.jsonl", [
         {"id": "t1", "text": "hello", "ref_audio": "voice.wav"},
