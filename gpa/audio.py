@@ -102,6 +102,37 @@ def decode(data: bytes, *, name: str = "<bytes>") -> tuple[np.ndarray, int]:
             raise UnreadableAudio(f"{name}: not decodable audio ({_short(sf_error)}; {_short(av_error)})") from None
 
 
+def decode_segment(data: bytes, start_s: float | None, end_s: float | None, *,
+                   name: str = "<bytes>") -> tuple[np.ndarray, int]:
+    """Decode only ``[start_s, end_s)`` seconds of encoded audio (``None`` or a negative ``end_s``: to the end), as
+    ``(samples (n, channels) float32, sample_rate)``.
+
+    Formats libsndfile reads (wav, flac, ogg/opus, mp3) are sought, so a segment of a long recording costs its own
+    length in memory, not the recording's (10 hours of 44.1 kHz stereo decode to ~12 GB). Others are decoded whole.
+    """
+    if not data:
+        raise EmptyAudio(f"{name}: file is empty (0 bytes)")
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            rate = int(f.samplerate)
+            first, last = _segment_frames(start_s, end_s, rate, f.frames)
+            f.seek(first)
+            samples = f.read(last - first, dtype="float32", always_2d=True)
+    except Exception:  # not a libsndfile format (or a damaged file): decode whole, then cut
+        whole, rate = decode(data, name=name)
+        first, last = _segment_frames(start_s, end_s, rate, len(whole))
+        samples = whole[first:last]
+    if samples.shape[0] == 0:
+        raise EmptyAudio(f"{name}: no samples in the requested segment")
+    return samples, rate
+
+
+def _segment_frames(start_s: float | None, end_s: float | None, rate: int, frames: int) -> tuple[int, int]:
+    first = min(frames, int(round(max(start_s or 0.0, 0.0) * rate)))
+    last = frames if end_s is None or end_s < 0 else min(frames, int(round(end_s * rate)))
+    return first, max(first, last)
+
+
 def header_duration(data: bytes) -> float | None:
     """The duration in seconds that the file's header declares, without decoding it (None when it does not say).
 

@@ -43,16 +43,17 @@ def split_table(table: pa.Table) -> tuple[list[dict], dict[str, list]]:
 # --- decode ----------------------------------------------------------------------------------------------------
 
 
-class _Decoded:
-    """The last whole file decoded in this worker: consecutive segments of one long recording decode it once."""
+class _LastFile:
+    """The bytes of the last file this worker fetched for a segment: consecutive segments of one long recording
+    (rows go in file order) fetch it once, and each decodes only its own part of it."""
 
     uri: str | None = None
-    value: tuple | None = None
+    data: bytes | None = None
 
 
 def decode_batch(batch: pa.Table, job: str, max_duration_s: float) -> pa.Table:
     """Fetch and decode each row's audio to 16 kHz mono, cut its segment, measure its duration."""
-    from gpa.audio import SAMPLE_RATE, decode, load_audio, read_audio_file
+    from gpa.audio import SAMPLE_RATE, decode_segment, load_audio, read_audio_file
     from gpa.errors import GPAError, TooLongAudio, UnreadableAudio
 
     task = TASKS[job]
@@ -70,11 +71,12 @@ def decode_batch(batch: pa.Table, job: str, max_duration_s: float) -> pa.Table:
                 if begin is None and end is None:
                     wav = load_audio(row["audio"], max_duration_s=max_duration_s)
                 else:
-                    if _Decoded.uri != row["audio"]:
-                        _Decoded.uri, _Decoded.value = None, None
-                        _Decoded.value = decode(read_audio_file(row["audio"]), name=name)
-                        _Decoded.uri = row["audio"]
-                    wav = load_audio(_Decoded.value, start_s=begin, end_s=end, max_duration_s=max_duration_s)
+                    if _LastFile.uri != row["audio"]:
+                        _LastFile.uri, _LastFile.data = None, None
+                        _LastFile.data = read_audio_file(row["audio"])
+                        _LastFile.uri = row["audio"]
+                    segment = decode_segment(_LastFile.data, begin, end, name=name)
+                    wav = load_audio(segment, max_duration_s=max_duration_s)
                 row["duration_s"] = len(wav) / SAMPLE_RATE
                 wavs[i] = wav
             except TooLongAudio as exc:
@@ -109,7 +111,7 @@ class GPAStage:
         dtype = getattr(torch, self.config.model_dtype(device))
         self.model = GPA.from_pretrained(self.config.model, device=device, dtype=dtype, cache_dir=self.config.cache_dir)
         self.options = self.task.options(self.config)
-        self.speakers = SpeakerCache()
+        self.speakers = SpeakerCache(max_duration_s=self.config.max_duration_s)
         self.source = storage.redact_uri(str(self.model.source or self.config.model))
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -69,6 +69,12 @@ def test_speaker_cache_encodes_each_reference_once(stage, monkeypatch):
     cache.resolve(stage.model, rows[:1])
     assert len(calls) == 1
 
+    # a reference is decoded whole: over --max-duration-s it is refused (by its header) like any input audio
+    strict = SpeakerCache(max_duration_s=0.5)
+    row = {"status": "ok", "ref_audio": str(AUDIO / "espeak_weather.flac")}
+    assert strict.resolve(stage.model, [row]) == [None] and len(calls) == 1
+    assert row["error_kind"] == "too_long_audio" and row["error"].startswith("reference audio")
+
 
 def test_over_long_audio_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
     import numpy as np
