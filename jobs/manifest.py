@@ -43,7 +43,8 @@ GPA_TASKS = {"transcribe": ("stt", "asr", ""), "synthesize": ("tts-a", "tts"), "
 
 # valid rows are kept as Python dicts only this many at a time, then as Arrow columns: an archive of millions of
 # files fits in a driver's memory (a row as a dict costs ~1.5 kB, as Arrow ~0.15 kB)
-AUDIO_SCHEMES = frozenset({"file", "s3", "s3a"})  # what a manifest's audio fields may name
+# what a manifest's audio fields may name: workers fetch it, and fsspec knows many other protocols
+AUDIO_SCHEMES = frozenset({"file", "s3", "s3a", "http", "https"})  # http(s): presigned URLs
 _URI_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _CHUNK_ROWS = 50_000
 
@@ -322,11 +323,9 @@ def _validate(job: str, row: dict[str, Any], reference: str | None, max_text_cha
         value = row.get(key)
         if isinstance(value, str) and _has_user_info(value):  # never echoed: the message must not carry it
             return "invalid_row", f"{key} carries credentials (user:password@); use the AWS environment instead"
-        scheme = _URI_SCHEME.match(value) if isinstance(value, str) else None
-        if scheme and scheme.group(1) not in AUDIO_SCHEMES:
-            # workers would fetch any URL a manifest names (http://169.254.169.254/... is the cloud's metadata)
-            return "invalid_row", (f"{key}: unsupported URI scheme {scheme.group(1)[:20]!r} (local paths, file:// "
-                                   "and s3:// only)")
+        problem = _unsupported_location(value) if isinstance(value, str) else None
+        if problem:
+            return "invalid_row", f"{key}: {problem}"
     raw_id = row.get("id")
     if raw_id is not None and not isinstance(raw_id, (str, int)):
         return "invalid_row", f"id must be a string or an integer, got {type(raw_id).__name__}"
@@ -393,6 +392,28 @@ def _number(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+def _unsupported_location(value: str) -> str | None:
+    """Why the workers must not fetch ``value`` (None when they may): a scheme outside :data:`AUDIO_SCHEMES`, or
+    an http(s) URL of a link-local host (169.254.169.254 is the cloud's instance metadata and credentials)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    match = _URI_SCHEME.match(value)
+    if not match:
+        return None  # a local path
+    if match.group(1) not in AUDIO_SCHEMES:
+        return f"unsupported URI scheme {match.group(1)[:20]!r} (local paths, file://, s3:// and http(s):// only)"
+    if match.group(1) in ("http", "https"):
+        try:
+            host = urlsplit(value).hostname or ""
+            link_local = ipaddress.ip_address(host).is_link_local
+        except ValueError:  # a name, not an address
+            link_local = host.lower().rstrip(".") in ("metadata.google.internal", "metadata")
+        if link_local:
+            return "a link-local address (instance metadata) is never fetched"
+    return None
 
 
 def _integer(value: Any) -> int | None:

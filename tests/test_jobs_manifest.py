@@ -116,23 +116,28 @@ def test_seeds_are_64_bit_integers_or_error_rows(tmp_path):
                                                       "highest": 2**63 - 1, "none": None}
 
 
-def test_audio_fields_name_local_files_or_s3_objects_only(tmp_path):
+def test_audio_fields_name_files_objects_or_urls_only(tmp_path):
     manifest = write_jsonl(tmp_path / "m.jsonl", [
         {"id": "metadata", "audio": "http://169.254.169.254/latest/meta-data/iam/"},
+        {"id": "metadata-v6", "audio": "http://[fe80::a9fe:a9fe]/latest/"},
+        {"id": "gcp-metadata", "audio": "http://metadata.google.internal/computeMetadata/v1/"},
         {"id": "gcs", "audio": "gs://bucket/a.flac"},
         {"id": "memory", "audio": "memory://a.flac"},
+        {"id": "S3", "audio": "S3://bucket/a.flac"},  # schemes are named as the storage layer knows them
         {"id": "s3", "audio": "s3://bucket/a.flac"},
         {"id": "s3a", "audio": "s3a://bucket/a.flac"},
-        {"id": "S3", "audio": "S3://bucket/a.flac"},  # schemes are named as the storage layer knows them
+        {"id": "presigned", "audio": "https://bucket.s3.amazonaws.com/a.flac?X-Amz-Signature=x"},
+        {"id": "lan", "audio": "http://10.0.0.5:9000/bucket/a.flac"},
         {"id": "file", "audio": f"file://{tmp_path}/a.flac"},
         {"id": "relative", "audio": "a.flac"},
     ])
     got = load_inputs("transcribe", str(manifest))
     errors = {e["id"]: e["error"] for e in got.errors}
-    assert sorted(errors) == ["S3", "gcs", "memory", "metadata"] and all("unsupported URI scheme" in m for m in
-                                                                    errors.values())
-    assert sorted(r["id"] for r in got.rows) == ["file", "relative", "s3", "s3a"]
-    refs = write_jsonl(tmp_path / "s.jsonl", [{"id": "x", "text": "hi", "ref_audio": "https://example.com/r.wav"}])
+    assert sorted(errors) == ["S3", "gcp-metadata", "gcs", "memory", "metadata", "metadata-v6"]
+    assert all("unsupported URI scheme" in errors[i] for i in ("S3", "gcs", "memory"))
+    assert all("link-local" in errors[i] for i in ("metadata", "metadata-v6", "gcp-metadata"))
+    assert sorted(r["id"] for r in got.rows) == ["file", "lan", "presigned", "relative", "s3", "s3a"]
+    refs = write_jsonl(tmp_path / "s.jsonl", [{"id": "x", "text": "hi", "ref_audio": "ftp://example.com/r.wav"}])
     assert load_inputs("synthesize", str(refs)).errors[0]["error"].startswith("ref_audio: unsupported URI scheme")
 
 
