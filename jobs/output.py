@@ -98,7 +98,15 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 
 def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
-    return pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=columns)
+    """A Parquet file, or only its ``columns``: then only the footer and those columns' chunks are fetched (what
+    resume reads of a part is a few bytes per row; the part may hold megabytes of inline audio)."""
+    if columns is None:
+        return pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+    if not storage.is_uri(uri):
+        return pq.ParquetFile(uri).read(columns=columns)
+    fs, path = storage.filesystem(uri)
+    with fs.open(path, "rb", block_size=2**18) as f:  # ranged reads, without fetching megabytes ahead
+        return pq.ParquetFile(f).read(columns=columns)
 
 
 @dataclass

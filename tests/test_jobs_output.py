@@ -138,6 +138,29 @@ def test_commit_on_s3(s3_bucket):
     assert storage.listdir(f"{uri}/.staging", recursive=True) == []
 
 
+def test_resume_reads_only_the_columns_it_needs_from_object_storage(s3_bucket, monkeypatch):
+    """A TTS corpus part holds megabytes of inline audio; what resume decides on is a few bytes per row."""
+    import numpy as np
+    import pyarrow as pa
+    import s3fs
+
+    from jobs.output import parquet_bytes, read_parquet
+
+    rng = np.random.default_rng(0)
+    table = pa.table({"id": [f"r{i}" for i in range(40)], "status": ["ok"] * 40, "error_kind": [None] * 40,
+                      "audio": [rng.bytes(100_000) for _ in range(40)]})  # 4 MB that does not compress
+    uri = f"s3://{s3_bucket}/out/data/part-r1-00000.parquet"
+    storage.write_bytes(uri, parquet_bytes(table))
+    fetched = []
+    real = s3fs.core.S3File._fetch_range
+    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range",
+                        lambda self, start, end: fetched.append(end - start) or real(self, start, end))
+    index = read_parquet(uri, ["id", "status", "error_kind"])
+    assert index.column_names == ["id", "status", "error_kind"] and index.num_rows == 40
+    assert 0 < sum(fetched) < 2**20  # not the part's 4 MB
+    assert read_parquet(uri).equals(table)  # and the whole part when asked for it
+
+
 def write_lease(store: OutputStore, run_id: str, host: str, pid: int, age_s: float = 0.0) -> None:
     lease = {"run_id": run_id, "host": host, "pid": pid, "heartbeat": time.time() - age_s}
     storage.write_bytes(store.current_uri, json.dumps(lease).encode())
