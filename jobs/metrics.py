@@ -8,7 +8,9 @@ import numpy as np
 import pyarrow as pa
 
 METRIC_COLUMNS = ("id", "status", "error_kind", "error", "duration_s", "timings", "wer", "cer",
-                  "source_duration_s", "speaker_similarity", "keep")
+                  "source_duration_s", "speaker_similarity", "keep", "reference", "text")
+# the text each job's WER/CER is measured against: the manifest's reference, or the text synthesize was asked for
+REFERENCE_FIELD = {"transcribe": "reference", "synthesize": "text"}
 
 
 def run_metrics(job: str, table: pa.Table | None, wall_s: float) -> dict[str, float]:
@@ -57,9 +59,26 @@ def run_metrics(job: str, table: pa.Table | None, wall_s: float) -> dict[str, fl
         if values:
             m[f"{name}_mean"] = float(np.mean(values))
             m[f"{name}_rows"] = len(values)
+    m.update(corpus_error_rates(ok, REFERENCE_FIELD.get(job)))
     if job == "synthesize" and ok:
         m["quality_pass_rate"] = sum(1 for r in ok if r.get("keep")) / len(ok)
     return m
+
+
+def corpus_error_rates(rows: list[dict], reference_field: str | None) -> dict[str, float]:
+    """``wer_corpus`` and ``cer_corpus``: all the rows' edits over all their reference words (characters), the
+    usual corpus figure, where ``wer_mean`` weighs a two-word clip like a long one. A row's edits are its rate
+    times its reference's length, as jiwer counts it (after :func:`jobs.tasks.normalize_text`)."""
+    from .tasks import normalize_text
+
+    out = {}
+    for name, length in (("wer", lambda ref: len(ref.split())), ("cer", len)):
+        weighted = [(r[name], length(normalize_text(r.get(reference_field) or "")))
+                    for r in rows if reference_field and r.get(name) is not None]
+        total = sum(n for _, n in weighted)
+        if total:
+            out[f"{name}_corpus"] = sum(rate * n for rate, n in weighted) / total
+    return out
 
 
 def error_summary(table: pa.Table | None, examples: int = 20) -> dict:

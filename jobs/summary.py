@@ -44,7 +44,7 @@ def format_summary(result: JobResult) -> str:
         if "latency_p50_s" in m:
             perf += f", latency p50 {m['latency_p50_s']:.2f} s p95 {m['latency_p95_s']:.2f} s"
         lines.append(perf)
-    quality = [f"{k[:-5].upper()} {m[k]:.3f}" for k in ("wer_mean", "cer_mean") if k in m]
+    quality = [f"{k[:3].upper()} {m[k]:.3f}" for k in ("wer_corpus", "cer_corpus") if k in m]
     if "speaker_similarity_mean" in m:
         quality.append(f"speaker similarity {m['speaker_similarity_mean']:.3f}")
     if "quality_pass_rate" in m:
