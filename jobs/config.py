@@ -78,16 +78,19 @@ class JobConfig:
         if self.input_format not in ("auto", "jsonl", "csv", "parquet"):
             raise ValueError("--format must be auto, jsonl, csv or parquet")
 
-    def for_cluster(self, cluster_gpus: float) -> JobConfig:
+    def for_cluster(self, cluster_gpus: float, cluster_cpus: float | None = None) -> JobConfig:
         """This config with the defaults that depend on the cluster filled in: GPUs per actor (1 when the cluster
-        has a GPU, else 0), and the batch size and CPUs per actor for the device the actors will run on."""
+        has a GPU, else 0), and the batch size and CPUs per actor for the device the actors will run on (at most
+        half a CPU on a cluster of 2 CPUs or fewer, GPU actors too: the read and decode tasks need the rest)."""
         wants_gpu = self.device is None or self.device.startswith("cuda")
         gpus = self.gpus_per_actor
         if gpus is None:
             gpus = 1.0 if cluster_gpus >= 1 and wants_gpu else 0.0
         on_gpu = gpus > 0 and wants_gpu
         batch = self.batch_size or (GPU_BATCH_SIZE if on_gpu else CPU_BATCH_SIZE)
-        cpus = self.cpus_per_actor if self.cpus_per_actor is not None else (1.0 if gpus > 0 else 0.5)
+        cpus = self.cpus_per_actor
+        if cpus is None:
+            cpus = 1.0 if gpus > 0 and (cluster_cpus is None or cluster_cpus > 2) else 0.5
         return dataclasses.replace(self, gpus_per_actor=gpus, batch_size=batch, cpus_per_actor=cpus)
 
     def model_dtype(self, device: str) -> str:

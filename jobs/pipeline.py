@@ -75,7 +75,7 @@ def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
     """Run one job to the end: its output is committed (or untouched) when this returns or raises."""
     started = time.time()
     run_id = new_run_id()
-    config = config.for_cluster(_cluster_gpus(config))
+    config = config.for_cluster(*_cluster_resources(config))
     params = task_params(config)  # also rejects unknown options before anything runs
     for flag in ("input", "output", "model", "reference"):
         value = getattr(config, flag)
@@ -358,18 +358,20 @@ def _with_local_sizes(rows: pa.Table, unknown: np.ndarray) -> pa.Table:
     return rows.set_column(rows.schema.get_field_index("size_bytes"), "size_bytes", pa.array(sizes, pa.int64()))
 
 
-def _cluster_gpus(config: JobConfig) -> float:
-    """GPUs of the Ray cluster this process is connected to; asked only when needed. Without a connection,
-    Ray Data will start a local Ray on this machine: its GPUs."""
-    if config.gpus_per_actor is not None:
-        return 0.0
+def _cluster_resources(config: JobConfig) -> tuple[float, float]:
+    """(GPUs, CPUs) of the Ray cluster this process is connected to. Without a connection, Ray Data will start a
+    local Ray on this machine: its GPUs (asked of torch only when needed) and CPUs."""
     import ray
 
     if ray.is_initialized():
-        return ray.cluster_resources().get("GPU", 0)
+        resources = ray.cluster_resources()
+        return resources.get("GPU", 0.0), resources.get("CPU", 0.0)
+    cpus = float(os.cpu_count() or 1)
+    if config.gpus_per_actor is not None:
+        return 0.0, cpus
     import torch
 
-    return float(torch.cuda.device_count())
+    return float(torch.cuda.device_count()), cpus
 
 
 def _interactive() -> bool:

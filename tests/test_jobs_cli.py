@@ -49,6 +49,11 @@ def test_batch_size_and_gpus_default_to_what_the_cluster_has():
     on_gpus = c.for_cluster(cluster_gpus=8)
     assert (on_gpus.gpus_per_actor, on_gpus.batch_size, on_gpus.cpus_per_actor) == (1, GPU_BATCH_SIZE, 1)
     assert GPU_BATCH_SIZE > CPU_BATCH_SIZE
+    # a GPU actor reserves a core for its decoding loop, except where that would starve the CPU stages
+    assert c.for_cluster(cluster_gpus=1, cluster_cpus=16).cpus_per_actor == 1
+    assert c.for_cluster(cluster_gpus=1, cluster_cpus=2).cpus_per_actor == 0.5
+    assert config(["transcribe", "--input", "m", "--output", "o", "--model", "m", "--cpus-per-actor", "2"]
+                  ).for_cluster(cluster_gpus=1, cluster_cpus=2).cpus_per_actor == 2
     # what is given stays: a GPU share, a device, a batch size
     assert config(["transcribe", "--input", "m", "--output", "o", "--model", "m", "--gpus-per-actor", "0.5"]
                   ).for_cluster(cluster_gpus=0).batch_size == GPU_BATCH_SIZE
