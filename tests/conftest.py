@@ -40,6 +40,7 @@ def s3_server():
     import re
     import subprocess
     import sys
+    import threading
     import time
 
     env = dict(os.environ)
@@ -59,6 +60,9 @@ def s3_server():
     if endpoint is None:
         process.kill()
         raise RuntimeError("moto server did not start")
+    # the server logs every request: once a pipe nobody reads is full (64 KiB), its next write blocks and every
+    # later request times out
+    threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
     try:
         with pytest.MonkeyPatch.context() as env:
             for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
