@@ -102,35 +102,58 @@ def decode(data: bytes, *, name: str = "<bytes>") -> tuple[np.ndarray, int]:
             raise UnreadableAudio(f"{name}: not decodable audio ({_short(sf_error)}; {_short(av_error)})") from None
 
 
-def decode_segment(data: bytes, start_s: float | None, end_s: float | None, *,
-                   name: str = "<bytes>") -> tuple[np.ndarray, int]:
-    """Decode only ``[start_s, end_s)`` seconds of encoded audio (``None`` or a negative ``end_s``: to the end), as
-    ``(samples (n, channels) float32, sample_rate)``.
+class EncodedAudio:
+    """An encoded file held in memory, from which segments are decoded (the segments of one long recording).
 
-    Formats libsndfile reads (wav, flac, ogg/opus, mp3) are sought, so a segment of a long recording costs its own
-    length in memory, not the recording's (10 hours of 44.1 kHz stereo decode to ~12 GB). Others are decoded whole.
+    PCM and FLAC are sought: a segment costs its own length in memory, not the recording's (10 hours of 44.1 kHz
+    stereo decode to ~12 GB). Other formats are decoded whole once, on the first segment, and cut: seeking MP3 or
+    Vorbis is not sample-exact (the decoder starts cold, so a segment would begin faded or shifted).
     """
-    if not data:
-        raise EmptyAudio(f"{name}: file is empty (0 bytes)")
-    try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            rate = int(f.samplerate)
-            first, last = _segment_frames(start_s, end_s, rate, f.frames)
-            f.seek(first)
-            samples = f.read(last - first, dtype="float32", always_2d=True)
-    except Exception:  # not a libsndfile format (or a damaged file): decode whole, then cut
-        whole, rate = decode(data, name=name)
-        first, last = _segment_frames(start_s, end_s, rate, len(whole))
-        samples = whole[first:last]
-    if samples.shape[0] == 0:
-        raise EmptyAudio(f"{name}: no samples in the requested segment")
-    return samples, rate
+
+    SOUGHT_FORMATS = frozenset({"WAV", "WAVEX", "W64", "RF64", "AIFF", "AU", "CAF", "FLAC"})
+
+    def __init__(self, data: bytes, *, name: str = "<bytes>"):
+        if not data:
+            raise EmptyAudio(f"{name}: file is empty (0 bytes)")
+        self.data, self.name = data, name
+        try:
+            self.sought = sf.info(io.BytesIO(data)).format in self.SOUGHT_FORMATS
+        except Exception:  # not a libsndfile format: PyAV decodes it
+            self.sought = False
+        self._decoded: tuple[np.ndarray, int] | None = None
+
+    def segment(self, start_s: float | None, end_s: float | None,
+                max_duration_s: float | None = None) -> tuple[np.ndarray, int]:
+        """``[start_s, end_s)`` seconds (``None`` or a negative ``end_s``: to the end) as ``(samples (n, channels)
+        float32, sample_rate)``. Over ``max_duration_s`` it is refused before a sought format is decoded."""
+        if self.sought:
+            with sf.SoundFile(io.BytesIO(self.data)) as f:
+                rate = int(f.samplerate)
+                first, last = _segment_frames(start_s, end_s, rate, f.frames)
+                _check_segment(self.name, first, last, rate, max_duration_s)
+                f.seek(first)
+                samples = f.read(last - first, dtype="float32", always_2d=True)
+        else:
+            if self._decoded is None:
+                self._decoded = decode(self.data, name=self.name)
+            whole, rate = self._decoded
+            first, last = _segment_frames(start_s, end_s, rate, len(whole))
+            _check_segment(self.name, first, last, rate, max_duration_s)
+            samples = whole[first:last]
+        return samples, rate
 
 
 def _segment_frames(start_s: float | None, end_s: float | None, rate: int, frames: int) -> tuple[int, int]:
     first = min(frames, int(round(max(start_s or 0.0, 0.0) * rate)))
     last = frames if end_s is None or end_s < 0 else min(frames, int(round(end_s * rate)))
     return first, max(first, last)
+
+
+def _check_segment(name: str, first: int, last: int, rate: int, max_duration_s: float | None) -> None:
+    if last == first:
+        raise EmptyAudio(f"{name}: no samples in the requested segment")
+    if max_duration_s is not None and (last - first) / rate > max_duration_s:
+        raise TooLongAudio.over_limit("the segment", (last - first) / rate, max_duration_s)
 
 
 def header_duration(data: bytes) -> float | None:

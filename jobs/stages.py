@@ -44,16 +44,16 @@ def split_table(table: pa.Table) -> tuple[list[dict], dict[str, list]]:
 
 
 class _LastFile:
-    """The bytes of the last file this worker fetched for a segment: consecutive segments of one long recording
-    (rows go in file order) fetch it once, and each decodes only its own part of it."""
+    """The last file this worker fetched for a segment: consecutive segments of one long recording (rows go in file
+    order) fetch it once (see :class:`gpa.audio.EncodedAudio` for what each segment decodes)."""
 
     uri: str | None = None
-    data: bytes | None = None
+    audio = None  # gpa.audio.EncodedAudio
 
 
 def decode_batch(batch: pa.Table, job: str, max_duration_s: float) -> pa.Table:
     """Fetch and decode each row's audio to 16 kHz mono, cut its segment, measure its duration."""
-    from gpa.audio import SAMPLE_RATE, decode_segment, load_audio, read_audio_file
+    from gpa.audio import SAMPLE_RATE, EncodedAudio, load_audio, read_audio_file
     from gpa.errors import GPAError, TooLongAudio, UnreadableAudio
 
     task = TASKS[job]
@@ -72,10 +72,10 @@ def decode_batch(batch: pa.Table, job: str, max_duration_s: float) -> pa.Table:
                     wav = load_audio(row["audio"], max_duration_s=max_duration_s)
                 else:
                     if _LastFile.uri != row["audio"]:
-                        _LastFile.uri, _LastFile.data = None, None
-                        _LastFile.data = read_audio_file(row["audio"])
+                        _LastFile.uri, _LastFile.audio = None, None
+                        _LastFile.audio = EncodedAudio(read_audio_file(row["audio"]), name=name)
                         _LastFile.uri = row["audio"]
-                    segment = decode_segment(_LastFile.data, begin, end, name=name)
+                    segment = _LastFile.audio.segment(begin, end, max_duration_s)
                     wav = load_audio(segment, max_duration_s=max_duration_s)
                 row["duration_s"] = len(wav) / SAMPLE_RATE
                 wavs[i] = wav

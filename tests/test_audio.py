@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from gpa.audio import decode, decode_segment, encode_flac, load_audio
+from gpa.audio import EncodedAudio, decode, encode_flac, load_audio
 from gpa.errors import EmptyAudio, NonFiniteAudio, TooLongAudio, UnreadableAudio
 
 
@@ -52,35 +52,42 @@ def test_m4a_goes_through_pyav(tmp_path):
     assert abs(len(out) - 16000) < 1600 and 0.3 < np.abs(out).max() < 0.7
 
 
-@pytest.mark.parametrize("fmt,subtype", [("WAV", "PCM_16"), ("FLAC", None)])
-def test_a_segment_decodes_exactly_what_cutting_the_whole_file_gives(fmt, subtype):
+@pytest.mark.parametrize("fmt,subtype,sought", [("WAV", "PCM_16", True), ("FLAC", None, True),
+                                                ("MP3", None, False), ("OGG", "VORBIS", False)])
+def test_a_segment_decodes_exactly_what_cutting_the_whole_file_gives(fmt, subtype, sought):
     rate = 22050
     samples = np.stack([tone(3.0, rate, 300.0), tone(3.0, rate, 500.0)], axis=1)
     data = encoded(samples, rate, fmt, subtype)
     whole, _ = decode(data)
-    for start, end in [(0.5, 1.25), (0.0, 0.01), (2.5, None), (2.5, -1), (1.0, 99.0)]:
-        segment, got_rate = decode_segment(data, start, end)
+    audio = EncodedAudio(data)
+    assert audio.sought == sought  # seeking MP3 or Vorbis would start the decoder cold: not sample-exact
+    for start, end in [(0.5, 1.25), (0.0, 0.01), (2.5, None), (2.5, -1), (1.0, 99.0), (2.99, None)]:
+        segment, got_rate = audio.segment(start, end)
         last = None if end is None or end < 0 else int(round(end * rate))
         assert got_rate == rate and np.array_equal(segment, whole[int(round(start * rate)):last]), (start, end)
     with pytest.raises(EmptyAudio, match="requested segment"):
-        decode_segment(data, 5.0, 6.0)  # after the end of the file
+        audio.segment(5.0, 6.0)  # after the end of the file
+    with pytest.raises(TooLongAudio, match="the segment is 2.5 s"):
+        audio.segment(0.5, None, max_duration_s=2.0)  # open-ended: measured from the file's length
 
 
 def test_a_segment_of_a_long_recording_costs_its_own_length_in_memory():
     import tracemalloc
 
     rate = 44100
-    data = encoded(np.zeros((60 * rate, 2), np.float32), rate, "FLAC")  # one minute: 21 MB as float32
+    audio = EncodedAudio(encoded(np.zeros((60 * rate, 2), np.float32), rate, "FLAC"))  # one minute: 21 MB decoded
     tracemalloc.start()
     try:
-        segment, _ = decode_segment(data, 30.0, 31.0)
+        segment, _ = audio.segment(30.0, 31.0)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert segment.shape == (rate, 2) and peak < 2 * segment.nbytes + 2**20
 
 
-def test_a_segment_of_a_format_libsndfile_cannot_seek_is_cut_after_decoding(tmp_path):
+def test_segments_of_a_format_libsndfile_cannot_read_decode_the_file_once(tmp_path, monkeypatch):
+    import gpa.audio
+
     path = tmp_path / "x.m4a"
     with av.open(str(path), "w") as container:
         stream = container.add_stream("aac", rate=16000, layout="mono")
@@ -90,8 +97,13 @@ def test_a_segment_of_a_format_libsndfile_cannot_seek_is_cut_after_decoding(tmp_
             container.mux(packet)
     data = path.read_bytes()
     whole, rate = decode(data)
-    segment, _ = decode_segment(data, 0.5, 1.0)
-    assert rate == 16000 and np.array_equal(segment, whole[8000:16000])
+    calls = []
+    monkeypatch.setattr(gpa.audio, "decode", lambda *a, **k: calls.append(1) or decode(*a, **k))
+    audio = EncodedAudio(data)
+    assert not audio.sought and rate == 16000
+    for start in (0.0, 0.5, 1.0):
+        assert np.array_equal(audio.segment(start, start + 0.5)[0], whole[int(start * rate):int(start * rate) + 8000])
+    assert len(calls) == 1
 
 
 def test_channels_are_averaged_and_resampled_with_soxr():
