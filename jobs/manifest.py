@@ -43,10 +43,12 @@ GPA_TASKS = {"transcribe": ("stt", "asr", ""), "synthesize": ("tts-a", "tts"), "
 
 # valid rows are kept as Python dicts only this many at a time, then as Arrow columns: an archive of millions of
 # files fits in a driver's memory (a row as a dict costs ~1.5 kB, as Arrow ~0.15 kB)
+_CHUNK_ROWS = 50_000
+
 # what a manifest's audio fields may name: workers fetch it, and fsspec knows many other protocols
 AUDIO_SCHEMES = frozenset({"file", "s3", "s3a", "http", "https"})  # http(s): presigned URLs
 _URI_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
-_CHUNK_ROWS = 50_000
+_METADATA_NAMES = frozenset({"metadata.google.internal", "metadata", "instance-data", "instance-data.ec2.internal"})
 
 
 @dataclass
@@ -396,8 +398,7 @@ def _number(value: Any) -> float | None:
 
 def _unsupported_location(value: str) -> str | None:
     """Why the workers must not fetch ``value`` (None when they may): a scheme outside :data:`AUDIO_SCHEMES`, or
-    an http(s) URL of a link-local host (169.254.169.254 is the cloud's instance metadata and credentials)."""
-    import ipaddress
+    an http(s) URL of the cloud's instance metadata service (which hands out the node's credentials)."""
     from urllib.parse import urlsplit
 
     match = _URI_SCHEME.match(value)
@@ -408,12 +409,32 @@ def _unsupported_location(value: str) -> str | None:
     if match.group(1) in ("http", "https"):
         try:
             host = urlsplit(value).hostname or ""
-            link_local = ipaddress.ip_address(host).is_link_local
-        except ValueError:  # a name, not an address
-            link_local = host.lower().rstrip(".") in ("metadata.google.internal", "metadata")
-        if link_local:
-            return "a link-local address (instance metadata) is never fetched"
+        except ValueError:
+            return "not a valid URL"
+        if _is_metadata_host(host):
+            return "the instance metadata service (a link-local address) is never fetched"
     return None
+
+
+def _is_metadata_host(host: str) -> bool:
+    """Link-local addresses (169.254.169.254 in any notation, IPv4-mapped too), AWS's IPv6 endpoint, known names.
+    Not a sandbox: a name that resolves there, or a redirect, is not caught (see manifests/README.md)."""
+    import ipaddress
+    import socket
+
+    host = host.lower().rstrip(".")
+    if host in _METADATA_NAMES:
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        try:  # the other notations a resolver accepts: 2852039166, 0xa9fea9fe, 0251.0376.0251.0376, 169.254.43518
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return False  # a name
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.is_link_local or address == ipaddress.IPv6Address("fd00:ec2::254")
 
 
 def _integer(value: Any) -> int | None:

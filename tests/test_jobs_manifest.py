@@ -121,6 +121,11 @@ def test_audio_fields_name_files_objects_or_urls_only(tmp_path):
         {"id": "metadata", "audio": "http://169.254.169.254/latest/meta-data/iam/"},
         {"id": "metadata-v6", "audio": "http://[fe80::a9fe:a9fe]/latest/"},
         {"id": "gcp-metadata", "audio": "http://metadata.google.internal/computeMetadata/v1/"},
+        {"id": "decimal", "audio": "http://2852039166/latest/"},
+        {"id": "hex", "audio": "http://0xa9fea9fe/latest/"},
+        {"id": "octal", "audio": "https://0251.0376.0251.0376/latest/"},
+        {"id": "mapped", "audio": "http://[::ffff:169.254.169.254]/latest/"},
+        {"id": "aws-v6", "audio": "http://[fd00:ec2::254]/latest/"},
         {"id": "gcs", "audio": "gs://bucket/a.flac"},
         {"id": "memory", "audio": "memory://a.flac"},
         {"id": "S3", "audio": "S3://bucket/a.flac"},  # schemes are named as the storage layer knows them
@@ -133,9 +138,10 @@ def test_audio_fields_name_files_objects_or_urls_only(tmp_path):
     ])
     got = load_inputs("transcribe", str(manifest))
     errors = {e["id"]: e["error"] for e in got.errors}
-    assert sorted(errors) == ["S3", "gcp-metadata", "gcs", "memory", "metadata", "metadata-v6"]
+    metadata = ["aws-v6", "decimal", "gcp-metadata", "hex", "mapped", "metadata", "metadata-v6", "octal"]
+    assert sorted(errors) == sorted(["S3", "gcs", "memory", *metadata])
     assert all("unsupported URI scheme" in errors[i] for i in ("S3", "gcs", "memory"))
-    assert all("link-local" in errors[i] for i in ("metadata", "metadata-v6", "gcp-metadata"))
+    assert all("instance metadata" in errors[i] for i in metadata)
     assert sorted(r["id"] for r in got.rows) == ["file", "lan", "presigned", "relative", "s3", "s3a"]
     refs = write_jsonl(tmp_path / "s.jsonl", [{"id": "x", "text": "hi", "ref_audio": "ftp://example.com/r.wav"}])
     assert load_inputs("synthesize", str(refs)).errors[0]["error"].startswith("ref_audio: unsupported URI scheme")
