@@ -222,10 +222,11 @@ class OutputStore:
 
     def check_ours(self) -> None:
         """Raise :class:`ForeignOutput` when the location is not a gpa-batch output yet but holds files a run would
-        delete (``data/``, ``_SUCCESS``): a dataset folder or the input archive given as ``--output`` by mistake."""
-        if storage.exists(self.marker_uri) or storage.exists(self.commit_uri):  # (outputs of older versions)
+        delete (``data/``, ``.staging/``, ``_SUCCESS``): a dataset folder or the input archive given as ``--output``
+        by mistake."""
+        if storage.listdir(self.meta, recursive=True):  # the marker, or a commit or lease of an older version's run
             return
-        found = storage.listdir(self.data, recursive=True)[:3]
+        found = (storage.listdir(self.data, recursive=True) + storage.listdir(self.staging, recursive=True))[:3]
         if storage.exists(self.success_uri):
             found.append(self.success_uri)
         if found:

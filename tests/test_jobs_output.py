@@ -306,3 +306,16 @@ def test_a_location_with_files_gpa_batch_did_not_write_is_refused_untouched(tmp_
     (fresh / "_gpa_batch" / "output.json").unlink()  # an output written before the marker existed
     store.start("r3")
     assert ids(store) == ["a"]
+
+    # an older version's first run, killed after moving its parts but before its commit file: its lease remains
+    old = tmp_path / "old"
+    (old / "data").mkdir(parents=True)
+    (old / "data" / "part-r0-00000.parquet").write_bytes(b"PAR1")
+    write_lease(OutputStore(str(old)), "r0", "elsewhere", 1, age_s=LEASE_S + 1)
+    OutputStore(str(old)).start("r1")  # not refused (its unlisted part is debris of that run, removed)
+    staged = tmp_path / "staged"  # a .staging folder that is not ours is never deleted either
+    (staged / ".staging").mkdir(parents=True)
+    (staged / ".staging" / "keep").write_text("x")
+    with pytest.raises(ForeignOutput, match="keep"):
+        OutputStore(str(staged)).start("r1")
+    assert (staged / ".staging" / "keep").exists()
