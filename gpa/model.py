@@ -7,9 +7,10 @@ whole model call is retried item by item so that one bad input cannot take its b
 from __future__ import annotations
 
 import os
+import threading
 import unicodedata
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,8 +83,7 @@ class GPA:
         device = torch.device(device)
         dtype = dtype or torch.float32
         # hashing reads every file again (seconds for the full-size checkpoint): overlap it with building the models
-        hashing = ThreadPoolExecutor(1, thread_name_prefix="gpa-hash")
-        digest = hashing.submit(content_hash, directory)
+        digest = _in_background(content_hash, directory)
         try:
             glm = GLMSpeechTokenizer.from_pretrained(directory / "glm-4-voice-tokenizer", device=device, dtype=dtype)
             bicodec = BiCodec.from_pretrained(directory / "BiCodec", device=device, dtype=torch.float32)
@@ -103,8 +103,9 @@ class GPA:
                 source=redact_uri(os.fspath(source)),
                 content_hash=digest.result(),
             )
-        finally:
-            hashing.shutdown(wait=False)  # a load that failed does not wait for the hash
+        except BaseException:
+            digest.cancel()
+            raise
 
     @property
     def device(self) -> torch.device:
@@ -416,6 +417,21 @@ def _item_seeds(seeds: Sequence[int] | None, n: int, default: int) -> list[int]:
     if len(seeds) != n:
         raise ValueError("one seed per item is needed")
     return [int(s) for s in seeds]
+
+
+def _in_background(fn: Callable, *args) -> Future:
+    """``fn(*args)`` in a daemon thread: a process whose load failed exits without waiting for it."""
+    future: Future = Future()
+
+    def run() -> None:
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    threading.Thread(target=run, name="gpa-background", daemon=True).start()
+    return future
 
 
 def _chunk_seed(seed: int, index: int) -> int:
