@@ -81,7 +81,8 @@ class JobConfig:
     def for_cluster(self, cluster_gpus: float, cluster_cpus: float | None = None) -> JobConfig:
         """This config with the defaults that depend on the cluster filled in: GPUs per actor (1 when the cluster
         has a GPU, else 0), and the batch size and CPUs per actor for the device the actors will run on (at most
-        half a CPU on a cluster of 2 CPUs or fewer, GPU actors too: the read and decode tasks need the rest)."""
+        half a CPU where an actor's node has 2 CPUs or fewer, GPU actors too: the read and decode tasks need the
+        rest). ``cluster_cpus``: the CPUs of the smallest node that can hold an actor."""
         wants_gpu = self.device is None or self.device.startswith("cuda")
         gpus = self.gpus_per_actor
         if gpus is None:

@@ -359,14 +359,16 @@ def _with_local_sizes(rows: pa.Table, unknown: np.ndarray) -> pa.Table:
 
 
 def _cluster_resources(config: JobConfig) -> tuple[float, float]:
-    """(GPUs, CPUs) of the Ray cluster this process is connected to. Without a connection, Ray Data will start a
-    local Ray on this machine: its GPUs (asked of torch only when needed) and CPUs."""
+    """(GPUs of the Ray cluster, CPUs of its smallest node that can hold an actor: one with a GPU if any). Without
+    a connection, Ray Data will start a local Ray on this machine: its GPUs (asked of torch only when needed) and
+    the CPUs this process may use."""
     import ray
 
     if ray.is_initialized():
-        resources = ray.cluster_resources()
-        return resources.get("GPU", 0.0), resources.get("CPU", 0.0)
-    cpus = float(os.cpu_count() or 1)
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        gpu_nodes = [n for n in nodes if n.get("GPU", 0) > 0]
+        return sum(n.get("GPU", 0.0) for n in nodes), min(n.get("CPU", 0.0) for n in gpu_nodes or nodes or [{}])
+    cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     if config.gpus_per_actor is not None:
         return 0.0, cpus
     import torch
