@@ -21,13 +21,16 @@ import csv
 import gzip
 import hashlib
 import io
+import ipaddress
 import itertools
 import json
 import math
 import re
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 
@@ -382,8 +385,6 @@ def _is_unicode(text: str) -> bool:
 
 
 def _has_user_info(uri: str) -> bool:
-    from urllib.parse import urlsplit
-
     return storage.is_uri(uri) and "@" in urlsplit(uri).netloc
 
 
@@ -399,8 +400,6 @@ def _number(value: Any) -> float | None:
 def _unsupported_location(value: str) -> str | None:
     """Why the workers must not fetch ``value`` (None when they may): a scheme outside :data:`AUDIO_SCHEMES`, or
     an http(s) URL of the cloud's instance metadata service (which hands out the node's credentials)."""
-    from urllib.parse import urlsplit
-
     match = _URI_SCHEME.match(value)
     if not match:
         return None  # a local path
@@ -419,9 +418,6 @@ def _unsupported_location(value: str) -> str | None:
 def _is_metadata_host(host: str) -> bool:
     """Link-local addresses (169.254.169.254 in any notation, IPv4-mapped too), AWS's IPv6 endpoint, known names.
     Not a sandbox: a name that resolves there, or a redirect, is not caught (see manifests/README.md)."""
-    import ipaddress
-    import socket
-
     host = host.lower().rstrip(".")
     if host in _METADATA_NAMES:
         return True

@@ -7,6 +7,8 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 
+from .tasks import normalize_text
+
 METRIC_COLUMNS = ("id", "status", "error_kind", "error", "duration_s", "timings", "wer", "cer",
                   "source_duration_s", "speaker_similarity", "keep", "reference", "text")
 # the text each job's WER/CER is measured against: the manifest's reference, or the text synthesize was asked for
@@ -69,8 +71,6 @@ def corpus_error_rates(rows: list[dict], reference_field: str | None) -> dict[st
     """``wer_corpus`` and ``cer_corpus``: all the rows' edits over all their reference words (characters), the
     usual corpus figure, where ``wer_mean`` weighs a two-word clip like a long one. A row's edits are its rate
     times its reference's length, as jiwer counts it (after :func:`jobs.tasks.normalize_text`)."""
-    from .tasks import normalize_text
-
     out = {}
     for name, length in (("wer", lambda ref: len(ref.split())), ("cer", len)):
         weighted = [(r[name], length(normalize_text(r.get(reference_field) or "")))
