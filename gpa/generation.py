@@ -17,75 +17,15 @@ batch (and the cache) so the tail of a batch with uneven lengths costs only what
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
 
 from .inference import inference_mode
+from .options import GenerationOptions
 from .vocab import TokenLayout, normalize_task
-
-
-@dataclass
-class GenerationOptions:
-    """Decoding settings. The class defaults are Hugging Face's; :meth:`for_task` gives the reference's."""
-
-    max_new_tokens: int = 512
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 50
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    constrained: bool = False  # restrict outputs to the task's tokens (see TokenLayout.allowed_mask)
-
-    @classmethod
-    def for_task(cls, task: str, generation_config=None) -> GenerationOptions:
-        """The reference's settings for ``task``.
-
-        The reference calls ``model.generate`` with stt: greedy, 512 new tokens; tts/vc: sampling, temperature
-        0.2, repetition penalty 1.2, 512 new tokens. Whatever it leaves unset (top-k, top-p, and for stt the
-        repetition penalty) comes from the checkpoint's ``generation_config`` (a dict or a transformers
-        ``GenerationConfig``) and otherwise from transformers' defaults (top-k 50, top-p 1.0, penalty 1.0).
-        """
-        task = normalize_task(task)
-
-        def get(name, default):
-            if generation_config is None:
-                return default
-            if isinstance(generation_config, Mapping):
-                value = generation_config.get(name)
-            else:
-                value = getattr(generation_config, name, None)
-            return default if value is None else value
-
-        options = cls(
-            max_new_tokens=512,
-            top_k=int(get("top_k", 50)),
-            top_p=float(get("top_p", 1.0)),
-            repetition_penalty=float(get("repetition_penalty", 1.0)),
-            temperature=float(get("temperature", 1.0)),
-        )
-        if task == "stt":
-            options.do_sample = False
-        else:
-            options.do_sample = True
-            options.temperature = 0.2
-            options.repetition_penalty = 1.2
-        return options
-
-    def validate(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be at least 1")
-        if self.repetition_penalty <= 0:
-            raise ValueError("repetition_penalty must be positive")
-        if self.do_sample:
-            if self.temperature <= 0:
-                raise ValueError("temperature must be positive when sampling (use do_sample=False for greedy)")
-            if self.top_k < 0:
-                raise ValueError("top_k must be >= 0 (0 disables it)")
-            if not 0 < self.top_p <= 1:
-                raise ValueError("top_p must lie in (0, 1]")
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,10 @@ from .bicodec import BiCodec
 from .checkpoint import content_hash, resolve_checkpoint
 from .chunking import crossfade_join, join_texts, split_audio, split_text
 from .errors import EmptyGeneration, GPAError, InvalidText, TooShortAudio
-from .generation import GenerationOptions, generate
+from .generation import generate
 from .glm_tokenizer import GLMSpeechTokenizer
 from .llm import load_llm
-from .options import ConvertOptions, SynthesizeOptions, TranscribeOptions
+from .options import ConvertOptions, GenerationOptions, SynthesizeOptions, TranscribeOptions
 from .results import Conversion, Segment, Speaker, Synthesis, Transcription
 from .storage import redact_uri
 from .vocab import TokenLayout

@@ -11,10 +11,12 @@ loudly instead of producing garbage.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 # Names of the BiCodec blocks in the released tokenizer.
 GLOBAL_TOKEN_FORMAT = "<|bicodec_global_{}|>"
@@ -165,6 +167,8 @@ class TokenLayout:
     # ---- masks for constrained decoding ------------------------------------------------------------------------
     def text_mask(self, vocab_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """Boolean ``(vocab_size,)`` mask of ordinary text tokens (padding ids past the tokenizer are excluded)."""
+        import torch  # here, not at the top: a job's driver reads task names and options without loading torch
+
         mask = torch.zeros(vocab_size, dtype=torch.bool)
         mask[: min(self.tokenizer_size, vocab_size)] = True
         added = [i for i in self.added_ids if i < vocab_size]
@@ -178,6 +182,8 @@ class TokenLayout:
         tts/vc: semantic tokens and ``<|im_end|>``. stt: text tokens, ``<|end_content|>`` and ``<|im_end|>``
         (the model was trained to end a transcript with ``<|end_content|><|im_end|>``).
         """
+        import torch
+
         task = normalize_task(task)
         if task == "stt":
             mask = self.text_mask(vocab_size)

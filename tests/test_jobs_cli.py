@@ -104,6 +104,31 @@ def test_module_entry_points_answer_help():
     assert out.returncode == 2 and "--output" in out.stderr
 
 
+def test_the_driver_never_loads_torch(tmp_path):
+    """Parsing flags, validating task options and reading manifests (the driver's part of every job) import neither
+    torch nor transformers: a job's driver (a cluster's head node, a schedule's pod) stays light and starts the
+    pipeline seconds sooner; only the model actors load them."""
+    examples = ROOT / "manifests" / "examples"
+    code = f"""
+import sys
+from jobs.cli import build_parser, config_from_args
+from jobs.manifest import load_inputs
+from jobs.pipeline import task_params
+import jobs.metrics, jobs.output, jobs.stages, jobs.summary, jobs.tracking
+for job in ("transcribe", "synthesize", "convert"):
+    args = build_parser().parse_args([job, "--input", "{examples}/" + job + ".jsonl", "--output", "{tmp_path}",
+                                      "--model", "m"])
+    config = config_from_args(job, args)
+    params = task_params(config)
+    rows = load_inputs(job, config.input)
+    assert params["max_new_tokens"] > 0 and rows.total > 0
+print(sorted(m for m in ("torch", "transformers") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_an_output_held_by_a_live_run_is_refused_before_any_work(tmp_path):
     """A second run (a schedule firing while the last run still goes) stops at once, with a clear message, instead
     of taking the output from the live run; nothing is read, written or logged to MLflow."""
