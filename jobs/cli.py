@@ -62,7 +62,9 @@ def _add_job_arguments(p: argparse.ArgumentParser) -> None:
                     help="take the output over from a run that still holds its lease (only if that run is dead)")
 
     pool = p.add_argument_group("actor pool and batching")
-    pool.add_argument("--actors", type=parse_actors, metavar="MIN:MAX", help="model actors (N or MIN:MAX)")
+    pool.add_argument("--actors", type=parse_actors, metavar="MIN:MAX",
+                      help="model actors (N or MIN:MAX; default 1:G, G = the cluster's GPUs / GPUs per actor; 1:1 "
+                      "on CPUs)")
     pool.add_argument("--batch-size", type=int, help="items per model call (default 64 on a GPU, 8 on a CPU)")
     pool.add_argument("--bucket-batches", type=int,
                       help="rows per actor call = batch size x this; they are sorted by length first (default 4)")

@@ -27,7 +27,9 @@ class JobConfig:
     reference: str | None = None  # default reference audio for rows without one (synthesize, convert)
     limit: int | None = None  # process at most this many pending rows (the rest stay pending)
     # pool and batching
-    actors: tuple[int, int] = (1, 1)
+    # None: 1:N where N actors fill the cluster's GPUs (GPUs / GPUs per actor); 1:1 on CPUs, where each actor holds
+    # a full model copy in memory
+    actors: tuple[int, int] | None = None
     batch_size: int | None = None  # items per model call; None: GPU_BATCH_SIZE when actors have a GPU, else 8
     bucket_batches: int = 4  # each actor call sorts batch_size * bucket_batches rows by length first
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
@@ -66,11 +68,12 @@ class JobConfig:
             raise ValueError(f"unknown job {self.job!r}; choose one of {', '.join(JOBS)}")
         if isinstance(self.actors, (list, tuple)):
             self.actors = (int(self.actors[0]), int(self.actors[1]))
-        else:
+        elif self.actors is not None:
             self.actors = parse_actors(str(self.actors))
-        lo, hi = self.actors
-        if lo < 1 or hi < lo:
-            raise ValueError(f"--actors must be MIN:MAX with 1 <= MIN <= MAX, got {lo}:{hi}")
+        if self.actors is not None:
+            lo, hi = self.actors
+            if lo < 1 or hi < lo:
+                raise ValueError(f"--actors must be MIN:MAX with 1 <= MIN <= MAX, got {lo}:{hi}")
         if (self.batch_size is not None and self.batch_size < 1) or self.bucket_batches < 1:
             raise ValueError("--batch-size and --bucket-batches must be >= 1")
         if self.audio_storage not in ("inline", "objects"):
@@ -80,9 +83,10 @@ class JobConfig:
 
     def for_cluster(self, cluster_gpus: float, cluster_cpus: float | None = None) -> JobConfig:
         """This config with the defaults that depend on the cluster filled in: GPUs per actor (1 when the cluster
-        has a GPU, else 0), and the batch size and CPUs per actor for the device the actors will run on (at most
-        half a CPU where an actor's node has 2 CPUs or fewer, GPU actors too: the read and decode tasks need the
-        rest). ``cluster_cpus``: the CPUs of the smallest node that can hold an actor."""
+        has a GPU, else 0), the pool's size (up to as many actors as the cluster's GPUs hold), and the batch size
+        and CPUs per actor for the device the actors will run on (at most half a CPU where an actor's node has 2
+        CPUs or fewer, GPU actors too: the read and decode tasks need the rest). ``cluster_gpus``: the GPUs of the
+        whole cluster; ``cluster_cpus``: the CPUs of its smallest node that can hold an actor."""
         wants_gpu = self.device is None or self.device.startswith("cuda")
         gpus = self.gpus_per_actor
         if gpus is None:
@@ -92,7 +96,11 @@ class JobConfig:
         cpus = self.cpus_per_actor
         if cpus is None:
             cpus = 1.0 if gpus > 0 and (cluster_cpus is None or cluster_cpus > 2) else 0.5
-        return dataclasses.replace(self, gpus_per_actor=gpus, batch_size=batch, cpus_per_actor=cpus)
+        actors = self.actors
+        if actors is None:
+            # Ray Data starts one and adds actors while input waits, up to what the GPUs hold
+            actors = (1, max(1, int(cluster_gpus / gpus + 1e-6))) if on_gpu else (1, 1)
+        return dataclasses.replace(self, gpus_per_actor=gpus, batch_size=batch, cpus_per_actor=cpus, actors=actors)
 
     def model_dtype(self, device: str) -> str:
         """The model's dtype on ``device``: ``dtype`` when given, else bfloat16 on CUDA and float32 on a CPU."""

@@ -30,7 +30,7 @@ def test_flags_fill_the_job_config():
     assert c.options == {"temperature": 0.7, "do_sample": False, "top_k": 5}
     assert c.field_map == {"id": "utt", "text": "sentence"} and c.reference == "voice.wav"
     defaults = config(["transcribe", "--input", "m.jsonl", "--output", "o", "--model", "m"])
-    assert defaults.actors == (1, 1) and not defaults.retry_errors
+    assert defaults.actors is None and not defaults.retry_errors  # for_cluster fills it in
     assert not defaults.takeover and config(["convert", "--input", "m", "--output", "o", "--model", "m",
                                              "--takeover"]).takeover
     assert defaults.options == {} and defaults.quality is True
@@ -48,6 +48,12 @@ def test_batch_size_and_gpus_default_to_what_the_cluster_has():
     assert on_cpus.cpus_per_actor <= 0.5  # or the CPU stages starve on a 2-CPU machine
     on_gpus = c.for_cluster(cluster_gpus=8)
     assert (on_gpus.gpus_per_actor, on_gpus.batch_size, on_gpus.cpus_per_actor) == (1, GPU_BATCH_SIZE, 1)
+    # the pool grows to fill the cluster's GPUs; on CPUs one actor (each holds a whole model in memory)
+    assert on_gpus.actors == (1, 8) and on_cpus.actors == (1, 1)
+    half = config(["transcribe", "--input", "m", "--output", "o", "--model", "m", "--gpus-per-actor", "0.5"])
+    assert half.for_cluster(cluster_gpus=3).actors == (1, 6) and half.for_cluster(cluster_gpus=0).actors == (1, 1)
+    assert config(["transcribe", "--input", "m", "--output", "o", "--model", "m", "--actors", "2"]
+                  ).for_cluster(cluster_gpus=8).actors == (2, 2)
     assert GPU_BATCH_SIZE > CPU_BATCH_SIZE
     # a GPU actor reserves a core for its decoding loop, except where that would starve the CPU stages
     assert c.for_cluster(cluster_gpus=1, cluster_cpus=16).cpus_per_actor == 1
