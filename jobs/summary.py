@@ -56,6 +56,8 @@ def format_summary(result: JobResult) -> str:
         lines.append(f"  mlflow          {t.uri}  experiment {t.experiment!r} run {t.run_id}")
         if t.uri.startswith("sqlite:"):
             lines.append(f"                  (browse: mlflow ui --backend-store-uri {t.uri})")
+        elif t.uri.endswith("/_mlflow/mlflow.db"):
+            lines.append("                  (browse: copy it here, then mlflow ui --backend-store-uri sqlite:///mlflow.db)")
     elif t is not None:
         lines.append(f"  mlflow          FAILED ({t.error}); metrics kept in the file below")
     lines.append(f"  metrics         {storage.redact_uri(result.metrics_path)}")

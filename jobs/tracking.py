@@ -3,12 +3,16 @@ data: any failure here is reported and the metrics stay in the JSON file the job
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import sqlite3
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from . import storage
 
@@ -21,15 +25,36 @@ class Tracking:
     error: str | None = None
 
 
-def default_tracking_uri(output: str) -> tuple[str, str | None]:
-    """(tracking URI, artifact location): ``--mlflow-uri``/``MLFLOW_TRACKING_URI`` win; else an sqlite store
-    beside a local output (or in ``~/.gpa-batch`` for an object-store output)."""
+@dataclass(frozen=True)
+class EmbeddedStore:
+    """The MLflow store of a job run without ``--mlflow-uri``: an sqlite database and its artifacts under
+    ``<output>/_mlflow/``.
+
+    sqlite cannot work on an object store: for an ``s3://`` output MLflow opens a working copy of the database under
+    ``~/.gpa-batch`` (``GPA_BATCH_HOME``) that is fetched from ``<output>/_mlflow/mlflow.db`` as the run opens and
+    put back as it ends (the output's lease keeps two runs from doing so at once), so a scheduled job on a fresh
+    pod keeps the history of its output; artifacts are written to the output directly.
+    """
+
+    local_db: Path
+    artifact_location: str
+    remote_db: str | None = None  # an object-store output's copy of the database
+
+    @property
+    def uri(self) -> str:
+        return f"sqlite:///{self.local_db}"
+
+
+def embedded_store(output: str) -> EmbeddedStore:
+    meta = storage.join(output, "_mlflow")
     if storage.is_uri(output):
         home = Path(os.environ.get("GPA_BATCH_HOME", "~/.gpa-batch")).expanduser()
+        local = home / "mlflow" / hashlib.sha256(output.encode()).hexdigest()[:16] / "mlflow.db"
+        store = EmbeddedStore(local, storage.join(meta, "artifacts"), storage.join(meta, "mlflow.db"))
     else:
-        home = Path(output) / "_mlflow"
-    home.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{home / 'mlflow.db'}", (home / "artifacts").as_uri()
+        store = EmbeddedStore(Path(meta).absolute() / "mlflow.db", (Path(meta).absolute() / "artifacts").as_uri())
+    store.local_db.parent.mkdir(parents=True, exist_ok=True)
+    return store
 
 
 def artifact_location_for(uri: str) -> str | None:
@@ -53,6 +78,7 @@ class JobTracking:
         self.experiment = experiment
         self.shown = "(default)"
         self.result: Tracking | None = None  # once finished
+        self._embedded: EmbeddedStore | None = None  # the default store, when it has a remote copy
         # fail in seconds, not minutes, when a tracking server is unreachable (set here: the environment must not
         # change from another thread while C code may read it)
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -76,9 +102,16 @@ class JobTracking:
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
         if uri:
             artifact_location = artifact_location_for(uri)
+            self.shown = uri if uri.startswith("sqlite:") else storage.redact_uri(uri)
         else:
-            uri, artifact_location = default_tracking_uri(output)
-        self.shown = uri if uri.startswith("sqlite:") else storage.redact_uri(uri)
+            store = embedded_store(output)
+            uri, artifact_location, self.shown = store.uri, store.artifact_location, store.uri
+            if store.remote_db:
+                self._embedded, self.shown = store, storage.redact_uri(store.remote_db)
+                if storage.exists(store.remote_db):  # the output's history wins over what this machine kept
+                    partial = store.local_db.with_name(store.local_db.name + ".part")
+                    partial.write_bytes(storage.read_bytes(store.remote_db))
+                    os.replace(partial, store.local_db)
         from mlflow.entities import RunTag
         from mlflow.tracking import MlflowClient
 
@@ -107,15 +140,40 @@ class JobTracking:
                 tags=[RunTag(k, str(v)) for k, v in tags.items()]
                 + ([RunTag("gpa_batch.failure", storage.scrub(failure, 5000))] if failure else []),
             )
-            with tempfile.TemporaryDirectory(prefix="gpa-batch-artifacts-") as tmp:
-                for name, data in artifacts.items():
-                    path = Path(tmp) / name
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_bytes(data)
-                if artifacts:
-                    client.log_artifacts(run_id, tmp)
+            _log_artifacts(client, run_id, artifacts)
             client.set_terminated(run_id, "FAILED" if failure else "FINISHED")
-            return Tracking(uri=self.shown, experiment=self.experiment, run_id=run_id)
         except Exception as exc:
             return Tracking(uri=self.shown, experiment=self.experiment,
                             error=storage.scrub(f"{type(exc).__name__}: {exc}", 500))
+        if self._embedded is not None:
+            try:
+                storage.write_bytes(self._embedded.remote_db, _snapshot(self._embedded.local_db))
+            except Exception as exc:  # the next run on this machine still has it; one elsewhere would not
+                return Tracking(uri=self.shown, experiment=self.experiment, run_id=run_id,
+                                error=storage.scrub(f"the run is in {self._embedded.uri} but could not be saved to "
+                                                    f"the output ({type(exc).__name__}: {exc})", 500))
+        return Tracking(uri=self.shown, experiment=self.experiment, run_id=run_id)
+
+
+def _log_artifacts(client, run_id: str, artifacts: dict[str, bytes]) -> None:
+    """Artifacts on an object store are written with the job's own storage layer (the AWS environment everything
+    else uses; MLflow would need boto3); anywhere else MLflow writes them."""
+    if not artifacts:
+        return
+    root = client.get_run(run_id).info.artifact_uri
+    if urlsplit(root).scheme in ("s3", "s3a"):
+        for name, data in artifacts.items():
+            storage.write_bytes(storage.join(root, name), data)
+        return
+    with tempfile.TemporaryDirectory(prefix="gpa-batch-artifacts-") as tmp:
+        for name, data in artifacts.items():
+            path = Path(tmp) / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        client.log_artifacts(run_id, tmp)
+
+
+def _snapshot(db: Path) -> bytes:
+    """A consistent copy of an sqlite database, whatever its journal still holds."""
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        return connection.serialize()
