@@ -73,8 +73,6 @@ class GenerationOptions:
                 raise ValueError("top_p must lie in (0, 1]")
 
 
-
-
 @dataclass
 class _TaskOptions(GenerationOptions):
     # None: the checkpoint's generation_config.json decides, else transformers' default -- exactly what the

@@ -99,8 +99,7 @@ def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
     try:
         return _run(config, run_id, started, params, store, inputs, tracking, progress)
     except BaseException as exc:
-        values = job_params(config, inputs, storage.redact_uri(config.model), "", run_id, params)
-        tracking.finish(params=values, metrics={}, artifacts={}, failure=_root_cause(exc))
+        _track_failure(config, inputs, run_id, params, tracking, exc)
         raise
 
 
@@ -108,28 +107,41 @@ def _run(config: JobConfig, run_id: str, started: float, params: dict, store: Ou
          tracking: JobTracking, progress: bool | None) -> JobResult:
     with _storage_failures("could not take over the output"):
         store.start(run_id, config.takeover)  # takes ownership, adopts parts of an interrupted run, removes debris
-    with store.holding(run_id):  # a heartbeat tells later runs that this one is alive
-        with _storage_failures("could not take over the output"):
-            plan = _plan(config, inputs, store)
-            if plan.invalid:
-                store.stage(run_id, f"part-{run_id}-invalid.parquet",
-                            _error_rows(config, plan.invalid, run_id, params))
-        if plan.todo.num_rows:
-            _run_pipeline(config, plan.todo, run_id, params, progress)
-        with _storage_failures("could not commit the run"):
-            records, unavailable, new_rows = _verified_records(store, run_id, plan.expected,
-                                                               _light_columns(TASKS[config.job]))
-            wall_s = time.time() - started
-            run_info = {"run_id": run_id, "job": config.job, "started": started, "wall_s": wall_s,
-                        "rows": sum(plan.expected.values()), "input": storage.redact_uri(config.input)}
-            # rows the store could not serve are retried by the next run: the output is not complete
-            plan.unavailable = unavailable
-            commit = store.commit(records, run=run_info, complete=plan.complete, supersede=plan.supersede)
-            store.finish_run(run_id)
-    new_files = [storage.join(store.uri, p["path"]) for p in commit.parts if p["run_id"] == run_id]
-    result = _result(config, inputs, plan, store, commit, run_id, wall_s, new_rows)
-    _report(config, inputs, store, result, params, new_files, new_rows, tracking)
-    return result
+    tracking.own_output(lambda: store.is_current(run_id))
+    # a heartbeat tells later runs that this one is alive, until it is reported (an output's own MLflow store too)
+    with store.holding(run_id):
+        try:
+            with _storage_failures("could not take over the output"):
+                plan = _plan(config, inputs, store)
+                if plan.invalid:
+                    store.stage(run_id, f"part-{run_id}-invalid.parquet",
+                                _error_rows(config, plan.invalid, run_id, params))
+            if plan.todo.num_rows:
+                _run_pipeline(config, plan.todo, run_id, params, progress)
+            with _storage_failures("could not commit the run"):
+                records, unavailable, new_rows = _verified_records(store, run_id, plan.expected,
+                                                                   _light_columns(TASKS[config.job]))
+                wall_s = time.time() - started
+                run_info = {"run_id": run_id, "job": config.job, "started": started, "wall_s": wall_s,
+                            "rows": sum(plan.expected.values()), "input": storage.redact_uri(config.input)}
+                # rows the store could not serve are retried by the next run: the output is not complete
+                plan.unavailable = unavailable
+                commit = store.commit(records, run=run_info, complete=plan.complete, supersede=plan.supersede)
+                store.finish_run(run_id)
+            new_files = [storage.join(store.uri, p["path"]) for p in commit.parts if p["run_id"] == run_id]
+            result = _result(config, inputs, plan, store, commit, run_id, wall_s, new_rows)
+            _report(config, inputs, store, result, params, new_files, new_rows, tracking)
+            return result
+        except BaseException as exc:
+            _track_failure(config, inputs, run_id, params, tracking, exc)
+            raise
+
+
+def _track_failure(config: JobConfig, inputs: InputRows, run_id: str, params: dict, tracking: JobTracking,
+                   exc: BaseException) -> None:
+    """End the MLflow run as FAILED with the reason (only the first call does anything)."""
+    values = job_params(config, inputs, storage.redact_uri(config.model), "", run_id, params)
+    tracking.finish(params=values, metrics={}, artifacts={}, failure=_root_cause(exc))
 
 
 @dataclass

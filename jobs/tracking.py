@@ -8,7 +8,9 @@ import hashlib
 import os
 import sqlite3
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +73,9 @@ class JobTracking:
     a server takes round trips, seconds that would otherwise be added to every job. The run shows RUNNING while the
     job works and FINISHED or FAILED at its end. Every MLflow call happens on that one thread (an sqlite connection
     must not change threads).
+
+    An object-store output's own store (:class:`EmbeddedStore`) is fetched only once the job owns the output (its
+    lease, :meth:`own_output`) and put back only while it still does, so two runs never interleave its copies.
     """
 
     def __init__(self, *, tracking_uri: str | None, output: str, experiment: str, run_name: str,
@@ -79,6 +84,8 @@ class JobTracking:
         self.shown = "(default)"
         self.result: Tracking | None = None  # once finished
         self._embedded: EmbeddedStore | None = None  # the default store, when it has a remote copy
+        self._owner: Callable[[], bool] | None = None  # whether the job still owns the output
+        self._settled = threading.Event()  # set when the job owns the output, or ends without ever owning it
         # fail in seconds, not minutes, when a tracking server is unreachable (set here: the environment must not
         # change from another thread while C code may read it)
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -86,10 +93,16 @@ class JobTracking:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="gpa-batch-mlflow")
         self._opened = self._thread.submit(self._open, tracking_uri, output, run_name, tags)
 
+    def own_output(self, still_owner: Callable[[], bool]) -> None:
+        """The job holds the output's lease: its store may be fetched now and put back while ``still_owner()``."""
+        self._owner = still_owner
+        self._settled.set()
+
     def finish(self, *, params: dict[str, object], metrics: dict[str, float], artifacts: dict[str, bytes],
                tags: dict[str, str] | None = None, failure: str | None = None) -> Tracking:
         """Log the job's params, metrics and artifacts and end the run (FAILED, with ``failure``, when given).
         Returns where it went, or the (credential-free) reason it did not. Only the first call logs anything."""
+        self._settled.set()
         if self.result is None:
             try:
                 self.result = self._thread.submit(self._finish, params, metrics, artifacts, tags or {},
@@ -108,10 +121,10 @@ class JobTracking:
             uri, artifact_location, self.shown = store.uri, store.artifact_location, store.uri
             if store.remote_db:
                 self._embedded, self.shown = store, storage.redact_uri(store.remote_db)
-                if storage.exists(store.remote_db):  # the output's history wins over what this machine kept
-                    partial = store.local_db.with_name(store.local_db.name + ".part")
-                    partial.write_bytes(storage.read_bytes(store.remote_db))
-                    os.replace(partial, store.local_db)
+                self._settled.wait()
+                # the output's history wins over what this machine kept
+                if self._owner is not None and storage.exists(store.remote_db):
+                    _restore(store.local_db, storage.read_bytes(store.remote_db))
         from mlflow.entities import RunTag
         from mlflow.tracking import MlflowClient
 
@@ -127,8 +140,8 @@ class JobTracking:
         try:
             client, run_id = self._opened.result()
         except Exception as exc:
-            return Tracking(uri=self.shown, experiment=self.experiment,
-                            error=storage.scrub(f"{type(exc).__name__}: {exc}", 500))
+            return Tracking(uri=self.shown, experiment=self.experiment, error=_reason(exc))
+        error = None
         try:
             from mlflow.entities import Metric, Param, RunTag
 
@@ -143,16 +156,25 @@ class JobTracking:
             _log_artifacts(client, run_id, artifacts)
             client.set_terminated(run_id, "FAILED" if failure else "FINISHED")
         except Exception as exc:
-            return Tracking(uri=self.shown, experiment=self.experiment,
-                            error=storage.scrub(f"{type(exc).__name__}: {exc}", 500))
-        if self._embedded is not None:
+            error = _reason(exc)
+        if self._embedded is not None:  # what was logged goes back to the output, even after an error above
+            kept = f"the run is only in {self._embedded.uri}"
+            problem = None
             try:
-                storage.write_bytes(self._embedded.remote_db, _snapshot(self._embedded.local_db))
-            except Exception as exc:  # the next run on this machine still has it; one elsewhere would not
-                return Tracking(uri=self.shown, experiment=self.experiment, run_id=run_id,
-                                error=storage.scrub(f"the run is in {self._embedded.uri} but could not be saved to "
-                                                    f"the output ({type(exc).__name__}: {exc})", 500))
+                if self._owner is None or not self._owner():
+                    problem = f"{kept}: the job did not own the output when it ended"
+                else:
+                    storage.write_bytes(self._embedded.remote_db, _snapshot(self._embedded.local_db))
+            except Exception as exc:
+                problem = f"{kept}: it could not be saved to the output ({_reason(exc)})"
+            error = "; ".join(e for e in (error, problem) if e) or None
+        if error is not None:
+            return Tracking(uri=self.shown, experiment=self.experiment, error=storage.scrub(error, 700))
         return Tracking(uri=self.shown, experiment=self.experiment, run_id=run_id)
+
+
+def _reason(exc: BaseException) -> str:
+    return storage.scrub(f"{type(exc).__name__}: {exc}", 500)
 
 
 def _log_artifacts(client, run_id: str, artifacts: dict[str, bytes]) -> None:
@@ -173,7 +195,22 @@ def _log_artifacts(client, run_id: str, artifacts: dict[str, bytes]) -> None:
         client.log_artifacts(run_id, tmp)
 
 
+def _sqlite_copy(source: Path, destination: Path) -> None:
+    """sqlite's online backup: a consistent copy whatever the source's journal holds, written into the destination
+    file in place (connections MLflow keeps open to it stay valid, unlike after a file replace)."""
+    with contextlib.closing(sqlite3.connect(source)) as src, contextlib.closing(sqlite3.connect(destination)) as dst:
+        src.backup(dst)
+
+
 def _snapshot(db: Path) -> bytes:
-    """A consistent copy of an sqlite database, whatever its journal still holds."""
-    with contextlib.closing(sqlite3.connect(db)) as connection:
-        return connection.serialize()
+    with tempfile.TemporaryDirectory(prefix="gpa-batch-mlflow-") as tmp:
+        copy = Path(tmp) / "mlflow.db"
+        _sqlite_copy(db, copy)
+        return copy.read_bytes()
+
+
+def _restore(db: Path, data: bytes) -> None:
+    with tempfile.TemporaryDirectory(prefix="gpa-batch-mlflow-") as tmp:
+        fetched = Path(tmp) / "mlflow.db"
+        fetched.write_bytes(data)
+        _sqlite_copy(fetched, db)

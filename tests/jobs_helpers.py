@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -33,9 +34,25 @@ def migrated_mlflow_db(dest: Path) -> Path:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` free ports, none handed out before in this session: the system may give a just-closed port out again,
+    and two components of one server on the same port fail to start."""
+    ports: list[int] = []
+    with contextlib.ExitStack() as stack:
+        while len(ports) < n:
+            s = stack.enter_context(socket.socket())
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                ports.append(port)
+    return ports
+
+
+_HANDED_OUT: set[int] = set()
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

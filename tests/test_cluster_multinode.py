@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from jobs_helpers import free_port
+from jobs_helpers import free_port, free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 AUDIO = ROOT / "manifests" / "examples" / "audio"
@@ -86,8 +86,9 @@ class LocalRayCluster:
 
     def __init__(self, base_env: dict[str, str], caches: dict[str, Path]):
         self.temp = Path(tempfile.mkdtemp(prefix="gpa-ray-"))  # short: Ray's socket paths have a length limit
-        self.gcs = f"{HEAD_IP}:{free_port(HEAD_IP)}"
-        self.dashboard = f"http://{HEAD_IP}:{free_port(HEAD_IP)}"
+        gcs_port, dashboard_port = free_ports(2, HEAD_IP)
+        self.gcs = f"{HEAD_IP}:{gcs_port}"
+        self.dashboard = f"http://{HEAD_IP}:{dashboard_port}"
         path = [str(BIN), base_env.get("PATH", "")]
         self.env = {**base_env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
                     "RAY_USAGE_STATS_ENABLED": "0"}
@@ -105,11 +106,9 @@ class LocalRayCluster:
         self.logs: list[str] = []
 
     def _ports(self, ip: str) -> list[str]:
-        args = []
-        for flag in ("--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
-                     "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port"):
-            args += [flag, str(free_port(ip))]
-        return args
+        flags = ("--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
+                 "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")
+        return [arg for flag, port in zip(flags, free_ports(len(flags), ip), strict=True) for arg in (flag, str(port))]
 
     def _start(self, args: list[str], cache: Path) -> None:
         env = {**self.env, "GPA_CACHE_DIR": str(cache)}

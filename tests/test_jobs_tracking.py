@@ -86,38 +86,71 @@ def test_real_tracking_server(mlflow_server, tmp_path):
     assert list((root / "artifacts").rglob("config.yaml"))  # artifacts went through the server
 
 
+def log_owned(output: str, still_owner=lambda: True):
+    """As a job logs: the tracking opens as the job starts, the job takes the output's lease, then finishes."""
+    tracking = JobTracking(tracking_uri=None, output=output, experiment="gpa-batch-test", run_name="t",
+                           tags={"gpa_batch.job": "transcribe"})
+    tracking.own_output(still_owner)
+    return tracking.finish(params=PARAMS, metrics=METRICS,
+                           artifacts={"config.yaml": b"job: transcribe\n", "samples/a.json": b"[]"})
+
+
+def runs_in_output(output: str, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from jobs import storage
+
+    fetched = tmp_path / f"fetched-{time.monotonic_ns()}.db"
+    fetched.write_bytes(storage.read_bytes(f"{output}/_mlflow/mlflow.db"))
+    client = MlflowClient(tracking_uri=f"sqlite:///{fetched}")
+    experiment = client.get_experiment_by_name("gpa-batch-test")
+    return experiment, {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
+
+
 def test_embedded_store_of_an_object_store_output_lives_in_the_output(s3_bucket, tmp_path, monkeypatch):
     """sqlite cannot run on S3: the default store of an s3:// output is a working copy that each run fetches from
     <output>/_mlflow/mlflow.db and puts back, so a scheduled job on a fresh pod (an empty home) keeps the output's
     MLflow history; artifacts go to the output itself."""
-    from mlflow.tracking import MlflowClient
-
     from jobs import storage
     from jobs.tracking import embedded_store
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     output = f"s3://{s3_bucket}/nightly/out"
-    remote = f"{output}/_mlflow/mlflow.db"
     monkeypatch.setenv("GPA_BATCH_HOME", str(tmp_path / "pod-1"))
     migrated_mlflow_db(embedded_store(output).local_db)  # tables made once per session (slow)
-    first = log(output, None)
-    assert first.error is None and first.run_id and first.uri == remote
+    first = log_owned(output)
+    assert first.error is None and first.run_id and first.uri == f"{output}/_mlflow/mlflow.db"
     monkeypatch.setenv("GPA_BATCH_HOME", str(tmp_path / "pod-2"))  # the next night, on a new pod
-    second = log(output, None)
-    assert second.error is None and second.run_id != first.run_id
+    second = log_owned(output)
+    third = log_owned(output)  # and a third job in the same process (MLflow keeps its database connections)
+    assert second.error is None and third.error is None
 
-    fetched = tmp_path / "fetched.db"
-    fetched.write_bytes(storage.read_bytes(remote))
-    client = MlflowClient(tracking_uri=f"sqlite:///{fetched}")
-    experiment = client.get_experiment_by_name("gpa-batch-test")
+    experiment, runs = runs_in_output(output, tmp_path)
     assert experiment.artifact_location == f"{output}/_mlflow/artifacts"
-    runs = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
-    assert set(runs) == {first.run_id, second.run_id}
+    assert set(runs) == {first.run_id, second.run_id, third.run_id}
     assert all(r.info.status == "FINISHED" and r.data.metrics["rows_error.unreadable_audio"] == 1
                for r in runs.values())
     for run in runs.values():  # the artifacts are in the bucket, where the run says
         assert storage.read_bytes(f"{run.info.artifact_uri}/config.yaml") == b"job: transcribe\n"
         assert storage.exists(f"{run.info.artifact_uri}/samples/a.json")
+
+
+def test_only_the_owner_of_the_output_saves_its_store(s3_bucket, tmp_path, monkeypatch):
+    """A job that never got the output's lease (another run holds it) or lost it (--takeover) must not put back
+    its copy: it would drop the runs the owner logged meanwhile. It says where its run stayed."""
+    from jobs.tracking import embedded_store
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("GPA_BATCH_HOME", str(tmp_path / "pod"))
+    output = f"s3://{s3_bucket}/out"
+    migrated_mlflow_db(embedded_store(output).local_db)
+    owner = log_owned(output)
+    refused = JobTracking(tracking_uri=None, output=output, experiment="gpa-batch-test", run_name="t", tags={})
+    never = refused.finish(params=PARAMS, metrics=METRICS, artifacts={}, failure="OutputBusy: run x is writing")
+    taken_over = log_owned(output, still_owner=lambda: False)
+    for result in (never, taken_over):
+        assert result.run_id is None and "did not own the output" in result.error and "mlflow.db" in result.error
+    assert set(runs_in_output(output, tmp_path)[1]) == {owner.run_id}
 
 
 def test_a_store_that_cannot_be_saved_to_the_output_is_reported(s3_bucket, tmp_path, monkeypatch):
@@ -127,6 +160,5 @@ def test_a_store_that_cannot_be_saved_to_the_output_is_reported(s3_bucket, tmp_p
     monkeypatch.setenv("GPA_BATCH_HOME", str(tmp_path / "pod"))
     output = f"s3://{s3_bucket}-gone/out"  # no such bucket: nothing can be written there
     migrated_mlflow_db(embedded_store(output).local_db)
-    tracking = JobTracking(tracking_uri=None, output=output, experiment="gpa-batch-test", run_name="t", tags={})
-    result = tracking.finish(params=PARAMS, metrics=METRICS, artifacts={})
-    assert result.run_id and "could not be saved to the output" in result.error
+    result = log_owned(output)
+    assert result.run_id is None and "could not be saved to the output" in result.error
