@@ -191,7 +191,7 @@ def test_synthesize_end_to_end_audio_objects_and_hostile_ids(ray_address, tiny_c
     assert len(ok) == 2 and all(decode(r["audio"])[0].size > 0 for r in ok)
 
 
-def test_convert_on_s3(ray_address, tiny_checkpoint, s3_bucket):
+def test_convert_on_s3(ray_address, tiny_checkpoint, s3_bucket, tmp_path, monkeypatch):
     import boto3
     from jobs_helpers import free_port
 
@@ -223,14 +223,35 @@ def test_convert_on_s3(ray_address, tiny_checkpoint, s3_bucket):
     kept = json.loads(storage.read_bytes(result.metrics_path))
     assert kept["metrics"]["rows_ok"] == 2 and kept["mlflow"]["error"] == result.tracking.error
 
-    # no manifest: list the archive, one reference voice for every row
-    listed = run_job(small_config("convert", f"s3://{s3_bucket}/in/audio/", f"s3://{s3_bucket}/results/listing",
-                                  tiny_checkpoint, dead_tracking, glob="espeak_*.flac",
-                                  reference=f"s3://{s3_bucket}/in/audio/jfk.flac", limit=2, quality=False))
-    rows = committed(f"s3://{s3_bucket}/results/listing")
+    # no manifest: list the archive, one reference voice for every row; no --mlflow-uri: the output keeps its own
+    # MLflow store, which each run fetches and puts back
+    from mlflow.tracking import MlflowClient
+
+    from jobs.tracking import embedded_store
+
+    listing = f"s3://{s3_bucket}/results/listing"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("GPA_BATCH_HOME", str(tmp_path / "home"))
+    migrated_mlflow_db(embedded_store(listing).local_db)  # tables made once per session (slow)
+    config = small_config("convert", f"s3://{s3_bucket}/in/audio/", listing, tiny_checkpoint, None,
+                          glob="espeak_*.flac", reference=f"s3://{s3_bucket}/in/audio/jfk.flac", limit=2,
+                          quality=False)
+    listed = run_job(config)
+    rows = committed(listing)
     assert listed.input_rows == 3 and not listed.complete and len(rows) == 2
     assert {r["id"] for r in rows} <= {"espeak_weather.flac", "espeak_library.flac", "espeak_numbers.flac"}
     assert all(r["status"] == "ok" and r["ref_id"] == "jfk.flac" for r in rows)
+    monkeypatch.setenv("GPA_BATCH_HOME", str(tmp_path / "another-home"))  # the next run on another machine
+    rest = run_job(config)
+    assert rest.processed == 1 and rest.complete and len(committed(listing)) == 3
+    assert listed.tracking.error is None and rest.tracking.error is None
+    assert rest.tracking.uri == f"{listing}/_mlflow/mlflow.db"
+    (tmp_path / "fetched.db").write_bytes(storage.read_bytes(rest.tracking.uri))
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'fetched.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("gpa-batch-convert").experiment_id])
+    assert {r.info.run_id for r in runs} == {listed.tracking.run_id, rest.tracking.run_id}
+    assert {r.info.status for r in runs} == {"FINISHED"} and sorted(r.data.metrics["rows_ok"] for r in runs) == [1, 2]
+    assert all(storage.exists(f"{r.info.artifact_uri}/config.yaml") for r in runs)  # artifacts in the bucket
 
 
 def test_a_checkpoint_that_cannot_load_stops_the_job(ray_address, tmp_path):
