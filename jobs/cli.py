@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="comma-separated jobs to run, or 'all' (default: transcribe)")
     demo.add_argument("--model", default=None,
                       help="checkpoint to use instead of the generated tiny one (e.g. AutoArk-AI/GPA)")
-    demo.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite beside the output)")
+    demo.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite in the output)")
     demo.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -94,8 +94,8 @@ def _add_job_arguments(p: argparse.ArgumentParser) -> None:
     task.add_argument("--keep-min-similarity", type=float, help="synthesize quality gate: min similarity (0.5)")
 
     track = p.add_argument_group("tracking")
-    track.add_argument("--mlflow-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite "
-                                            "beside the output)")
+    track.add_argument("--mlflow-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else an sqlite "
+                                            "store kept in the output, <output>/_mlflow/)")
     track.add_argument("--experiment", help="MLflow experiment (default gpa-batch-<job>)")
     track.add_argument("--run-name")
     track.add_argument("--samples", type=int, help="sample outputs logged as artifacts (default 3)")
