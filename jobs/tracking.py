@@ -33,9 +33,9 @@ class EmbeddedStore:
     ``<output>/_mlflow/``.
 
     sqlite cannot work on an object store: for an ``s3://`` output MLflow opens a working copy of the database under
-    ``~/.gpa-batch`` (``GPA_BATCH_HOME``) that is fetched from ``<output>/_mlflow/mlflow.db`` as the run opens and
-    put back as it ends (the output's lease keeps two runs from doing so at once), so a scheduled job on a fresh
-    pod keeps the history of its output; artifacts are written to the output directly.
+    ``~/.gpa-batch`` (``GPA_BATCH_HOME``) that is fetched from ``<output>/_mlflow/mlflow.db`` once the job holds
+    the output's lease and put back before it gives the lease up (so two runs never interleave their copies), and a
+    scheduled job on a fresh pod keeps the history of its output; artifacts are written to the output directly.
     """
 
     local_db: Path
@@ -75,7 +75,8 @@ class JobTracking:
     must not change threads).
 
     An object-store output's own store (:class:`EmbeddedStore`) is fetched only once the job owns the output (its
-    lease, :meth:`own_output`) and put back only while it still does, so two runs never interleave its copies.
+    lease, :meth:`own_output`) and put back only while it still does. :meth:`finish` must end every instance: the
+    background thread waits for ownership or the end.
     """
 
     def __init__(self, *, tracking_uri: str | None, output: str, experiment: str, run_name: str,
