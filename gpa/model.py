@@ -88,24 +88,25 @@ class GPA:
             glm = GLMSpeechTokenizer.from_pretrained(directory / "glm-4-voice-tokenizer", device=device, dtype=dtype)
             bicodec = BiCodec.from_pretrained(directory / "BiCodec", device=device, dtype=torch.float32)
             llm, tokenizer = load_llm(directory, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-            layout = TokenLayout.from_tokenizer(
-                tokenizer,
-                glm_codebook_size=glm.codebook_size,
-                global_codebook_size=bicodec.global_codebook_size,
-                semantic_codebook_size=bicodec.semantic_codebook_size,
-            )
-            return cls(
-                llm,
-                tokenizer,
-                layout,
-                glm,
-                bicodec,
-                source=redact_uri(os.fspath(source)),
-                content_hash=digest.result(),
-            )
+            return cls.from_parts(llm, tokenizer, glm, bicodec, source=source, content_hash=digest.result())
         except BaseException:
             digest.cancel()
             raise
+
+    @classmethod
+    def from_parts(cls, llm, tokenizer, glm: GLMSpeechTokenizer, bicodec: BiCodec, *,
+                   source: str | os.PathLike = "", content_hash: str = "") -> GPA:
+        """A GPA over components loaded separately (``from_pretrained`` loads them one after the other: transformers
+        changes process-wide state while it builds a model, torch's default dtype among it, so loads in threads
+        could build another component's buffers in the wrong dtype)."""
+        layout = TokenLayout.from_tokenizer(
+            tokenizer,
+            glm_codebook_size=glm.codebook_size,
+            global_codebook_size=bicodec.global_codebook_size,
+            semantic_codebook_size=bicodec.semantic_codebook_size,
+        )
+        return cls(llm, tokenizer, layout, glm, bicodec, source=redact_uri(os.fspath(source)),
+                   content_hash=content_hash)
 
     @property
     def device(self) -> torch.device:

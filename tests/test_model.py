@@ -229,3 +229,19 @@ def test_cudnn_attention_switch_keeps_the_callers_choices_across_threads():
     assert seen == {"after the first left": False}
     assert cudnn()
 
+
+
+def test_a_gpa_from_separately_loaded_parts_works_like_the_loaded_one(tiny_checkpoint, tiny_model):
+    from gpa.bicodec import BiCodec
+    from gpa.glm_tokenizer import GLMSpeechTokenizer
+    from gpa.llm import load_llm
+    from gpa.model import GPA
+
+    llm, tokenizer = load_llm(tiny_checkpoint)
+    parts = GPA.from_parts(llm, tokenizer, GLMSpeechTokenizer.from_pretrained(tiny_checkpoint / "glm-4-voice-tokenizer"),
+                           BiCodec.from_pretrained(tiny_checkpoint / "BiCodec"),
+                           source="s3://key:secret@bucket/gpa", content_hash="abc")
+    assert parts.layout == tiny_model.layout
+    assert (parts.source, parts.content_hash) == ("s3://bucket/gpa", "abc")  # never a credential
+    audio = (voice(1.5, seed=5), 16000)
+    assert parts.transcribe([audio])[0].generated_ids == tiny_model.transcribe([audio])[0].generated_ids
