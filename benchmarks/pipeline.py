@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -202,6 +203,7 @@ def main() -> None:
     finally:
         if started:
             shutdown_ray()
+        shutil.rmtree(work, ignore_errors=True)  # the clips, the outputs and their MLflow store
     n = args.n
     print(f"\n{n} clips, {seconds:.0f} s of audio, batch {args.batch_size}, {args.torch_threads} torch "
           f"thread(s) per model, {device} {dtype}, model {model}")

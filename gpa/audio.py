@@ -208,15 +208,15 @@ def read_audio_file(uri: str | os.PathLike) -> bytes:
     name = redact_uri(os.fspath(uri))
     try:
         return read_bytes(uri)
-    except FileNotFoundError:
-        raise UnreadableAudio(f"{name}: file not found") from None
-    except (IsADirectoryError, NotADirectoryError):
-        raise UnreadableAudio(f"{name}: is a directory") from None
-    except PermissionError:
-        raise UnreadableAudio(f"{name}: permission denied") from None
     except Exception as exc:
-        if is_transient(exc):
+        if is_transient(exc):  # first: an unreachable HTTP server is reported as "not found" (see is_transient)
             raise StorageUnavailable(f"{name}: storage unavailable ({type(exc).__name__}); try again later") from None
+        if isinstance(exc, FileNotFoundError):
+            raise UnreadableAudio(f"{name}: file not found") from None
+        if isinstance(exc, (IsADirectoryError, NotADirectoryError)):
+            raise UnreadableAudio(f"{name}: is a directory") from None
+        if isinstance(exc, PermissionError):
+            raise UnreadableAudio(f"{name}: permission denied") from None
         raise UnreadableAudio(f"{name}: cannot read ({type(exc).__name__}: {scrub(str(exc), 200)})") from None
 
 

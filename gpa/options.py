@@ -6,6 +6,8 @@ driver validates options without loading the model's libraries.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
@@ -73,6 +75,12 @@ class GenerationOptions:
                 raise ValueError("top_p must lie in (0, 1]")
 
 
+_TYPES = {"int": (numbers.Integral,), "float": (numbers.Real,), "bool": (bool,), "None": (type(None),)}
+# (option, bound, whether the bound itself is allowed) for the options that are not generation settings
+_LOWER_BOUNDS = (("batch_size", 1, True), ("window_s", 0, False), ("crossfade_s", 0, True),
+                 ("max_chunk_units", 1, True), ("max_text_chars", 1, True))
+
+
 @dataclass
 class _TaskOptions(GenerationOptions):
     # None: the checkpoint's generation_config.json decides, else transformers' default -- exactly what the
@@ -82,6 +90,26 @@ class _TaskOptions(GenerationOptions):
     repetition_penalty: float | None = None
     seed: int = 0  # per-item seeds are derived from it unless given explicitly
     batch_size: int = 32  # windows/pieces per model call: bounds memory whatever the caller passes
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first option whose type or value is wrong (a batch job checks before it
+        runs, instead of failing every row)."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            allowed = tuple(t for part in str(f.type).split("|") for t in _TYPES[part.strip()])
+            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                wanted = str(f.type).replace(" | None", " or None")
+                raise ValueError(f"option {f.name} must be {wanted}, got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"option {f.name} must be a finite number, got {value!r}")
+        for name, low, inclusive in _LOWER_BOUNDS:
+            value = getattr(self, name, None)
+            if value is not None and (value < low if inclusive else value <= low):
+                raise ValueError(f"option {name} must be {'at least' if inclusive else 'above'} {low}, got {value!r}")
+        self.generation().validate()
 
     def generation(self, checkpoint_defaults: GenerationOptions | None = None) -> GenerationOptions:
         """The settings for :func:`gpa.generation.generate`, unset ones taken from ``checkpoint_defaults``

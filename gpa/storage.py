@@ -86,7 +86,9 @@ def is_transient(exc: BaseException) -> bool:
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
-            return False
+            # fsspec's HTTP filesystem says "not found" for a server it could not reach, with the connection error
+            # as the explicit cause; a cause only from the context (raised while handling another) is not one
+            return exc.__cause__ is not None and is_transient(exc.__cause__)
         if isinstance(exc, (ConnectionError, TimeoutError)):  # builtins: refused, reset, aborted, timed out
             return True
         if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:  # s3fs' translation of 5xx/throttling

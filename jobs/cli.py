@@ -114,7 +114,13 @@ def config_from_args(job: str, args: argparse.Namespace) -> JobConfig:
 
         from . import storage
 
-        loaded = yaml.safe_load(storage.read_bytes(storage.normalize(given["config"]))) or {}
+        try:
+            loaded = yaml.safe_load(storage.read_bytes(storage.normalize(given["config"]))) or {}
+        except FileNotFoundError:
+            raise ValueError(f"--config {storage.redact_uri(given['config'])}: no such file") from None
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--config {storage.redact_uri(given['config'])} is not valid YAML: "
+                             f"{str(exc).splitlines()[0][:200]}") from None
         if not isinstance(loaded, dict):
             raise ValueError("--config must be a YAML mapping")
         values.update(loaded)
@@ -168,15 +174,24 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     from .manifest import InputError
-    from .pipeline import JobError, ensure_ray, run_job, shutdown_ray
+    from .pipeline import JobError, check_config, ensure_ray, run_job, shutdown_ray
     from .summary import format_summary, summary_dict
 
+    try:
+        check_config(config)  # seconds before Ray would have started
+    except JobError as exc:
+        print(f"gpa-batch {config.job}: {exc}", file=sys.stderr)
+        return 1
     started = ensure_ray()
     try:
         result = run_job(config, progress=getattr(args, "progress", None))
     except (InputError, JobError) as exc:
         print(f"gpa-batch {config.job}: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the run has ended its MLflow run and given the output up: no traceback to read
+        print(f"gpa-batch {config.job}: interrupted; finished parts are kept and rerunning the same command "
+              "resumes the job", file=sys.stderr)
+        return 130
     finally:
         if started:
             shutdown_ray()

@@ -143,7 +143,12 @@ def load_inputs(
 
 
 def _unique_line_id(line: int, seen: set[str]) -> str:
-    row_id = f"line:{line}"
+    """``line:N`` for a record that could not be parsed (N counts records: blank lines and a CSV header are not
+    records); ``line:N#2``, ... when an earlier row took that id (a user's id may be ``line:N`` too)."""
+    row_id, copy = f"line:{line}", 1
+    while row_id in seen:
+        copy += 1
+        row_id = f"line:{line}#{copy}"
     seen.add(row_id)
     return row_id
 
@@ -267,6 +272,8 @@ def list_audio_files(prefix: str, pattern: str) -> list[dict[str, Any]]:
     matches = sorted((p, info) for p, info in found.items() if info.get("type") != "directory")
     if not matches and not fs.exists(base):
         raise InputError(f"input prefix not found: {storage.redact_uri(prefix)}")
+    if not matches:  # a job of no rows would end "complete": a wrong pattern must not pass for an empty archive
+        raise InputError(f"no files under {storage.redact_uri(prefix)} match --glob {pattern!r}")
     scheme = prefix.split("://", 1)[0] + "://" if storage.is_uri(prefix) else ""
     rows = []
     for path, info in matches:

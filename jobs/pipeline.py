@@ -9,6 +9,7 @@ Rows that fail validation are written by the driver as error rows; everything el
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -71,16 +72,23 @@ class JobResult:
     extra: dict = field(default_factory=dict)
 
 
-def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
-    """Run one job to the end: its output is committed (or untouched) when this returns or raises."""
-    started = time.time()
-    run_id = new_run_id()
-    config = config.for_cluster(*_cluster_resources(config))
-    params = task_params(config)  # also rejects unknown options before anything runs
+def check_config(config: JobConfig) -> None:
+    """Raise JobError for what is wrong with ``config`` itself (task options, credentials in URIs), before Ray, the
+    input or the output are touched: the CLI runs it before it starts Ray, run_job again."""
     for flag in ("input", "output", "model", "reference"):
         value = getattr(config, flag)
         if value and storage.is_uri(value) and "@" in urlsplit(value).netloc:  # never echoed
             raise JobError(f"--{flag} carries credentials (user:password@); use the AWS environment instead")
+    task_params(config)  # unknown or invalid task options
+
+
+def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
+    """Run one job to the end: its output is committed (or untouched) when this returns or raises."""
+    started = time.time()
+    run_id = new_run_id()
+    check_config(config)
+    config = config.for_cluster(*_cluster_resources(config))
+    params = task_params(config)
     store = OutputStore(config.output)
     previous = store.load().job
     if previous and previous != config.job:
@@ -322,6 +330,8 @@ def _root_cause(exc: BaseException) -> str:
         if lines:
             return storage.scrub(lines[-1], 500)
     first = chain[0]
+    if isinstance(first, KeyboardInterrupt):
+        return "KeyboardInterrupt: interrupted (Ctrl-C or SIGINT); rerunning the same command resumes the job"
     return storage.scrub(f"{type(first).__name__}: {str(first).strip().splitlines()[0] if str(first).strip() else ''}",
                          500)
 
@@ -427,12 +437,12 @@ def shutdown_ray() -> None:
 
 
 def task_params(config: JobConfig) -> dict:
-    """The task options as a dict (what rows and MLflow record). Raises JobError for unknown option names."""
-    import dataclasses
-
+    """The task options as a dict (what rows and MLflow record). Raises JobError for unknown or invalid options."""
     try:
-        return dataclasses.asdict(TASKS[config.job].options(config))
-    except TypeError as exc:
+        options = TASKS[config.job].options(config)
+        options.validate()  # again: a task may set options after building them
+        return dataclasses.asdict(options)
+    except (TypeError, ValueError) as exc:
         raise JobError(f"invalid task options {sorted(config.options)}: {exc}") from None
 
 

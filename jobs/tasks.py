@@ -59,9 +59,10 @@ class Task:
     def options(self, config) -> Any:
         import gpa
 
-        return getattr(gpa, self.options_class)(
-            **{**config.options, "batch_size": config.batch_size, "seed": config.seed}
-        )
+        given = {**config.options, "seed": config.seed}
+        if config.batch_size is not None:  # else the options' own default (the job fills it in for_cluster)
+            given["batch_size"] = config.batch_size
+        return getattr(gpa, self.options_class)(**given)
 
     def lengths(self, rows: pa.Table) -> np.ndarray:
         """Rough cost of each row before decoding (to sort rows into similar-length batches), in seconds: the audio

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -26,6 +27,7 @@ def migrated_mlflow_db(dest: Path) -> Path:
         from mlflow.tracking import MlflowClient
 
         path = Path(tempfile.mkdtemp(prefix="gpa-batch-mlflow-")) / "mlflow.db"
+        atexit.register(shutil.rmtree, path.parent, ignore_errors=True)
         MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
         _MIGRATED = path
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -100,6 +100,52 @@ def test_bad_arguments_are_usage_errors(tmp_path):
         config(["transcribe", "--config", str(tmp_path / "bad.yaml"), "--output", "b", "--model", "m"])
 
 
+def test_out_of_range_numbers_and_broken_config_files_are_usage_errors(tmp_path):
+    base = ["transcribe", "--input", "a", "--output", "b", "--model", "m"]
+    for flags, message in ((["--limit", "-1"], "--limit must be >= 0"),
+                           (["--rows-per-part", "0"], "--rows-per-part must be >= 1"),
+                           (["--gpus-per-actor", "nan"], "--gpus-per-actor must be >= 0"),
+                           (["--config", str(tmp_path / "missing.yaml")], "missing.yaml: no such file")):
+        with pytest.raises(ValueError, match=message):
+            config(base + flags)
+    (tmp_path / "broken.yaml").write_text(": : [\n")
+    with pytest.raises(ValueError, match="broken.yaml is not valid YAML"):
+        config(base + ["--config", str(tmp_path / "broken.yaml")])
+
+
+def test_bad_task_option_values_stop_the_command_before_ray_starts(tmp_path):
+    """A wrong option value would fail every row (the run would still say "complete"): the CLI refuses it with one
+    line, before it starts Ray or touches the output."""
+    manifest = ROOT / "manifests" / "examples" / "transcribe.jsonl"
+    for flags, message in ((["--option", "window_s=abc"], "option window_s must be float, got 'abc'"),
+                           (["--temperature", "-1", "--do-sample"], "temperature must be positive when sampling"),
+                           (["--max-new-tokens", "0"], "max_new_tokens must be at least 1")):
+        out = subprocess.run([sys.executable, "-m", "jobs.cli", "transcribe", "--input", str(manifest), "--output",
+                              str(tmp_path / "out"), "--model", "m", *flags], capture_output=True, text=True, cwd=ROOT,
+                             timeout=60, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"})  # never reached
+        assert out.returncode == 1, out.stderr[-2000:]
+        [line] = out.stderr.strip().splitlines()
+        assert line.startswith("gpa-batch transcribe: invalid task options") and message in line
+        assert not (tmp_path / "out").exists()
+
+
+def test_task_options_check_types_and_ranges():
+    import numpy as np
+
+    from gpa.options import ConvertOptions, SynthesizeOptions, TranscribeOptions
+
+    assert TranscribeOptions(seed=np.int64(3), temperature=np.float32(0.5)).seed == 3  # numpy numbers are numbers
+    for cls, values, message in ((TranscribeOptions, {"window_s": "abc"}, "window_s must be float"),
+                                 (TranscribeOptions, {"do_sample": 1}, "do_sample must be bool"),
+                                 (TranscribeOptions, {"batch_size": True}, "batch_size must be int"),
+                                 (TranscribeOptions, {"window_s": 0.0}, "window_s must be above 0"),
+                                 (SynthesizeOptions, {"temperature": float("nan")}, "temperature must be a finite"),
+                                 (SynthesizeOptions, {"top_p": 1.5}, "top_p must lie in"),
+                                 (ConvertOptions, {"crossfade_s": -0.1}, "crossfade_s must be at least 0")):
+        with pytest.raises(ValueError, match=message):
+            cls(**values)
+
+
 def test_module_entry_points_answer_help():
     for module, expected in (("jobs.transcribe", "--input"), ("jobs", "synthesize")):
         out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT,

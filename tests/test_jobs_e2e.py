@@ -306,6 +306,43 @@ def test_killed_run_resumes_to_the_exact_row_set(ray_address, tiny_checkpoint, t
     assert sorted(os.listdir(out / "data")) == sorted(os.path.basename(f) for f in OutputStore(str(out)).files())
 
 
+def test_ctrl_c_ends_the_run_cleanly_and_the_rerun_finishes_it(ray_address, tiny_checkpoint, tmp_path):
+    """Ctrl-C: one line saying how to go on (no traceback), exit 130, the output given up (no lease left), the
+    MLflow run FAILED with that reason; the same command then finishes the job."""
+    from mlflow.tracking import MlflowClient
+
+    manifest = write_jsonl(tmp_path / "m.jsonl", [{"id": f"clip-{i}", "audio": str(AUDIO / "espeak_short.flac")}
+                                                  for i in range(6)])
+    out, db = tmp_path / "out", tmp_path / "ml.db"
+    migrated_mlflow_db(db)
+    argv = [sys.executable, "-m", "jobs.transcribe", "--input", str(manifest), "--output", str(out), "--model",
+            str(tiny_checkpoint), "--batch-size", "1", "--bucket-batches", "1", "--rows-per-part", "1",
+            "--max-new-tokens", "4", "--mlflow-uri", f"sqlite:///{db}", "--experiment", "ctrl-c", "--no-progress"]
+    env = {**os.environ, "RAY_ADDRESS": ray_address}
+    process = subprocess.Popen([*argv, "--debug-delay-s", "0.5"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    store = OutputStore(str(out))
+    deadline = time.time() + 240
+    while not store.staged_records():
+        assert process.poll() is None, "the job ended before it could be interrupted"
+        assert time.time() < deadline, "the job wrote no parts"
+        time.sleep(0.3)
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+    stderr = process.communicate(timeout=60)[1]
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert "gpa-batch transcribe: interrupted; finished parts are kept and rerunning the same command resumes" in stderr
+    assert store.lease() is None and committed(out) == []
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    [run] = client.search_runs([client.get_experiment_by_name("ctrl-c").experiment_id])
+    assert run.info.status == "FAILED" and "interrupted" in run.data.tags["gpa_batch.failure"]
+
+    finished = subprocess.run([*argv, "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert json.loads(finished.stdout)["complete"]
+    assert sorted(r["id"] for r in committed(out)) == [f"clip-{i}" for i in range(6)]
+
+
 def test_demo_prints_counts_matching_the_example_manifest(ray_address, tmp_path):
     env = {**os.environ, "RAY_ADDRESS": ray_address}
     done = subprocess.run([sys.executable, "-m", "jobs", "demo", "--output", str(tmp_path / "demo")], cwd=ROOT,

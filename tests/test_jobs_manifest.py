@@ -78,6 +78,10 @@ def test_listing_with_glob_gives_stable_relative_ids(tmp_path):
     assert [r["id"] for r in again.rows] == [r["id"] for r in got.rows]
     with pytest.raises(InputError):
         load_inputs("transcribe", str(tmp_path / "nope"), glob="*.flac")
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "archive" / "a.wav").write_bytes(b"")
+    with pytest.raises(InputError, match=r"no files under .*archive match --glob '\*\*/\*\.mp3'"):
+        load_inputs("transcribe", str(tmp_path / "archive"), glob="**/*.mp3")
 
 
 def test_invalid_rows_become_error_rows(tmp_path):
@@ -103,6 +107,16 @@ def test_invalid_rows_become_error_rows(tmp_path):
     assert ("a.wav", "duplicate_id") in kinds  # derived ids collide for identical requests too
     assert [r["id"] for r in got.rows] == ["ok", "42", "a.wav"]
     assert got.total == 11  # every input row is accounted for
+
+
+def test_a_broken_line_never_shares_its_id_with_a_row_named_like_it(tmp_path):
+    manifest = write_jsonl(tmp_path / "m.jsonl", [{"id": "line:2", "audio": "a.wav"}, "{not json",
+                                                  {"id": "line:2#2", "audio": "b.wav"}, "[]"])
+    got = load_inputs("transcribe", str(manifest))
+    assert [r["id"] for r in got.rows] == ["line:2"] and got.total == 4
+    # the broken line takes the next free name; a later row with that name is then a reported duplicate
+    assert sorted((e["id"], e["error_kind"]) for e in got.errors) == [
+        ("line:2#2", "duplicate_id"), ("line:2#2", "invalid_manifest_row"), ("line:4", "invalid_manifest_row")]
 
 
 def test_seeds_are_64_bit_integers_or_error_rows(tmp_path):

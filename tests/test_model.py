@@ -238,8 +238,8 @@ def test_a_gpa_from_separately_loaded_parts_works_like_the_loaded_one(tiny_check
     from gpa.model import GPA
 
     llm, tokenizer = load_llm(tiny_checkpoint)
-    parts = GPA.from_parts(llm, tokenizer, GLMSpeechTokenizer.from_pretrained(tiny_checkpoint / "glm-4-voice-tokenizer"),
-                           BiCodec.from_pretrained(tiny_checkpoint / "BiCodec"),
+    glm = GLMSpeechTokenizer.from_pretrained(tiny_checkpoint / "glm-4-voice-tokenizer")
+    parts = GPA.from_parts(llm, tokenizer, glm, BiCodec.from_pretrained(tiny_checkpoint / "BiCodec"),
                            source="s3://key:secret@bucket/gpa", content_hash="abc")
     assert parts.layout == tiny_model.layout
     assert (parts.source, parts.content_hash) == ("s3://bucket/gpa", "abc")  # never a credential

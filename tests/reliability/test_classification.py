@@ -55,6 +55,26 @@ def test_reading_audio_tells_an_outage_from_a_bad_file(tmp_path, monkeypatch):
     assert outage.value.kind == "storage_unavailable" and "SECRET" not in str(outage.value)
 
 
+def test_an_http_server_that_cannot_be_reached_is_an_outage_not_a_missing_file():
+    """fsspec's HTTP filesystem reports a refused connection as FileNotFoundError (the connection error is its
+    cause): such a row must be redone by the next run, not recorded as unreadable for good."""
+    import socket
+
+    from gpa.errors import StorageUnavailable
+
+    with socket.socket() as s:  # a port nothing listens on (bound, never listening: connections are refused)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        with pytest.raises(StorageUnavailable) as outage:
+            audio.load_audio(f"http://127.0.0.1:{port}/a.wav")
+    assert outage.value.kind == "storage_unavailable"
+    explicit = FileNotFoundError("k")
+    explicit.__cause__ = ConnectionRefusedError()
+    implicit = FileNotFoundError("k")  # raised while handling a connection error, not because of it
+    implicit.__context__ = ConnectionRefusedError()
+    assert storage.is_transient(explicit) and not storage.is_transient(implicit)
+
+
 def test_rerun_redoes_transient_errors_always_and_other_errors_when_asked():
     index = pa.table({"id": ["ok", "down", "bad", "dup", "dup"],
                       "status": ["ok", "error", "error", "ok", "error"],
