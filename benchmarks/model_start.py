@@ -33,7 +33,7 @@ def child(model: str, device: str, threads: int, max_new_tokens: int) -> dict[st
 
     def lap(name: str) -> None:
         nonlocal start
-        if device.startswith("cuda"):
+        if device.startswith("cuda") and torch.cuda.is_initialized():  # not before "device init" starts CUDA
             torch.cuda.synchronize()
         now = time.perf_counter()
         times[name] = now - start

@@ -120,9 +120,9 @@ def pipeline(job, output: Path, actors: int, bucket_batches: int, n: int) -> tup
     finished = sorted(t["finished_at"] for t in pq.read_table(result.files, columns=["timings"]).column(0).to_pylist())
     # steady state: rows per second after each actor's first window (one actor call: the actor's start-up and that
     # call's work end there; its rows finish encoding over a moment, so they are counted by position, not by time)
-    window = min(n, actors * config.batch_size * bucket_batches) - 1
-    span = finished[-1] - finished[window]
-    steady = (len(finished) - 1 - window) / span if span > 0 else 0.0
+    window = actors * config.batch_size * bucket_batches - 1
+    span = finished[-1] - finished[window] if window < len(finished) - 1 else 0.0
+    steady = (len(finished) - 1 - window) / span if span > 0 else None  # None: the first windows held every row
     return wall, {"steady_rows_per_s": steady, "first_result_s": finished[0] - started,
                   "after_last_s": started + wall - finished[-1]}
 
@@ -213,9 +213,9 @@ def main() -> None:
     for mode, actors, bucket, wall, m in rows:
         steady = m["steady_rows_per_s"] if m else n / wall
         first = f"{m['first_result_s']:7.1f} {m['after_last_s']:6.1f}" if m else f"{'-':>7} {'-':>6}"
+        steady_cols = f"{steady:>13.2f} {steady / (n / model_work):>12.2f}" if steady else f"{'-':>13} {'-':>12}"
         print(f"{mode:<24} {actors:>6} {bucket:>6} {wall:>7.1f} {n / wall:>7.2f} {seconds / wall:>9.2f} "
-              f"{model_work / wall:>6.2f} {script / wall:>7.2f} {first} {steady:>13.2f} "
-              f"{steady / (n / model_work):>12.2f}")
+              f"{model_work / wall:>6.2f} {script / wall:>7.2f} {first} {steady_cols}")
     print("ratio work / script: pipeline throughput over the in-process baseline's; first s: from the start of the "
           "job to its first finished rows (actor start, model load, first window); last s: after its last rows "
           "(commit, MLflow); steady: from the end of each actor's first window to the last rows.")

@@ -99,11 +99,13 @@ class _TaskOptions(GenerationOptions):
         runs, instead of failing every row)."""
         for f in fields(self):
             value = getattr(self, f.name)
-            allowed = tuple(t for part in str(f.type).split("|") for t in _TYPES[part.strip()])
-            if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-                wanted = str(f.type).replace(" | None", " or None")
-                raise ValueError(f"option {f.name} must be {wanted}, got {value!r}")
-            if isinstance(value, float) and not math.isfinite(value):
+            parts = [part.strip() for part in str(f.type).split("|")]
+            if all(part in _TYPES for part in parts):  # annotations of other kinds are not checked here
+                allowed = tuple(t for part in parts for t in _TYPES[part])
+                if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+                    wanted = str(f.type).replace(" | None", " or None")
+                    raise ValueError(f"option {f.name} must be {wanted}, got {value!r}")
+            if isinstance(value, numbers.Real) and not math.isfinite(float(value)):  # numpy's float32 too
                 raise ValueError(f"option {f.name} must be a finite number, got {value!r}")
         for name, low, inclusive in _LOWER_BOUNDS:
             value = getattr(self, name, None)

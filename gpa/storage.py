@@ -79,16 +79,16 @@ _THROTTLING = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout"
                "ServiceUnavailable", "InternalError"}
 
 
-def is_transient(exc: BaseException) -> bool:
+def is_transient(exc: BaseException, _seen: set[int] | None = None) -> bool:
     """Whether a storage error says "try again later" (outage, timeout, throttling) rather than "this object cannot
     be read" (missing, forbidden, invalid name)."""
-    seen = set()
+    seen = set() if _seen is None else _seen
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
             # fsspec's HTTP filesystem says "not found" for a server it could not reach, with the connection error
             # as the explicit cause; a cause only from the context (raised while handling another) is not one
-            return exc.__cause__ is not None and is_transient(exc.__cause__)
+            return exc.__cause__ is not None and is_transient(exc.__cause__, seen)
         if isinstance(exc, (ConnectionError, TimeoutError)):  # builtins: refused, reset, aborted, timed out
             return True
         if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:  # s3fs' translation of 5xx/throttling
@@ -104,10 +104,12 @@ def is_transient(exc: BaseException) -> bool:
                 status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
                 return status >= 500 or status == 429 or exc.response.get("Error", {}).get("Code") in _THROTTLING
         if module.startswith("aiohttp"):
-            from aiohttp import ClientConnectionError, ClientPayloadError
+            from aiohttp import ClientConnectionError, ClientPayloadError, ClientResponseError
 
             if isinstance(exc, (ClientConnectionError, ClientPayloadError)):
                 return True
+            if isinstance(exc, ClientResponseError):  # an HTTP server's 5xx or 429
+                return exc.status >= 500 or exc.status == 429
         exc = exc.__cause__ or exc.__context__
     return False
 

@@ -118,6 +118,9 @@ def config_from_args(job: str, args: argparse.Namespace) -> JobConfig:
             loaded = yaml.safe_load(storage.read_bytes(storage.normalize(given["config"]))) or {}
         except FileNotFoundError:
             raise ValueError(f"--config {storage.redact_uri(given['config'])}: no such file") from None
+        except OSError as exc:  # a directory, no permission, an unreachable store
+            raise ValueError(f"--config {storage.redact_uri(given['config'])}: cannot read it "
+                             f"({type(exc).__name__})") from None
         except yaml.YAMLError as exc:
             raise ValueError(f"--config {storage.redact_uri(given['config'])} is not valid YAML: "
                              f"{str(exc).splitlines()[0][:200]}") from None
@@ -182,13 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     except JobError as exc:
         print(f"gpa-batch {config.job}: {exc}", file=sys.stderr)
         return 1
-    started = ensure_ray()
+    started = False
     try:
+        started = ensure_ray()
         result = run_job(config, progress=getattr(args, "progress", None))
     except (InputError, JobError) as exc:
         print(f"gpa-batch {config.job}: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # the run has ended its MLflow run and given the output up: no traceback to read
+    except KeyboardInterrupt:  # run_job has ended its MLflow run and given the output up: no traceback to read
         print(f"gpa-batch {config.job}: interrupted; finished parts are kept and rerunning the same command "
               "resumes the job", file=sys.stderr)
         return 130

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,17 +77,21 @@ class JobConfig:
                 raise ValueError(f"--actors must be MIN:MAX with 1 <= MIN <= MAX, got {lo}:{hi}")
         if (self.batch_size is not None and self.batch_size < 1) or self.bucket_batches < 1:
             raise ValueError("--batch-size and --bucket-batches must be >= 1")
-        for name, value, low in (("limit", self.limit, 0), ("rows_per_part", self.rows_per_part, 1),
-                                 ("samples", self.samples, 0), ("memory_per_task_mb", self.memory_per_task_mb, 1),
-                                 ("torch_threads", self.torch_threads, 1)):
-            if value is not None and value < low:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
-        for name, value in (("gpus_per_actor", self.gpus_per_actor), ("cpus_per_actor", self.cpus_per_actor),
-                            ("cpus_per_task", self.cpus_per_task), ("debug_delay_s", self.debug_delay_s)):
-            if value is not None and not value >= 0:  # also NaN
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
-        if not self.max_duration_s > 0 or not self.max_text_chars >= 1:
-            raise ValueError("--max-duration-s must be > 0 and --max-text-chars >= 1")
+        # (name, value, lowest allowed, whole numbers only); 0 threads means torch's default, 0 MB no reservation
+        for name, value, low, whole in (
+                ("limit", self.limit, 0, True), ("rows_per_part", self.rows_per_part, 1, True),
+                ("samples", self.samples, 0, True), ("memory_per_task_mb", self.memory_per_task_mb, 0, True),
+                ("torch_threads", self.torch_threads, 0, True), ("max_text_chars", self.max_text_chars, 1, True),
+                ("gpus_per_actor", self.gpus_per_actor, 0, False), ("cpus_per_actor", self.cpus_per_actor, 0, False),
+                ("cpus_per_task", self.cpus_per_task, 0, False), ("debug_delay_s", self.debug_delay_s, 0, False),
+                ("max_duration_s", self.max_duration_s, 1e-9, False)):
+            if value is None:
+                continue
+            kind = numbers.Integral if whole else numbers.Real
+            if isinstance(value, bool) or not isinstance(value, kind) or not value >= low:  # NaN fails >= too
+                flag = f"--{name.replace('_', '-')}"
+                raise ValueError(f"{flag} must be {'a whole number' if whole else 'a number'} "
+                                 f"{'above 0' if low == 1e-9 else f'>= {low}'}, got {value!r}")
         if self.audio_storage not in ("inline", "objects"):
             raise ValueError("--audio-storage must be inline or objects")
         if self.input_format not in ("auto", "jsonl", "csv", "parquet"):

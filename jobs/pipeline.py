@@ -319,6 +319,8 @@ def _root_cause(exc: BaseException) -> str:
     worker's error in several layers whose own messages are tracebacks or empty."""
     import re
 
+    if isinstance(exc, KeyboardInterrupt):  # whatever it interrupted (a retry, Ray's own code) is not the reason
+        return "KeyboardInterrupt: interrupted (Ctrl-C or SIGINT); rerunning the same command resumes the job"
     chain, seen = [], set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -330,8 +332,6 @@ def _root_cause(exc: BaseException) -> str:
         if lines:
             return storage.scrub(lines[-1], 500)
     first = chain[0]
-    if isinstance(first, KeyboardInterrupt):
-        return "KeyboardInterrupt: interrupted (Ctrl-C or SIGINT); rerunning the same command resumes the job"
     return storage.scrub(f"{type(first).__name__}: {str(first).strip().splitlines()[0] if str(first).strip() else ''}",
                          500)
 
@@ -443,7 +443,7 @@ def task_params(config: JobConfig) -> dict:
         options.validate()  # again: a task may set options after building them
         return dataclasses.asdict(options)
     except (TypeError, ValueError) as exc:
-        raise JobError(f"invalid task options {sorted(config.options)}: {exc}") from None
+        raise JobError(f"invalid task options: {exc}") from None
 
 
 def _error_rows(config: JobConfig, errors: list[dict], run_id: str, params: dict) -> pa.Table:

@@ -102,15 +102,20 @@ def test_bad_arguments_are_usage_errors(tmp_path):
 
 def test_out_of_range_numbers_and_broken_config_files_are_usage_errors(tmp_path):
     base = ["transcribe", "--input", "a", "--output", "b", "--model", "m"]
-    for flags, message in ((["--limit", "-1"], "--limit must be >= 0"),
-                           (["--rows-per-part", "0"], "--rows-per-part must be >= 1"),
-                           (["--gpus-per-actor", "nan"], "--gpus-per-actor must be >= 0"),
+    for flags, message in ((["--limit", "-1"], "--limit must be a whole number >= 0, got -1"),
+                           (["--rows-per-part", "0"], "--rows-per-part must be a whole number >= 1"),
+                           (["--gpus-per-actor", "nan"], "--gpus-per-actor must be a number >= 0, got nan"),
                            (["--config", str(tmp_path / "missing.yaml")], "missing.yaml: no such file")):
         with pytest.raises(ValueError, match=message):
             config(base + flags)
     (tmp_path / "broken.yaml").write_text(": : [\n")
     with pytest.raises(ValueError, match="broken.yaml is not valid YAML"):
         config(base + ["--config", str(tmp_path / "broken.yaml")])
+    with pytest.raises(ValueError, match="cannot read"):
+        config(base + ["--config", str(tmp_path)])  # a directory
+    (tmp_path / "typed.yaml").write_text("limit: '5'\n")  # a string where a number belongs
+    with pytest.raises(ValueError, match="--limit must be a whole number >= 0, got '5'"):
+        config(base + ["--config", str(tmp_path / "typed.yaml")])
 
 
 def test_bad_task_option_values_stop_the_command_before_ray_starts(tmp_path):
@@ -135,6 +140,8 @@ def test_task_options_check_types_and_ranges():
     from gpa.options import ConvertOptions, SynthesizeOptions, TranscribeOptions
 
     assert TranscribeOptions(seed=np.int64(3), temperature=np.float32(0.5)).seed == 3  # numpy numbers are numbers
+    with pytest.raises(ValueError, match="window_s must be a finite number"):
+        TranscribeOptions(window_s=np.float32("nan"))
     for cls, values, message in ((TranscribeOptions, {"window_s": "abc"}, "window_s must be float"),
                                  (TranscribeOptions, {"do_sample": 1}, "do_sample must be bool"),
                                  (TranscribeOptions, {"batch_size": True}, "batch_size must be int"),
@@ -200,3 +207,11 @@ def test_an_output_held_by_a_live_run_is_refused_before_any_work(tmp_path):
                                        r"ago.*--takeover"):
         run_job(c)
     assert store.is_current("nightly-1") and sorted(os.listdir(out)) == ["_gpa_batch"]
+
+
+def test_an_interrupted_run_is_reported_as_interrupted_whatever_it_interrupted():
+    from jobs.pipeline import _root_cause
+
+    interrupt = KeyboardInterrupt()
+    interrupt.__context__ = RuntimeError("botocore.exceptions.EndpointConnectionError: Could not connect")
+    assert _root_cause(interrupt).startswith("KeyboardInterrupt: interrupted (Ctrl-C or SIGINT)")

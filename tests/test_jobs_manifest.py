@@ -109,7 +109,7 @@ def test_invalid_rows_become_error_rows(tmp_path):
     assert got.total == 11  # every input row is accounted for
 
 
-def test_a_broken_line_never_shares_its_id_with_a_row_named_like_it(tmp_path):
+def test_a_broken_line_never_takes_the_id_of_an_earlier_row(tmp_path):
     manifest = write_jsonl(tmp_path / "m.jsonl", [{"id": "line:2", "audio": "a.wav"}, "{not json",
                                                   {"id": "line:2#2", "audio": "b.wav"}, "[]"])
     got = load_inputs("transcribe", str(manifest))

@@ -230,7 +230,6 @@ def test_cudnn_attention_switch_keeps_the_callers_choices_across_threads():
     assert cudnn()
 
 
-
 def test_a_gpa_from_separately_loaded_parts_works_like_the_loaded_one(tiny_checkpoint, tiny_model):
     from gpa.bicodec import BiCodec
     from gpa.glm_tokenizer import GLMSpeechTokenizer

@@ -60,7 +60,7 @@ def test_an_http_server_that_cannot_be_reached_is_an_outage_not_a_missing_file()
     cause): such a row must be redone by the next run, not recorded as unreadable for good."""
     import socket
 
-    from gpa.errors import StorageUnavailable
+    from gpa.errors import StorageUnavailable, UnreadableAudio
 
     with socket.socket() as s:  # a port nothing listens on (bound, never listening: connections are refused)
         s.bind(("127.0.0.1", 0))
@@ -73,6 +73,35 @@ def test_an_http_server_that_cannot_be_reached_is_an_outage_not_a_missing_file()
     implicit = FileNotFoundError("k")  # raised while handling a connection error, not because of it
     implicit.__context__ = ConnectionRefusedError()
     assert storage.is_transient(explicit) and not storage.is_transient(implicit)
+    # a server that answers 503 (overloaded) is an outage too; 404 is a missing file
+    import http.server
+    import threading
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the handler's name is http.server's)
+            self.send_error(503 if "busy" in self.path else 404)
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(StorageUnavailable):
+            audio.load_audio(f"{url}/busy.wav")
+        with pytest.raises(UnreadableAudio) as missing:
+            audio.load_audio(f"{url}/missing.wav")
+        assert not isinstance(missing.value, StorageUnavailable)
+    finally:
+        server.shutdown()
+        server.server_close()
+    looped = FileNotFoundError("k")
+    looped.__cause__ = PermissionError("k")
+    looped.__cause__.__cause__ = looped  # a chain that comes back to itself ends, as "not transient"
+    assert not storage.is_transient(looped)
 
 
 def test_rerun_redoes_transient_errors_always_and_other_errors_when_asked():
