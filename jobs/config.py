@@ -75,23 +75,21 @@ class JobConfig:
             lo, hi = self.actors
             if lo < 1 or hi < lo:
                 raise ValueError(f"--actors must be MIN:MAX with 1 <= MIN <= MAX, got {lo}:{hi}")
-        if (self.batch_size is not None and self.batch_size < 1) or self.bucket_batches < 1:
-            raise ValueError("--batch-size and --bucket-batches must be >= 1")
         # (name, value, lowest allowed, whole numbers only); 0 threads means torch's default, 0 MB no reservation
         for name, value, low, whole in (
+                ("batch_size", self.batch_size, 1, True), ("bucket_batches", self.bucket_batches, 1, True),
                 ("limit", self.limit, 0, True), ("rows_per_part", self.rows_per_part, 1, True),
                 ("samples", self.samples, 0, True), ("memory_per_task_mb", self.memory_per_task_mb, 0, True),
                 ("torch_threads", self.torch_threads, 0, True), ("max_text_chars", self.max_text_chars, 1, True),
                 ("gpus_per_actor", self.gpus_per_actor, 0, False), ("cpus_per_actor", self.cpus_per_actor, 0, False),
-                ("cpus_per_task", self.cpus_per_task, 0, False), ("debug_delay_s", self.debug_delay_s, 0, False),
-                ("max_duration_s", self.max_duration_s, 1e-9, False)):
-            if value is None:
-                continue
+                ("cpus_per_task", self.cpus_per_task, 0, False), ("debug_delay_s", self.debug_delay_s, 0, False)):
             kind = numbers.Integral if whole else numbers.Real
-            if isinstance(value, bool) or not isinstance(value, kind) or not value >= low:  # NaN fails >= too
-                flag = f"--{name.replace('_', '-')}"
-                raise ValueError(f"{flag} must be {'a whole number' if whole else 'a number'} "
-                                 f"{'above 0' if low == 1e-9 else f'>= {low}'}, got {value!r}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, kind) or not value >= low):
+                raise ValueError(f"--{name.replace('_', '-')} must be {'a whole number' if whole else 'a number'} "
+                                 f">= {low}, got {value!r}")  # NaN fails >= too
+        if isinstance(self.max_duration_s, bool) or not isinstance(self.max_duration_s, numbers.Real) \
+                or not self.max_duration_s > 0:
+            raise ValueError(f"--max-duration-s must be a number above 0, got {self.max_duration_s!r}")
         if self.audio_storage not in ("inline", "objects"):
             raise ValueError("--audio-storage must be inline or objects")
         if self.input_format not in ("auto", "jsonl", "csv", "parquet"):
