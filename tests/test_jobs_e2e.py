@@ -311,15 +311,17 @@ def test_ctrl_c_ends_the_run_cleanly_and_the_rerun_finishes_it(ray_address, tiny
     MLflow run FAILED with that reason; the same command then finishes the job."""
     from mlflow.tracking import MlflowClient
 
-    manifest = write_jsonl(tmp_path / "m.jsonl", [{"id": f"clip-{i}", "audio": str(AUDIO / "espeak_short.flac")}
-                                                  for i in range(6)])
+    # enough work after the first part that the interrupt lands mid-run even on a loaded machine (with less, the
+    # first part could appear as the job ended, and the signal arrive after it had finished)
+    manifest = write_jsonl(tmp_path / "m.jsonl", [{"id": f"clip-{i:02d}", "audio": str(AUDIO / "espeak_short.flac")}
+                                                  for i in range(12)])
     out, db = tmp_path / "out", tmp_path / "ml.db"
     migrated_mlflow_db(db)
     argv = [sys.executable, "-m", "jobs.transcribe", "--input", str(manifest), "--output", str(out), "--model",
             str(tiny_checkpoint), "--batch-size", "1", "--bucket-batches", "1", "--rows-per-part", "1",
             "--max-new-tokens", "4", "--mlflow-uri", f"sqlite:///{db}", "--experiment", "ctrl-c", "--no-progress"]
     env = {**os.environ, "RAY_ADDRESS": ray_address}
-    process = subprocess.Popen([*argv, "--debug-delay-s", "0.5"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen([*argv, "--debug-delay-s", "1.0"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
     store = OutputStore(str(out))
     deadline = time.time() + 240
@@ -340,7 +342,7 @@ def test_ctrl_c_ends_the_run_cleanly_and_the_rerun_finishes_it(ray_address, tiny
     finished = subprocess.run([*argv, "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert json.loads(finished.stdout)["complete"]
-    assert sorted(r["id"] for r in committed(out)) == [f"clip-{i}" for i in range(6)]
+    assert sorted(r["id"] for r in committed(out)) == [f"clip-{i:02d}" for i in range(12)]
 
 
 def test_demo_prints_counts_matching_the_example_manifest(ray_address, tmp_path):
