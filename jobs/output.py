@@ -7,7 +7,7 @@ Layout under the output URI::
     _SUCCESS                       present when the committed parts cover every row of the last run's input
     .staging/<run>/                parts of a run in progress, each with a record written after its file
     _gpa_batch/current-run         the lease of the run that owns the output now (its id, host, pid, heartbeat)
-    _gpa_batch/output.json         written by the first run: this location is a gpa-batch output
+    _gpa_batch/output.json         written by the first run: this location is a gpa-batch output (and its id)
     audio/                         FLAC objects (only with --audio-storage objects)
 
 A run writes its parts under ``.staging/`` (ignored by pyarrow and ``datasets``, as is everything starting with
@@ -136,6 +136,7 @@ class OutputStore:
         self.current_uri = storage.join(self.meta, "current-run")
         self.marker_uri = storage.join(self.meta, "output.json")
         self.success_uri = storage.join(self.uri, "_SUCCESS")
+        self.output_id: str | None = None  # known once a run has started (start())
 
     # --- reading ---------------------------------------------------------------------------------------------
 
@@ -234,6 +235,20 @@ class OutputStore:
             raise ForeignOutput(f"{storage.redact_uri(self.uri)} is not a gpa-batch output but holds files a run "
                                 f"would replace ({names}); choose an empty or new --output")
 
+    def _mark(self) -> str:
+        """Mark the location as a gpa-batch output, once. Returns the output's id, which tells it from an earlier
+        output deleted from the same URI (outputs marked before ids existed get one now)."""
+        try:
+            marker = json.loads(storage.read_bytes(self.marker_uri))
+        except FileNotFoundError:
+            marker = {"format": FORMAT}
+        except ValueError:  # a torn marker: the location is ours all the same
+            marker = {"format": FORMAT}
+        if not isinstance(marker, dict) or not isinstance(marker.get("id"), str) or not marker["id"]:
+            marker = {**(marker if isinstance(marker, dict) else {}), "format": FORMAT, "id": uuid.uuid4().hex}
+            storage.write_bytes(self.marker_uri, json.dumps(marker).encode())
+        return marker["id"]
+
     def renew(self, run_id: str) -> None:
         storage.write_bytes(self.current_uri, json.dumps(Lease.mine(run_id).__dict__).encode())
 
@@ -270,8 +285,7 @@ class OutputStore:
         if run_id is not None:
             self.check_free(run_id, takeover)
         self.check_ours()
-        if not storage.exists(self.marker_uri):
-            storage.write_bytes(self.marker_uri, json.dumps({"format": FORMAT}).encode())
+        self.output_id = self._mark()
         if run_id is not None:
             self.renew(run_id)
         storage.remove(self.success_uri)

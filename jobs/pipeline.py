@@ -115,7 +115,7 @@ def _run(config: JobConfig, run_id: str, started: float, params: dict, store: Ou
          tracking: JobTracking, progress: bool | None) -> JobResult:
     with _storage_failures("could not take over the output"):
         store.start(run_id, config.takeover)  # takes ownership, adopts parts of an interrupted run, removes debris
-    tracking.own_output(lambda: store.is_current(run_id))
+    tracking.own_output(lambda: store.is_current(run_id), store.output_id)
     # a heartbeat tells later runs that this one is alive, until it is reported (an output's own MLflow store too)
     with store.holding(run_id):
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import sqlite3
 import tempfile
@@ -17,6 +18,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from . import storage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,16 +50,24 @@ class EmbeddedStore:
         return f"sqlite:///{self.local_db}"
 
 
-def embedded_store(output: str) -> EmbeddedStore:
+def embedded_store(output: str, output_id: str | None = None) -> EmbeddedStore:
+    """The default store of ``output``. An object-store output's working copy is kept per output
+    (:attr:`OutputStore.output_id`): an output deleted and made again at the same URI starts a new history instead of
+    taking on the old one's runs, which stay in their own folder; ``None``: a job that never owned the output."""
     meta = storage.join(output, "_mlflow")
     if storage.is_uri(output):
         home = Path(os.environ.get("GPA_BATCH_HOME", "~/.gpa-batch")).expanduser()
-        local = home / "mlflow" / hashlib.sha256(output.encode()).hexdigest()[:16] / "mlflow.db"
+        folder = hashlib.sha256(output.encode()).hexdigest()[:16]
+        local = home / "mlflow" / folder / (_safe_name(output_id) if output_id else "not-owned") / "mlflow.db"
         store = EmbeddedStore(local, storage.join(meta, "artifacts"), storage.join(meta, "mlflow.db"))
     else:
         store = EmbeddedStore(Path(meta).absolute() / "mlflow.db", (Path(meta).absolute() / "artifacts").as_uri())
     store.local_db.parent.mkdir(parents=True, exist_ok=True)
     return store
+
+
+def _safe_name(output_id: str) -> str:
+    return "".join(c for c in output_id if c.isalnum() or c in "-_")[:64] or "unnamed"
 
 
 def artifact_location_for(uri: str) -> str | None:
@@ -86,6 +97,7 @@ class JobTracking:
         self.result: Tracking | None = None  # once finished
         self._embedded: EmbeddedStore | None = None  # the default store, when it has a remote copy
         self._owner: Callable[[], bool] | None = None  # whether the job still owns the output
+        self._output_id: str | None = None
         self._settled = threading.Event()  # set when the job owns the output, or ends without ever owning it
         # fail in seconds, not minutes, when a tracking server is unreachable (set here: the environment must not
         # change from another thread while C code may read it)
@@ -94,9 +106,10 @@ class JobTracking:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="gpa-batch-mlflow")
         self._opened = self._thread.submit(self._open, tracking_uri, output, run_name, tags)
 
-    def own_output(self, still_owner: Callable[[], bool]) -> None:
-        """The job holds the output's lease: its store may be fetched now and put back while ``still_owner()``."""
-        self._owner = still_owner
+    def own_output(self, still_owner: Callable[[], bool], output_id: str) -> None:
+        """The job holds the lease of the output ``output_id`` (:meth:`OutputStore.start`): its store may be fetched
+        now and put back while ``still_owner()``."""
+        self._owner, self._output_id = still_owner, output_id
         self._settled.set()
 
     def finish(self, *, params: dict[str, object], metrics: dict[str, float], artifacts: dict[str, bytes],
@@ -118,14 +131,17 @@ class JobTracking:
             artifact_location = artifact_location_for(uri)
             self.shown = uri if uri.startswith("sqlite:") else storage.redact_uri(uri)
         else:
-            store = embedded_store(output)
-            uri, artifact_location, self.shown = store.uri, store.artifact_location, store.uri
-            if store.remote_db:
-                self._embedded, self.shown = store, storage.redact_uri(store.remote_db)
-                self._settled.wait()
-                # the output's history wins over what this machine kept
-                if self._owner is not None and storage.exists(store.remote_db):
+            if storage.is_uri(output):
+                self.shown = storage.redact_uri(storage.join(output, "_mlflow", "mlflow.db"))
+                self._settled.wait()  # the working copy depends on which output the job owns, if any
+                owned = self._owner is not None
+                store = self._embedded = embedded_store(output, self._output_id if owned else None)
+                if owned and storage.exists(store.remote_db):  # the output's history wins over this machine's
                     _restore(store.local_db, storage.read_bytes(store.remote_db))
+            else:
+                store = embedded_store(output)
+                self.shown = store.uri
+            uri, artifact_location = store.uri, store.artifact_location
         from mlflow.entities import RunTag
         from mlflow.tracking import MlflowClient
 

@@ -232,7 +232,10 @@ def test_convert_on_s3(ray_address, tiny_checkpoint, s3_bucket, tmp_path, monkey
     listing = f"s3://{s3_bucket}/results/listing"
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("GPA_BATCH_HOME", str(tmp_path / "home"))
-    migrated_mlflow_db(embedded_store(listing).local_db)  # tables made once per session (slow)
+    # the output's id chooses this machine's working copy of its store: known here, so that copy can be given
+    # tables made once per session (slow)
+    storage.write_bytes(f"{listing}/_gpa_batch/output.json", b'{"format": "gpa-batch-output/1", "id": "listing"}')
+    migrated_mlflow_db(embedded_store(listing, "listing").local_db)
     config = small_config("convert", f"s3://{s3_bucket}/in/audio/", listing, tiny_checkpoint, None,
                           glob="espeak_*.flac", reference=f"s3://{s3_bucket}/in/audio/jfk.flac", limit=2,
                           quality=False)

@@ -301,11 +301,24 @@ def test_a_location_with_files_gpa_batch_did_not_write_is_refused_untouched(tmp_
     store.commit([store.stage("r1", "part-r1-00000.parquet", part([("a", "ok", None)]))],
                  run={"run_id": "r1", "job": "transcribe"}, complete=True)
     store.finish_run("r1")
+    first_id = store.output_id
     store.start("r2")
     assert ids(store) == ["a"] and (fresh / "notes.txt").read_text() == "mine"
-    (fresh / "_gpa_batch" / "output.json").unlink()  # an output written before the marker existed
+    assert store.output_id == first_id and len(first_id) == 32  # the same output, run after run
+    (fresh / "_gpa_batch" / "output.json").write_text(json.dumps({"format": "gpa-batch-output/1"}))  # before ids
     store.start("r3")
+    assert ids(store) == ["a"] and store.output_id not in (None, first_id)
+    assert json.loads((fresh / "_gpa_batch" / "output.json").read_text())["id"] == store.output_id
+    (fresh / "_gpa_batch" / "output.json").unlink()  # an output written before the marker existed
+    store.start("r4")
     assert ids(store) == ["a"]
+    again = tmp_path / "again"  # another output at a URI that held one (deleted): a new id
+    deleted = OutputStore(str(again))
+    deleted.start("r1")
+    storage.remove(str(again))
+    remade = OutputStore(str(again))
+    remade.start("r2")
+    assert remade.output_id not in (None, deleted.output_id)
 
     # an older version's first run, killed after moving its parts but before its commit file: its lease remains
     old = tmp_path / "old"

@@ -86,11 +86,11 @@ def test_real_tracking_server(mlflow_server, tmp_path):
     assert list((root / "artifacts").rglob("config.yaml"))  # artifacts went through the server
 
 
-def log_owned(output: str, still_owner=lambda: True):
+def log_owned(output: str, still_owner=lambda: True, output_id: str = "output-1"):
     """As a job logs: the tracking opens as the job starts, the job takes the output's lease, then finishes."""
     tracking = JobTracking(tracking_uri=None, output=output, experiment="gpa-batch-test", run_name="t",
                            tags={"gpa_batch.job": "transcribe"})
-    tracking.own_output(still_owner)
+    tracking.own_output(still_owner, output_id)
     return tracking.finish(params=PARAMS, metrics=METRICS,
                            artifacts={"config.yaml": b"job: transcribe\n", "samples/a.json": b"[]"})
 
@@ -117,7 +117,7 @@ def test_embedded_store_of_an_object_store_output_lives_in_the_output(s3_bucket,
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     output = f"s3://{s3_bucket}/nightly/out"
     monkeypatch.setenv("GPA_BATCH_HOME", str(tmp_path / "pod-1"))
-    migrated_mlflow_db(embedded_store(output).local_db)  # tables made once per session (slow)
+    migrated_mlflow_db(embedded_store(output, "output-1").local_db)  # tables made once per session (slow)
     first = log_owned(output)
     assert first.error is None and first.run_id and first.uri == f"{output}/_mlflow/mlflow.db"
     monkeypatch.setenv("GPA_BATCH_HOME", str(tmp_path / "pod-2"))  # the next night, on a new pod
@@ -135,6 +135,34 @@ def test_embedded_store_of_an_object_store_output_lives_in_the_output(s3_bucket,
         assert storage.exists(f"{run.info.artifact_uri}/samples/a.json")
 
 
+def test_a_new_output_at_an_old_uri_does_not_inherit_its_runs(s3_bucket, tmp_path, monkeypatch):
+    """An s3:// output deleted and made again starts a new MLflow history, although this machine kept a working
+    copy of the old one's database (it stays where it was); a copy the last run could not put back stays with its
+    own output."""
+    from mlflow.tracking import MlflowClient
+
+    from jobs import storage
+    from jobs.tracking import embedded_store
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("GPA_BATCH_HOME", str(tmp_path / "host"))
+    output = f"s3://{s3_bucket}/recreated"
+    migrated_mlflow_db(embedded_store(output, "old").local_db)
+    migrated_mlflow_db(embedded_store(output, "new").local_db)  # empty, as a fresh store would be (faster)
+    old = log_owned(output, output_id="old")
+    storage.remove(f"{output}/_mlflow/mlflow.db")  # as if that run could not put it back: kept for that output
+    kept = log_owned(output, output_id="old")
+    assert set(runs_in_output(output, tmp_path)[1]) == {old.run_id, kept.run_id}
+
+    storage.remove(output)  # the output is deleted, and a job writes a new one at the same URI
+    new = log_owned(output, output_id="new")
+    assert new.error is None
+    assert set(runs_in_output(output, tmp_path)[1]) == {new.run_id}
+    client = MlflowClient(tracking_uri=embedded_store(output, "old").uri)  # the old history, where it was
+    experiment = client.get_experiment_by_name("gpa-batch-test")
+    assert {r.info.run_id for r in client.search_runs([experiment.experiment_id])} == {old.run_id, kept.run_id}
+
+
 def test_only_the_owner_of_the_output_saves_its_store(s3_bucket, tmp_path, monkeypatch):
     """A job that never got the output's lease (another run holds it) or lost it (--takeover) must not put back
     its copy: it would drop the runs the owner logged meanwhile. It says where its run stayed."""
@@ -143,7 +171,7 @@ def test_only_the_owner_of_the_output_saves_its_store(s3_bucket, tmp_path, monke
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("GPA_BATCH_HOME", str(tmp_path / "pod"))
     output = f"s3://{s3_bucket}/out"
-    migrated_mlflow_db(embedded_store(output).local_db)
+    migrated_mlflow_db(embedded_store(output, "output-1").local_db)
     owner = log_owned(output)
     refused = JobTracking(tracking_uri=None, output=output, experiment="gpa-batch-test", run_name="t", tags={})
     never = refused.finish(params=PARAMS, metrics=METRICS, artifacts={}, failure="OutputBusy: run x is writing")
@@ -159,6 +187,6 @@ def test_a_store_that_cannot_be_saved_to_the_output_is_reported(s3_bucket, tmp_p
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("GPA_BATCH_HOME", str(tmp_path / "pod"))
     output = f"s3://{s3_bucket}-gone/out"  # no such bucket: nothing can be written there
-    migrated_mlflow_db(embedded_store(output).local_db)
+    migrated_mlflow_db(embedded_store(output, "output-1").local_db)
     result = log_owned(output)
     assert result.run_id is None and "could not be saved to the output" in result.error
