@@ -115,7 +115,7 @@ def config_from_args(job: str, args: argparse.Namespace) -> JobConfig:
         from . import storage
 
         try:
-            loaded = yaml.safe_load(storage.read_bytes(storage.normalize(given["config"]))) or {}
+            loaded = yaml.load(storage.read_bytes(storage.normalize(given["config"])), _yaml_loader()) or {}
         except FileNotFoundError:
             raise ValueError(f"--config {storage.redact_uri(given['config'])}: no such file") from None
         except OSError as exc:  # a directory, no permission, an unreachable store
@@ -152,6 +152,21 @@ def config_from_args(job: str, args: argparse.Namespace) -> JobConfig:
     if missing:
         raise ValueError("missing " + ", ".join(f"--{k}" for k in missing))
     return JobConfig.from_dict(values)
+
+
+def _yaml_loader():
+    """PyYAML's safe loader, reading numbers such as ``1e-3`` as floats (YAML 1.2) rather than as text (YAML 1.1,
+    which wants ``1.0e-3``): a config file's ``temperature: 1e-3`` means a number."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    exponent_float = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", exponent_float, list("-+0123456789."))
+    return Loader
 
 
 def _literal(text: str) -> Any:

@@ -197,7 +197,9 @@ def _open_input(uri: str):
     try:
         fs, path = filesystem(uri)
         raw = fs.open(path, "rb")
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
+        if is_transient(exc):  # fsspec's HTTP filesystem says "not found" for a server it cannot reach
+            raise InputError(_read_failure(name, exc)) from None
         raise InputError(f"input not found: {name}") from None
     except IsADirectoryError:
         raise InputError(f"{name} is a directory: pass --glob to list its audio files") from None

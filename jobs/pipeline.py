@@ -87,7 +87,11 @@ def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
     started = time.time()
     run_id = new_run_id()
     check_config(config)
-    config = config.for_cluster(*_cluster_resources(config))
+    cluster_gpus, cluster_cpus = _cluster_resources(config)
+    if cluster_gpus == 0 and config.gpus_per_actor is None and config.device is None and os.environ.get("RAY_ADDRESS"):
+        log.warning("the Ray cluster has no GPU now, so the model actors run on CPU; if its GPU nodes are added on "
+                    "demand (a GPU group that starts at zero nodes), pass --gpus-per-actor")
+    config = config.for_cluster(cluster_gpus, cluster_cpus)
     params = task_params(config)
     store = OutputStore(config.output)
     previous = store.load().job

@@ -59,6 +59,9 @@ class Task:
     def options(self, config) -> Any:
         import gpa
 
+        for name, flag in (("batch_size", "--batch-size"), ("seed", "--seed")):
+            if name in config.options:  # the job's own would silently win (it sizes the actors' windows too)
+                raise ValueError(f"{name} is a job setting: use {flag}")
         given = {**config.options, "seed": config.seed}
         if config.batch_size is not None:  # else the options' own default (the job fills it in for_cluster)
             given["batch_size"] = config.batch_size

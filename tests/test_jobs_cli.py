@@ -116,6 +116,12 @@ def test_out_of_range_numbers_and_broken_config_files_are_usage_errors(tmp_path)
     (tmp_path / "typed.yaml").write_text("limit: '5'\n")  # a string where a number belongs
     with pytest.raises(ValueError, match="--limit must be a whole number >= 0, got '5'"):
         config(base + ["--config", str(tmp_path / "typed.yaml")])
+    # numbers as YAML 1.2 writes them, which PyYAML alone reads as text
+    (tmp_path / "floats.yaml").write_text("options: {temperature: 1e-3, top_p: +9.5E-1, window_s: 3}\n"
+                                          "run_name: '1e-3'\ncpus_per_task: .25e0\n")
+    floats = config(base + ["--config", str(tmp_path / "floats.yaml")])
+    assert floats.options == {"temperature": 0.001, "top_p": 0.95, "window_s": 3} and floats.run_name == "1e-3"
+    assert floats.cpus_per_task == 0.25
 
 
 def test_bad_task_option_values_stop_the_command_before_ray_starts(tmp_path):
@@ -124,7 +130,10 @@ def test_bad_task_option_values_stop_the_command_before_ray_starts(tmp_path):
     manifest = ROOT / "manifests" / "examples" / "transcribe.jsonl"
     for flags, message in ((["--option", "window_s=abc"], "option window_s must be float, got 'abc'"),
                            (["--temperature", "-1", "--do-sample"], "temperature must be positive when sampling"),
-                           (["--max-new-tokens", "0"], "max_new_tokens must be at least 1")):
+                           (["--max-new-tokens", "0"], "max_new_tokens must be at least 1"),
+                           # the job's own settings would silently win over these
+                           (["--option", "batch_size=4"], "batch_size is a job setting: use --batch-size"),
+                           (["--option", "seed=3"], "seed is a job setting: use --seed")):
         out = subprocess.run([sys.executable, "-m", "jobs.cli", "transcribe", "--input", str(manifest), "--output",
                               str(tmp_path / "out"), "--model", "m", *flags], capture_output=True, text=True, cwd=ROOT,
                              timeout=60, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"})  # never reached

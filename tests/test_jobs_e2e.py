@@ -300,6 +300,8 @@ def test_killed_run_resumes_to_the_exact_row_set(ray_address, tiny_checkpoint, t
 
     finished = subprocess.run([*argv, "--json"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
+    # on a cluster without GPUs at the start, the job says why its actors run on CPU (an autoscaled GPU group)
+    assert "the Ray cluster has no GPU now" in finished.stderr and "--gpus-per-actor" in finished.stderr
     summary = json.loads(finished.stdout)
     assert summary["complete"] and summary["committed_rows"] == 9
     assert summary["already_done"] >= staged and summary["processed"] == 9 - summary["already_done"]

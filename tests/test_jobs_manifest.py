@@ -193,6 +193,40 @@ def test_whole_input_problems_stop_the_job(tmp_path):
         load_inputs("transcribe", str(EXAMPLES / "transcribe.csv"), field_map={"wat": "path"})
 
 
+def test_an_http_manifest_that_cannot_be_reached_is_not_called_missing(tmp_path):
+    """A manifest served over HTTP: a 404 is "not found", a server that refuses the connection is an outage."""
+    import http.server
+    import socket
+    import threading
+
+    (tmp_path / "m.jsonl").write_text(json.dumps({"id": "a", "audio": "a.flac"}) + "\n")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(tmp_path), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        assert [r["id"] for r in load_inputs("transcribe", f"{base}/m.jsonl").rows] == ["a"]
+        with pytest.raises(InputError, match="input not found: .*/missing.jsonl"):
+            load_inputs("transcribe", f"{base}/missing.jsonl")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    with pytest.raises(InputError, match="m.jsonl: storage unavailable, try again later"):
+        load_inputs("transcribe", f"http://127.0.0.1:{closed}/m.jsonl")
+
+
 def test_s3_manifest_and_listing(s3_bucket):
     import boto3
 
