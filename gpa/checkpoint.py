@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -24,6 +25,8 @@ from torch.overrides import TorchFunctionMode
 
 from .errors import CheckpointError
 from .storage import filesystem, is_uri, redact_uri
+
+log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -162,8 +165,8 @@ def default_cache_dir() -> Path:
 def resolve_checkpoint(source: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
     """A local directory holding the checkpoint named by ``source``.
 
-    ``source`` is a local directory, an object-store prefix (``s3://bucket/prefix``: copied once into the cache,
-    atomically, sizes checked) or a Hugging Face repo id (downloaded when a network exists).
+    ``source`` is a local directory, an object-store prefix (``s3://bucket/prefix``: copied into the cache once per
+    version, atomically, sizes checked) or a Hugging Face repo id (downloaded when a network exists).
     """
     text = os.fspath(source)
     if is_uri(text):
@@ -177,31 +180,76 @@ def resolve_checkpoint(source: str | os.PathLike, cache_dir: str | os.PathLike |
 
 
 def _download_prefix(uri: str, cache_dir: Path) -> Path:
+    """The local copy of the checkpoint under ``uri``: one folder per version of it (its objects' names, sizes and
+    ETags), so a checkpoint replaced at the same prefix is fetched again rather than served stale. One process per
+    machine downloads a version while the others wait for it (the actors of one node start together)."""
     clean = redact_uri(uri).rstrip("/")
-    target = cache_dir / hashlib.sha256(clean.encode()).hexdigest()[:24]
-    if (target / COMPLETE_MARKER).is_file():
-        return target
+    name = hashlib.sha256(clean.encode()).hexdigest()[:24]
     fs, root = filesystem(uri)
     root = root.rstrip("/")
     try:
         listing = fs.find(root, detail=True)
+        problem = None
     except Exception as exc:
-        raise CheckpointError(f"cannot list {clean}: {type(exc).__name__}") from None
-    files = {path: info for path, info in listing.items() if info.get("type", "file") == "file"}
-    if not files:
-        raise CheckpointError(f"no files under {clean}")
+        listing, problem = {}, f"cannot list {clean}: {type(exc).__name__}"
+    files, found = {}, False
+    for path, info in sorted(listing.items()):
+        if info.get("type", "file") != "file":
+            continue
+        found = True
+        relative = path[len(root):].lstrip("/")
+        if not relative or relative.startswith("..") or "/../" in f"/{relative}/":
+            raise CheckpointError(f"refusing object key outside the prefix: {relative!r}")
+        if Path(relative).suffix not in PICKLE_SUFFIXES:  # never loaded, so never copied (see convert_to_safetensors)
+            files[relative] = (path, info)
+    if not found:
+        cached = sorted(cache_dir.glob(f"{name}*/{COMPLETE_MARKER}"), key=lambda p: p.stat().st_mtime)
+        if cached:  # the store is down, or the checkpoint was removed from it: the last copy fetched still loads
+            log.warning("%s; using the copy fetched before, %s", problem or f"no files under {clean}",
+                        cached[-1].parent)
+            return cached[-1].parent
+        raise CheckpointError(problem or f"no files under {clean}")
+    version = hashlib.sha256(json.dumps(
+        [[relative, info.get("size"), str(_object_version(info))] for relative, (_, info) in files.items()]
+    ).encode()).hexdigest()[:12]
+    target = cache_dir / f"{name}-{version}"
+    if (target / COMPLETE_MARKER).is_file():
+        return target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    # Download into a private temporary directory beside the target and rename it into place: a crash or a
-    # concurrent loader never sees a half-copied checkpoint.
-    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", suffix=".partial", dir=cache_dir))
+    with _exclusive(cache_dir / f"{name}.lock"):
+        if not (target / COMPLETE_MARKER).is_file():  # else another process fetched it while this one waited
+            _download_files(fs, clean, files, target)
+    return target
+
+
+def _object_version(info: dict) -> object:
+    """What changes when an object is replaced: its ETag on object stores, else its modification time."""
+    for key in ("ETag", "etag", "LastModified", "last_modified", "mtime", "updated"):
+        if info.get(key) is not None:
+            return info[key]
+    return None
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """An exclusive lock between processes of this machine (released by the OS if the holder dies)."""
+    import fcntl
+
+    with open(lock_path, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _download_files(fs, clean: str, files: dict[str, tuple[str, dict]], target: Path) -> None:
+    # into a private temporary directory beside the target, renamed into place: a crash never leaves a half-copied
+    # checkpoint where a loader would take it
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", suffix=".partial", dir=target.parent))
     try:
         manifest = {}
-        for path, info in sorted(files.items()):
-            relative = path[len(root) :].lstrip("/")
-            if not relative or relative.startswith("..") or "/../" in f"/{relative}/":
-                raise CheckpointError(f"refusing object key outside the prefix: {relative!r}")
-            if Path(relative).suffix in PICKLE_SUFFIXES:
-                continue  # never loaded, so never copied (see convert_to_safetensors)
+        for relative, (path, info) in files.items():
             local = staging / relative
             local.parent.mkdir(parents=True, exist_ok=True)
             fs.get_file(path, str(local))
@@ -213,11 +261,10 @@ def _download_prefix(uri: str, cache_dir: Path) -> Path:
         try:
             os.rename(staging, target)
         except OSError:
-            if not (target / COMPLETE_MARKER).is_file():  # not a lost race with another loader: a real failure
+            if not (target / COMPLETE_MARKER).is_file():  # not another machine's copy on a shared cache
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
 def _download_hf(repo_id: str, cache_dir: str | os.PathLike | None) -> Path:

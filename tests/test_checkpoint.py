@@ -141,11 +141,42 @@ def test_s3_prefix_is_copied_once_atomically(s3_server, s3_bucket, tmp_path):
     assert (local / "BiCodec/model.safetensors").read_bytes() == files["BiCodec/model.safetensors"]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
 
-    # Cached: a second resolve does not download again (the objects are gone and it still works).
+    # Cached: a second resolve does not download again; with the objects gone, the copy fetched before still loads
+    assert resolve_checkpoint(f"s3://{s3_bucket}/gpa/v1/", tmp_path) == local
     for key in files:
         s3.delete_object(Bucket=s3_bucket, Key=f"gpa/v1/{key}")
     assert resolve_checkpoint(f"s3://{s3_bucket}/gpa/v1/", tmp_path) == local
-    assert content_hash(local) == content_hash(local)
+    with pytest.raises(CheckpointError, match="no files under"):  # nothing there, nothing fetched before
+        resolve_checkpoint(f"s3://{s3_bucket}/gpa/v2", tmp_path)
+
+
+def test_a_checkpoint_replaced_at_its_prefix_is_fetched_again_by_one_process(s3_server, s3_bucket, tmp_path):
+    """A new version uploaded to the same prefix is not served from the stale copy; while one process fetches a
+    version, the others of the machine wait for it instead of downloading it too."""
+    import fcntl
+    import threading
+
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.put_object(Bucket=s3_bucket, Key="gpa/config.json", Body=b'{"v": 1}')
+    s3.put_object(Bucket=s3_bucket, Key="gpa/model.safetensors", Body=b"1" * 100)
+    first = resolve_checkpoint(f"s3://{s3_bucket}/gpa", tmp_path)
+    assert (first / "config.json").read_bytes() == b'{"v": 1}'
+
+    s3.put_object(Bucket=s3_bucket, Key="gpa/model.safetensors", Body=b"2" * 100)  # same size, new content
+    [lock] = tmp_path.glob("*.lock")
+    found: list = []
+    with open(lock, "a+b") as held:  # another process of this machine is fetching
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiter = threading.Thread(target=lambda: found.append(resolve_checkpoint(f"s3://{s3_bucket}/gpa", tmp_path)))
+        waiter.start()
+        waiter.join(1.5)
+        assert waiter.is_alive() and not list(tmp_path.glob("*.partial"))  # waiting, not downloading
+        fcntl.flock(held, fcntl.LOCK_UN)
+    waiter.join(30)
+    [second] = found
+    assert second != first and (second / "model.safetensors").read_bytes() == b"2" * 100
+    assert (first / "model.safetensors").read_bytes() == b"1" * 100  # a running actor's copy is left alone
+    assert resolve_checkpoint(f"s3://{s3_bucket}/gpa", tmp_path) == second
 
 
 def test_s3_pickle_weights_are_never_copied(s3_server, s3_bucket, tmp_path):
