@@ -24,7 +24,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import CheckpointError
-from .storage import filesystem, is_uri, redact_uri
+from .storage import exclusive_lock, filesystem, is_uri, redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def _download_prefix(uri: str, cache_dir: Path) -> Path:
     if (target / COMPLETE_MARKER).is_file():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive(cache_dir / f"{name}.lock"):
+    with exclusive_lock(cache_dir / f"{name}.lock"):
         if not (target / COMPLETE_MARKER).is_file():  # else another process fetched it while this one waited
             _download_files(fs, clean, files, target)
     return target
@@ -228,19 +228,6 @@ def _object_version(info: dict) -> object:
         if info.get(key) is not None:
             return info[key]
     return None
-
-
-@contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """An exclusive lock between processes of this machine (released by the OS if the holder dies)."""
-    import fcntl
-
-    with open(lock_path, "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _download_files(fs, clean: str, files: dict[str, tuple[str, dict]], target: Path) -> None:

@@ -6,10 +6,12 @@ same code runs against AWS, MinIO or a local test server.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import sys
+from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
@@ -60,6 +62,20 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
         return fs, fs._strip_protocol(uri)
     fs, path = fsspec.core.url_to_fs(uri)
     return fs, path
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive lock between processes, held on the file ``path`` (made if missing) while the block runs; the
+    OS releases it if the holder dies."""
+    import fcntl
+
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def read_bytes(uri: str | os.PathLike) -> bytes:

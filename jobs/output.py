@@ -137,6 +137,7 @@ class OutputStore:
         self.marker_uri = storage.join(self.meta, "output.json")
         self.success_uri = storage.join(self.uri, "_SUCCESS")
         self.output_id: str | None = None  # known once a run has started (start())
+        self._lease_versions: dict[str, str] = {}  # run id -> version of the lease that run wrote last
 
     # --- reading ---------------------------------------------------------------------------------------------
 
@@ -194,16 +195,21 @@ class OutputStore:
 
     def lease(self) -> Lease | None:
         """Who owns the output now, if anyone."""
+        return self._read_lease()[0]
+
+    def _read_lease(self) -> tuple[Lease | None, str | None]:
+        """The lease and its version (for a conditional write over it)."""
         try:
-            body = storage.read_bytes(self.current_uri).decode()
+            body, version = storage.read_versioned(self.current_uri)
         except FileNotFoundError:
-            return None
+            return None, None
         try:
             value = json.loads(body)
             return Lease(run_id=str(value["run_id"]), host=str(value.get("host", "")), pid=int(value.get("pid", 0)),
-                         heartbeat=float(value.get("heartbeat", 0.0)))
+                         heartbeat=float(value.get("heartbeat", 0.0))), version
         except (ValueError, KeyError, TypeError):
-            return Lease(run_id=body.strip())  # an unreadable lease counts as expired
+            # an unreadable lease counts as expired
+            return Lease(run_id=body.decode("utf-8", "replace").strip()), version
 
     def is_current(self, run_id: str) -> bool:
         """Whether ``run_id`` is the run that owns the output now. A killed driver's tasks can outlive it for a
@@ -213,13 +219,30 @@ class OutputStore:
 
     def check_free(self, run_id: str, takeover: bool = False) -> None:
         """Raise :class:`OutputBusy` when another run that is still alive owns the output (unless ``takeover``)."""
-        lease = self.lease()
+        self._refuse_if_busy(self.lease(), run_id, takeover)
+
+    def _refuse_if_busy(self, lease: Lease | None, run_id: str, takeover: bool) -> None:
         if lease is None or lease.run_id == run_id or takeover or not lease.alive():
             return
         where = f" on {lease.host}, pid {lease.pid}" if lease.host else ""
         raise OutputBusy(f"run {lease.run_id}{where} is writing to {storage.redact_uri(self.uri)} (last heartbeat "
                          f"{time.time() - lease.heartbeat:.0f} s ago); wait for it to finish, or pass --takeover "
                          f"if it is dead (a lease expires {LEASE_S:.0f} s after its last heartbeat)")
+
+    def _take(self, run_id: str, takeover: bool) -> None:
+        """Own the output: the lease is written over the version this run decided on, in one conditional step, so
+        two runs that start together cannot both take it (the one that writes second finds it changed, and decides
+        again on what the first wrote)."""
+        for _ in range(10):
+            lease, version = self._read_lease()
+            self._refuse_if_busy(lease, run_id, takeover)
+            try:
+                self._lease_versions[run_id] = storage.write_if(self.current_uri, _lease_body(run_id), version)
+                return
+            except storage.Conflict:
+                continue
+        raise OutputBusy(f"the lease of {storage.redact_uri(self.uri)} kept changing while this run tried to take "
+                         f"it: other runs are starting on this output")
 
     def check_ours(self) -> None:
         """Raise :class:`ForeignOutput` when the location is not a gpa-batch output yet but holds files a run would
@@ -249,8 +272,19 @@ class OutputStore:
             storage.write_bytes(self.marker_uri, json.dumps(marker).encode())
         return marker["id"]
 
-    def renew(self, run_id: str) -> None:
-        storage.write_bytes(self.current_uri, json.dumps(Lease.mine(run_id).__dict__).encode())
+    def renew(self, run_id: str) -> bool:
+        """Refresh ``run_id``'s lease, only over the version this run wrote last. False when another run has
+        taken the output since (this run must not write to it any more)."""
+        try:
+            self._lease_versions[run_id] = storage.write_if(self.current_uri, _lease_body(run_id),
+                                                            self._lease_versions.get(run_id))
+            return True
+        except storage.Conflict:
+            lease, version = self._read_lease()
+            if lease is not None and lease.run_id == run_id:  # this run's own write, whose reply was lost
+                self._lease_versions[run_id] = version
+                return True
+            return False
 
     @contextlib.contextmanager
     def holding(self, run_id: str, every_s: float = HEARTBEAT_S):
@@ -260,9 +294,8 @@ class OutputStore:
         def beat() -> None:
             while not stop.wait(every_s):
                 try:
-                    if not self.is_current(run_id):
+                    if not self.renew(run_id):
                         return  # taken over (--takeover): this run will fail its commit check
-                    self.renew(run_id)
                 except Exception as exc:  # a store hiccup: the next beat tries again
                     log.warning("could not renew the lease on the output: %s", storage.scrub(str(exc), 200))
 
@@ -282,12 +315,10 @@ class OutputStore:
     def start(self, run_id: str | None = None, takeover: bool = False) -> Commit:
         """Called when a run starts: take ownership (refused while another live run owns the output), adopt
         finished parts of killed runs, drop debris, un-mark completeness."""
-        if run_id is not None:
-            self.check_free(run_id, takeover)
         self.check_ours()
-        self.output_id = self._mark()
         if run_id is not None:
-            self.renew(run_id)
+            self._take(run_id, takeover)
+        self.output_id = self._mark()
         storage.remove(self.success_uri)
         commit = self.load()
         committed = {p["path"] for p in commit.parts}
@@ -363,6 +394,10 @@ class OutputStore:
     def finish_run(self, run_id: str) -> None:
         """Drop the run's staging (and anything a dead run's late writers left there after :meth:`start`)."""
         storage.remove(self.staging)
+
+
+def _lease_body(run_id: str) -> bytes:
+    return json.dumps(Lease.mine(run_id).__dict__).encode()
 
 
 def _final_name(record: dict) -> str:

@@ -7,19 +7,23 @@ have no atomic rename, so every "commit" here is a single small object written l
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import uuid
 from pathlib import PurePosixPath
 
 from gpa.errors import StorageUnavailable
-from gpa.storage import filesystem, is_transient, is_uri, read_bytes, redact_uri, scrub
+from gpa.storage import exclusive_lock, filesystem, is_transient, is_uri, read_bytes, redact_uri, scrub
 
 __all__ = [
     "is_uri", "redact_uri", "scrub", "join", "parent", "basename", "resolve_relative", "normalize",
-    "read_bytes", "write_bytes", "exists", "listdir", "remove", "move", "makedirs", "safe_name", "id_hash",
+    "read_bytes", "write_bytes", "read_versioned", "write_if", "Conflict", "exists", "listdir", "remove", "move",
+    "makedirs", "safe_name", "id_hash",
     "is_transient", "StorageUnavailable", "TRANSIENT_KINDS",
 ]
+
+log = logging.getLogger(__name__)
 
 # error kinds that say "the store was down", not "this row is bad": a plain rerun redoes such rows
 TRANSIENT_KINDS = frozenset({StorageUnavailable.kind})
@@ -85,6 +89,78 @@ def write_bytes(uri: str, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, uri)
+
+
+class Conflict(Exception):
+    """A conditional write lost: the object was created or changed by someone else since it was read."""
+
+
+def read_versioned(uri: str) -> tuple[bytes, str]:
+    """The object's bytes and its version for :func:`write_if`: the store's ETag, or a hash of the bytes where there
+    is none (a local file). Raises FileNotFoundError."""
+    if is_uri(uri):
+        fs, path = filesystem(uri)
+        with fs.open(path, "rb") as f:
+            data = f.read()
+            etag = (getattr(f, "details", None) or {}).get("ETag")
+        return data, etag or _digest(data)
+    data = read_bytes(uri)
+    return data, _digest(data)
+
+
+def write_if(uri: str, data: bytes, version: str | None) -> str:
+    """Write ``data`` only while the object is still at ``version`` (from :func:`read_versioned`; ``None``: only
+    while there is none), as one step no other writer can come between. Returns the new version; raises
+    :class:`Conflict` when the object changed. S3 does it with a conditional PUT (``If-Match`` /
+    ``If-None-Match``), a local disk under a lock file; an S3-compatible store that does not implement conditional
+    writes, or another scheme, gets a plain write (what a check before the write gives, no more)."""
+    if not is_uri(uri):
+        os.makedirs(os.path.dirname(uri) or ".", exist_ok=True)
+        with exclusive_lock(f"{uri}.lock"):
+            try:
+                current = _digest(read_bytes(uri))
+            except FileNotFoundError:
+                current = None
+            if current != version:
+                raise Conflict(redact_uri(uri))
+            write_bytes(uri, data)
+        return _digest(data)
+    if uri.startswith(("s3://", "s3a://")):
+        fs, path = filesystem(uri)
+        try:
+            reply = fs.pipe_file(path, data, **({"IfNoneMatch": "*"} if version is None else {"IfMatch": version}))
+        except FileExistsError:  # s3fs' name for a failed If-None-Match
+            raise Conflict(redact_uri(uri)) from None
+        except OSError as exc:
+            code = _error_code(exc)
+            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise Conflict(redact_uri(uri)) from None
+            if code != "NotImplemented":
+                raise
+            log.warning("the object store does not implement conditional writes: %s is written unconditionally",
+                        redact_uri(uri))
+        else:
+            etag = reply.get("ETag") if isinstance(reply, dict) else None
+            return etag or read_versioned(uri)[1]
+    write_bytes(uri, data)
+    return read_versioned(uri)[1]
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _error_code(exc: BaseException) -> str | None:
+    """The S3 error code behind an s3fs error (botocore's ClientError is its cause or context)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        response = getattr(exc, "response", None)
+        if isinstance(response, dict) and response.get("Error", {}).get("Code"):
+            return response["Error"]["Code"]
+        exc = exc.__cause__ or exc.__context__
+    return None
+
 
 
 def exists(uri: str) -> bool:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -15,6 +16,8 @@ import pytest
 from jobs import schema as S
 from jobs import storage
 from jobs.output import LEASE_S, OutputBusy, OutputStore, resume_plan
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def part(rows: list[tuple[str, str, str | None]]):
@@ -193,6 +196,43 @@ def test_a_live_run_keeps_the_output_and_a_dead_one_does_not(tmp_path):
     storage.write_bytes(store.current_uri, b"r5")  # an unreadable (or old, plain-text) lease counts as expired
     store.start("r6")
     assert store.is_current("r6")
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_conditional_writes(where, tmp_path, request):
+    """write_if: created only while absent, replaced only over the version read; a lost race is a Conflict."""
+    base = str(tmp_path) if where == "local" else f"s3://{request.getfixturevalue('s3_bucket')}"
+    uri = storage.join(base, "out", "_gpa_batch", "current-run")
+    first = storage.write_if(uri, b"a", None)
+    with pytest.raises(storage.Conflict):
+        storage.write_if(uri, b"b", None)  # someone created it meanwhile
+    data, version = storage.read_versioned(uri)
+    assert data == b"a" and version == first
+    second = storage.write_if(uri, b"c", version)
+    with pytest.raises(storage.Conflict):
+        storage.write_if(uri, b"d", version)  # changed since it was read
+    assert storage.read_versioned(uri) == (b"c", second)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_runs_that_start_together_do_not_both_own_the_output(where, tmp_path, request):
+    """Runs started at the same moment on one output (a schedule firing beside a manual rerun): exactly one takes
+    the lease, the others are refused. Without a conditional write, all of them could read "no lease", then write
+    theirs and go on, each deleting the others' staged parts."""
+    output = str(tmp_path / "out") if where == "local" else f"s3://{request.getfixturevalue('s3_bucket')}/out"
+    at = time.time() + 6  # the processes wait for the same moment (their imports take a second or two)
+    code = ("import sys, time; sys.path.insert(0, sys.argv[3]); from jobs.output import OutputBusy, OutputStore\n"
+            "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+            "try:\n    OutputStore(sys.argv[1]).start(sys.argv[4]); print('won', flush=True)\n"
+            "except OutputBusy:\n    print('refused', flush=True)\n"
+            "time.sleep(4)\n")  # alive while the others decide (a lease of a gone process is free)
+    runs = [subprocess.Popen([sys.executable, "-c", code, output, str(at), str(ROOT), f"r{i}"], text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(4)]
+    results = [run.communicate(timeout=120) for run in runs]
+    outcomes = sorted(out.strip() for out, _ in results)
+    assert outcomes == ["refused", "refused", "refused", "won"], [err[-2000:] for _, err in results]
+    winner = next(f"r{i}" for i, (out, _) in enumerate(results) if out.strip() == "won")
+    assert OutputStore(output).lease().run_id == winner
 
 
 def test_the_lease_is_renewed_while_held_and_given_up_after(tmp_path):
