@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -182,16 +183,21 @@ def resolve_checkpoint(source: str | os.PathLike, cache_dir: str | os.PathLike |
 def _download_prefix(uri: str, cache_dir: Path) -> Path:
     """The local copy of the checkpoint under ``uri``: one folder per version of it (its objects' names, sizes and
     ETags), so a checkpoint replaced at the same prefix is fetched again rather than served stale. One process per
-    machine downloads a version while the others wait for it (the actors of one node start together)."""
+    machine downloads a version while the others wait for it (the actors of one node start together); it then
+    removes older versions but the one before (which an actor that started earlier may still be reading)."""
     clean = redact_uri(uri).rstrip("/")
     name = hashlib.sha256(clean.encode()).hexdigest()[:24]
     fs, root = filesystem(uri)
     root = root.rstrip("/")
     try:
         listing = fs.find(root, detail=True)
-        problem = None
     except Exception as exc:
-        listing, problem = {}, f"cannot list {clean}: {type(exc).__name__}"
+        fetched = _fetched_versions(cache_dir, name)
+        if fetched:  # the store cannot be reached now: the copy fetched last still loads
+            log.warning("cannot list %s (%s); using the copy fetched before, %s", clean, type(exc).__name__,
+                        fetched[-1])
+            return fetched[-1]
+        raise CheckpointError(f"cannot list {clean}: {type(exc).__name__}") from None
     files, found = {}, False
     for path, info in sorted(listing.items()):
         if info.get("type", "file") != "file":
@@ -203,23 +209,43 @@ def _download_prefix(uri: str, cache_dir: Path) -> Path:
         if Path(relative).suffix not in PICKLE_SUFFIXES:  # never loaded, so never copied (see convert_to_safetensors)
             files[relative] = (path, info)
     if not found:
-        cached = sorted(cache_dir.glob(f"{name}*/{COMPLETE_MARKER}"), key=lambda p: p.stat().st_mtime)
-        if cached:  # the store is down, or the checkpoint was removed from it: the last copy fetched still loads
-            log.warning("%s; using the copy fetched before, %s", problem or f"no files under {clean}",
-                        cached[-1].parent)
-            return cached[-1].parent
-        raise CheckpointError(problem or f"no files under {clean}")
+        raise CheckpointError(f"no files under {clean}")
     version = hashlib.sha256(json.dumps(
         [[relative, info.get("size"), str(_object_version(info))] for relative, (_, info) in files.items()]
     ).encode()).hexdigest()[:12]
     target = cache_dir / f"{name}-{version}"
     if (target / COMPLETE_MARKER).is_file():
         return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(cache_dir / f"{name}.lock"):
+    lock = cache_dir / f"{name}.lock"
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        lock.touch()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise CheckpointError(f"cannot write to the checkpoint cache {cache_dir} ({reason}); set GPA_CACHE_DIR to a "
+                              f"writable directory") from None
+    with exclusive_lock(lock):
         if not (target / COMPLETE_MARKER).is_file():  # else another process fetched it while this one waited
             _download_files(fs, clean, files, target)
+            _remove_old_versions(cache_dir, name, keep=2)
     return target
+
+
+def _fetched_versions(cache_dir: Path, name: str) -> list[Path]:
+    """The complete copies of one prefix in the cache, oldest first (``<name>`` is this module's earlier layout)."""
+    pattern = re.compile(rf"^{name}(-[0-9a-f]{{12}})?$")
+    found = [d for d in cache_dir.glob(f"{name}*") if pattern.match(d.name) and (d / COMPLETE_MARKER).is_file()]
+    return sorted(found, key=lambda d: (d / COMPLETE_MARKER).stat().st_mtime)
+
+
+def _remove_old_versions(cache_dir: Path, name: str, keep: int) -> None:
+    """Called under the prefix's lock: every version but the newest ``keep``, and downloads of this prefix that a
+    killed process left (hours old: a machine sharing the cache may still be writing a recent one)."""
+    for old in _fetched_versions(cache_dir, name)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for partial in cache_dir.glob(f"{name}-*.partial"):
+        if time.time() - partial.stat().st_mtime > 6 * 3600:
+            shutil.rmtree(partial, ignore_errors=True)
 
 
 def _object_version(info: dict) -> object:

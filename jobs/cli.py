@@ -121,7 +121,7 @@ def config_from_args(job: str, args: argparse.Namespace) -> JobConfig:
         except OSError as exc:  # a directory, no permission, an unreachable store
             raise ValueError(f"--config {storage.redact_uri(given['config'])}: cannot read it "
                              f"({type(exc).__name__})") from None
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, ValueError) as exc:  # ValueError: a number PyYAML's resolver took but cannot read
             raise ValueError(f"--config {storage.redact_uri(given['config'])} is not valid YAML: "
                              f"{str(exc).splitlines()[0][:200]}") from None
         if not isinstance(loaded, dict):
@@ -164,7 +164,7 @@ def _yaml_loader():
     class Loader(yaml.SafeLoader):
         pass
 
-    exponent_float = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+    exponent_float = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$")
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", exponent_float, list("-+0123456789."))
     return Loader
 

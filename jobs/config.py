@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,14 +83,22 @@ class JobConfig:
                 ("samples", self.samples, 0, True), ("memory_per_task_mb", self.memory_per_task_mb, 0, True),
                 ("torch_threads", self.torch_threads, 0, True), ("max_text_chars", self.max_text_chars, 1, True),
                 ("gpus_per_actor", self.gpus_per_actor, 0, False), ("cpus_per_actor", self.cpus_per_actor, 0, False),
-                ("cpus_per_task", self.cpus_per_task, 0, False), ("debug_delay_s", self.debug_delay_s, 0, False)):
+                ("cpus_per_task", self.cpus_per_task, 0, False), ("debug_delay_s", self.debug_delay_s, 0, False),
+                ("keep_max_cer", self.keep_max_cer, 0, False),
+                ("keep_min_similarity", self.keep_min_similarity, -1, False)):
             kind = numbers.Integral if whole else numbers.Real
-            if value is not None and (isinstance(value, bool) or not isinstance(value, kind) or not value >= low):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, kind) or not value >= low
+                                      or not math.isfinite(value)):  # NaN fails >= too
                 raise ValueError(f"--{name.replace('_', '-')} must be {'a whole number' if whole else 'a number'} "
-                                 f">= {low}, got {value!r}")  # NaN fails >= too
+                                 f">= {low}, got {value!r}")
         if isinstance(self.max_duration_s, bool) or not isinstance(self.max_duration_s, numbers.Real) \
-                or not self.max_duration_s > 0:
+                or not self.max_duration_s > 0 or not math.isfinite(self.max_duration_s):
             raise ValueError(f"--max-duration-s must be a number above 0, got {self.max_duration_s!r}")
+        for name in ("input", "output", "model", "glob", "reference", "device", "dtype", "cache_dir", "mlflow_uri",
+                     "experiment", "run_name"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):  # a YAML value that read as a number, say
+                raise ValueError(f"--{name.replace('_', '-')} must be text, got {value!r} (quote it in YAML)")
         if self.audio_storage not in ("inline", "objects"):
             raise ValueError("--audio-storage must be inline or objects")
         if self.input_format not in ("auto", "jsonl", "csv", "parquet"):

@@ -88,7 +88,7 @@ def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
     run_id = new_run_id()
     check_config(config)
     cluster_gpus, cluster_cpus = _cluster_resources(config)
-    if cluster_gpus == 0 and config.gpus_per_actor is None and config.device is None and os.environ.get("RAY_ADDRESS"):
+    if cluster_gpus == 0 and config.gpus_per_actor is None and config.device is None and _on_cluster():
         log.warning("the Ray cluster has no GPU now, so the model actors run on CPU; if its GPU nodes are added on "
                     "demand (a GPU group that starts at zero nodes), pass --gpus-per-actor")
     config = config.for_cluster(cluster_gpus, cluster_cpus)
@@ -263,7 +263,11 @@ def _report(config: JobConfig, inputs: InputRows, store: OutputStore, result: Jo
             new_files: list[str], new_rows: pa.Table | None, tracking: JobTracking) -> None:
     """Metrics file first (always), then MLflow; a tracking failure is recorded, never raised."""
     model_source = _first(new_rows, "model_source") or storage.redact_uri(config.model)
-    model_hash = _first(new_rows, "model_hash") or ""
+    hashes = sorted({h for h in new_rows.column("model_hash").to_pylist() if h}) if new_rows is not None else []
+    if len(hashes) > 1:  # the checkpoint was replaced at its source while the run went on: each row says which
+        log.warning("this run's rows were made by %d versions of the checkpoint (replaced during the run); each "
+                    "row's model_hash says which", len(hashes))
+    model_hash = ",".join(hashes)
     values = job_params(config, inputs, model_source, model_hash, result.run_id, params)
     local = {"run_id": result.run_id, "job": config.job, "params": values, "metrics": result.metrics, "mlflow": None}
     storage.write_bytes(result.metrics_path, json.dumps(local, indent=1, default=str).encode())
@@ -382,6 +386,13 @@ def _with_local_sizes(rows: pa.Table, unknown: np.ndarray) -> pa.Table:
     for i, size in zip(todo, found, strict=True):
         sizes[i] = size
     return rows.set_column(rows.schema.get_field_index("size_bytes"), "size_bytes", pa.array(sizes, pa.int64()))
+
+
+def _on_cluster() -> bool:
+    """Whether this job runs on a Ray cluster it connected to (not one it started, not before Ray is up)."""
+    import ray
+
+    return bool(os.environ.get("RAY_ADDRESS")) and ray.is_initialized()
 
 
 def _cluster_resources(config: JobConfig) -> tuple[float, float]:

@@ -55,13 +55,15 @@ class Task:
     # many rows, so each actor decodes and encodes every distinct reference once (SpeakerCache).
     audio_fields: tuple[str, ...] = ()
     options_class = ""  # name of the task's options dataclass in gpa
+    job_settings: tuple[str, ...] = ("batch_size", "seed")  # options the job sets from its own flags
 
     def options(self, config) -> Any:
         import gpa
 
-        for name, flag in (("batch_size", "--batch-size"), ("seed", "--seed")):
-            if name in config.options:  # the job's own would silently win (it sizes the actors' windows too)
-                raise ValueError(f"{name} is a job setting: use {flag}")
+        for name in self.job_settings:
+            if name in config.options:  # the job's own would silently win (batch_size sizes the windows too)
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{name} is a job setting: use {flag} (or {name}: at the top of a --config file)")
         given = {**config.options, "seed": config.seed}
         if config.batch_size is not None:  # else the options' own default (the job fills it in for_cluster)
             given["batch_size"] = config.batch_size
@@ -154,6 +156,7 @@ class SynthesizeTask(Task):
     audio_fields = ("ref_audio",)
 
     options_class = "SynthesizeOptions"
+    job_settings = (*Task.job_settings, "max_text_chars")
 
     def options(self, config):
         options = super().options(config)

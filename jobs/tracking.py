@@ -58,16 +58,13 @@ def embedded_store(output: str, output_id: str | None = None) -> EmbeddedStore:
     if storage.is_uri(output):
         home = Path(os.environ.get("GPA_BATCH_HOME", "~/.gpa-batch")).expanduser()
         folder = hashlib.sha256(output.encode()).hexdigest()[:16]
-        local = home / "mlflow" / folder / (_safe_name(output_id) if output_id else "not-owned") / "mlflow.db"
+        owned = f"output-{hashlib.sha256(output_id.encode()).hexdigest()[:16]}" if output_id else "not-owned"
+        local = home / "mlflow" / folder / owned / "mlflow.db"
         store = EmbeddedStore(local, storage.join(meta, "artifacts"), storage.join(meta, "mlflow.db"))
     else:
         store = EmbeddedStore(Path(meta).absolute() / "mlflow.db", (Path(meta).absolute() / "artifacts").as_uri())
     store.local_db.parent.mkdir(parents=True, exist_ok=True)
     return store
-
-
-def _safe_name(output_id: str) -> str:
-    return "".join(c for c in output_id if c.isalnum() or c in "-_")[:64] or "unnamed"
 
 
 def artifact_location_for(uri: str) -> str | None:

@@ -1,4 +1,6 @@
+import logging
 import pickle
+import socket
 
 import boto3
 import pytest
@@ -129,7 +131,23 @@ def test_hf_repo_id_without_network_is_a_clear_error(tmp_path, monkeypatch):
         resolve_checkpoint("AutoArk-AI/GPA", tmp_path)
 
 
-def test_s3_prefix_is_copied_once_atomically(s3_server, s3_bucket, tmp_path):
+def count_downloads(monkeypatch) -> list[str]:
+    import s3fs
+
+    fetched: list[str] = []
+    real = s3fs.S3FileSystem._get_file
+
+    async def counting(self, rpath, lpath, **kwargs):
+        fetched.append(rpath)
+        return await real(self, rpath, lpath, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_get_file", counting)
+    s3fs.S3FileSystem.clear_instance_cache()  # a cached instance bound the real method when it was made
+    return fetched
+
+
+def test_s3_prefix_is_copied_once_atomically(s3_server, s3_bucket, tmp_path, monkeypatch, caplog):
+    fetched = count_downloads(monkeypatch)
     s3 = boto3.client("s3", endpoint_url=s3_server)
     files = {"config.json": b"{}", "BiCodec/config.yaml": b"a: 1\n", "BiCodec/model.safetensors": b"x" * 1000}
     for key, body in files.items():
@@ -141,13 +159,34 @@ def test_s3_prefix_is_copied_once_atomically(s3_server, s3_bucket, tmp_path):
     assert (local / "BiCodec/model.safetensors").read_bytes() == files["BiCodec/model.safetensors"]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
 
-    # Cached: a second resolve does not download again; with the objects gone, the copy fetched before still loads
-    assert resolve_checkpoint(f"s3://{s3_bucket}/gpa/v1/", tmp_path) == local
+    assert len(fetched) == len(files)
+    # cached: a second resolve lists the prefix but downloads nothing
+    assert resolve_checkpoint(f"s3://{s3_bucket}/gpa/v1/", tmp_path) == local and len(fetched) == len(files)
+
+    # the store cannot be reached: the copy fetched before loads (never a download a process left half done)
+    name = local.name.split("-")[0]
+    stale = tmp_path / f"{name}-{'0' * 12}.x1y2.partial"
+    stale.mkdir()
+    (stale / COMPLETE_MARKER).write_text("{}")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    with caplog.at_level(logging.WARNING, logger="gpa.checkpoint"):
+        assert resolve_checkpoint(f"s3://{s3_bucket}/gpa/v1/", tmp_path) == local
+    assert "cannot list" in caplog.text and "using the copy fetched before" in caplog.text
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+
+    # the checkpoint removed from the store: an error, not the stale copy
     for key in files:
         s3.delete_object(Bucket=s3_bucket, Key=f"gpa/v1/{key}")
-    assert resolve_checkpoint(f"s3://{s3_bucket}/gpa/v1/", tmp_path) == local
-    with pytest.raises(CheckpointError, match="no files under"):  # nothing there, nothing fetched before
-        resolve_checkpoint(f"s3://{s3_bucket}/gpa/v2", tmp_path)
+    with pytest.raises(CheckpointError, match="no files under"):
+        resolve_checkpoint(f"s3://{s3_bucket}/gpa/v1/", tmp_path)
+    s3.put_object(Bucket=s3_bucket, Key="gpa/v2/config.json", Body=b"{}")
+    (tmp_path / "not-a-dir").write_text("")
+    with pytest.raises(CheckpointError, match="cannot write to the checkpoint cache"):
+        resolve_checkpoint(f"s3://{s3_bucket}/gpa/v2", tmp_path / "not-a-dir")
 
 
 def test_a_checkpoint_replaced_at_its_prefix_is_fetched_again_by_one_process(s3_server, s3_bucket, tmp_path):
@@ -177,6 +216,10 @@ def test_a_checkpoint_replaced_at_its_prefix_is_fetched_again_by_one_process(s3_
     assert second != first and (second / "model.safetensors").read_bytes() == b"2" * 100
     assert (first / "model.safetensors").read_bytes() == b"1" * 100  # a running actor's copy is left alone
     assert resolve_checkpoint(f"s3://{s3_bucket}/gpa", tmp_path) == second
+
+    s3.put_object(Bucket=s3_bucket, Key="gpa/model.safetensors", Body=b"3" * 100)  # a third version
+    third = resolve_checkpoint(f"s3://{s3_bucket}/gpa", tmp_path)
+    assert sorted(d for d in tmp_path.iterdir() if d.is_dir()) == sorted([second, third])  # the oldest removed
 
 
 def test_s3_pickle_weights_are_never_copied(s3_server, s3_bucket, tmp_path):

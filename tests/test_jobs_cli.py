@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -122,6 +123,15 @@ def test_out_of_range_numbers_and_broken_config_files_are_usage_errors(tmp_path)
     floats = config(base + ["--config", str(tmp_path / "floats.yaml")])
     assert floats.options == {"temperature": 0.001, "top_p": 0.95, "window_s": 3} and floats.run_name == "1e-3"
     assert floats.cpus_per_task == 0.25
+    for text, message in (("run_name: 1234e56\n", "--run-name must be text, got 1.234e+59"),  # an unquoted sha
+                          ("max_duration_s: .inf\n", "--max-duration-s must be a number above 0, got inf"),
+                          ("cpus_per_task: 1e999\n", "--cpus-per-task must be a number >= 0, got inf"),
+                          ("keep_max_cer: -1\n", "--keep-max-cer must be a number >= 0, got -1")):
+        (tmp_path / "odd.yaml").write_text(text)
+        with pytest.raises(ValueError, match=re.escape(message)):
+            config(base + ["--config", str(tmp_path / "odd.yaml")])
+    (tmp_path / "odd.yaml").write_text("options: {temperature: ._e3}\n")  # not a number: text, as PyYAML has it
+    assert config(base + ["--config", str(tmp_path / "odd.yaml")]).options == {"temperature": "._e3"}
 
 
 def test_bad_task_option_values_stop_the_command_before_ray_starts(tmp_path):
@@ -133,7 +143,7 @@ def test_bad_task_option_values_stop_the_command_before_ray_starts(tmp_path):
                            (["--max-new-tokens", "0"], "max_new_tokens must be at least 1"),
                            # the job's own settings would silently win over these
                            (["--option", "batch_size=4"], "batch_size is a job setting: use --batch-size"),
-                           (["--option", "seed=3"], "seed is a job setting: use --seed")):
+                           (["--option", "seed=3"], "seed is a job setting: use --seed (or seed: at the top of")):
         out = subprocess.run([sys.executable, "-m", "jobs.cli", "transcribe", "--input", str(manifest), "--output",
                               str(tmp_path / "out"), "--model", "m", *flags], capture_output=True, text=True, cwd=ROOT,
                              timeout=60, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"})  # never reached
@@ -224,3 +234,16 @@ def test_an_interrupted_run_is_reported_as_interrupted_whatever_it_interrupted()
     interrupt = KeyboardInterrupt()
     interrupt.__context__ = RuntimeError("botocore.exceptions.EndpointConnectionError: Could not connect")
     assert _root_cause(interrupt).startswith("KeyboardInterrupt: interrupted (Ctrl-C or SIGINT)")
+
+
+def test_options_the_job_sets_itself_are_refused_as_options():
+    from jobs.config import JobConfig
+    from jobs.pipeline import JobError, task_params
+
+    base = dict(input="m.jsonl", output="out", model="m")
+    with pytest.raises(JobError, match=r"max_text_chars is a job setting: use --max-text-chars"):
+        task_params(JobConfig(job="synthesize", options={"max_text_chars": 5}, **base))
+    # a transcribe job has no such setting of its own: there it is no option at all
+    with pytest.raises(JobError, match="max_text_chars"):
+        task_params(JobConfig(job="transcribe", options={"max_text_chars": 5}, **base))
+    assert task_params(JobConfig(job="synthesize", max_text_chars=5, **base))["max_text_chars"] == 5
