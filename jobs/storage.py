@@ -162,7 +162,6 @@ def _error_code(exc: BaseException) -> str | None:
     return None
 
 
-
 def exists(uri: str) -> bool:
     if not is_uri(uri):
         return os.path.exists(uri)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 import sqlite3
 import tempfile
@@ -18,8 +17,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from . import storage
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
