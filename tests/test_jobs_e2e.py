@@ -316,8 +316,9 @@ def test_ctrl_c_ends_the_run_cleanly_and_the_rerun_finishes_it(ray_address, tiny
     MLflow run FAILED with that reason; the same command then finishes the job."""
     from mlflow.tracking import MlflowClient
 
-    # enough work after the first part that the interrupt lands mid-run even on a loaded machine (with less, the
-    # first part could appear as the job ended, and the signal arrive after it had finished)
+    # 12 s of model work at least (1 s per row) after the run takes the output: the interrupt, 3 s after that, lands
+    # mid-run even on a loaded machine (waiting for a first staged part did not: Ray Data can hold every part back
+    # until the end, and the signal then arrived after the job had finished)
     manifest = write_jsonl(tmp_path / "m.jsonl", [{"id": f"clip-{i:02d}", "audio": str(AUDIO / "espeak_short.flac")}
                                                   for i in range(12)])
     out, db = tmp_path / "out", tmp_path / "ml.db"
@@ -330,10 +331,12 @@ def test_ctrl_c_ends_the_run_cleanly_and_the_rerun_finishes_it(ray_address, tiny
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
     store = OutputStore(str(out))
     deadline = time.time() + 240
-    while not store.staged_records():
+    while store.lease() is None:
         assert process.poll() is None, "the job ended before it could be interrupted"
-        assert time.time() < deadline, "the job wrote no parts"
+        assert time.time() < deadline, "the job never took the output"
         time.sleep(0.3)
+    time.sleep(3)
+    assert process.poll() is None, "the job ended before it could be interrupted"
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
     stderr = process.communicate(timeout=60)[1]
     assert process.returncode == 130, stderr[-3000:]
