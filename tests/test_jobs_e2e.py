@@ -323,7 +323,11 @@ def test_ctrl_c_ends_the_run_cleanly_and_the_rerun_finishes_it(ray_address, tiny
                                                   for i in range(12)])
     out, db = tmp_path / "out", tmp_path / "ml.db"
     migrated_mlflow_db(db)
-    argv = [sys.executable, "-m", "jobs.transcribe", "--input", str(manifest), "--output", str(out), "--model",
+    # as from a terminal, whatever the test runner inherited: a job started in the background by a shell without
+    # job control ignores SIGINT (and Python then keeps ignoring it)
+    as_from_a_terminal = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                          "runpy.run_module('jobs.transcribe', run_name='__main__', alter_sys=True)")
+    argv = [sys.executable, "-c", as_from_a_terminal, "--input", str(manifest), "--output", str(out), "--model",
             str(tiny_checkpoint), "--batch-size", "1", "--bucket-batches", "1", "--rows-per-part", "1",
             "--max-new-tokens", "4", "--mlflow-uri", f"sqlite:///{db}", "--experiment", "ctrl-c", "--no-progress"]
     env = {**os.environ, "RAY_ADDRESS": ray_address}
