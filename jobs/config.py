@@ -94,11 +94,11 @@ class JobConfig:
         if isinstance(self.max_duration_s, bool) or not isinstance(self.max_duration_s, numbers.Real) \
                 or not self.max_duration_s > 0 or not math.isfinite(self.max_duration_s):
             raise ValueError(f"--max-duration-s must be a number above 0, got {self.max_duration_s!r}")
-        for name in ("input", "output", "model", "glob", "reference", "device", "dtype", "cache_dir", "mlflow_uri",
-                     "experiment", "run_name"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, str):  # a YAML value that read as a number, say
-                raise ValueError(f"--{name.replace('_', '-')} must be text, got {value!r} (quote it in YAML)")
+        for f in dataclasses.fields(self):  # the text settings, by their annotations
+            value = getattr(self, f.name)
+            if f.type in ("str", "str | None") and value is not None and not isinstance(value, str):
+                # a YAML value that read as a number, say
+                raise ValueError(f"--{f.name.replace('_', '-')} must be text, got {value!r} (quote it in YAML)")
         if self.audio_storage not in ("inline", "objects"):
             raise ValueError("--audio-storage must be inline or objects")
         if self.input_format not in ("auto", "jsonl", "csv", "parquet"):

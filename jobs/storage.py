@@ -6,6 +6,7 @@ have no atomic rename, so every "commit" here is a single small object written l
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -137,13 +138,18 @@ def write_if(uri: str, data: bytes, version: str | None) -> str:
                 raise Conflict(redact_uri(uri)) from None
             if code != "NotImplemented":
                 raise
-            log.warning("the object store does not implement conditional writes: %s is written unconditionally",
-                        redact_uri(uri))
+            _warn_unconditional(redact_uri(uri))
         else:
             etag = reply.get("ETag") if isinstance(reply, dict) else None
             return etag or read_versioned(uri)[1]
     write_bytes(uri, data)
     return read_versioned(uri)[1]
+
+
+@functools.cache
+def _warn_unconditional(uri: str) -> None:
+    """Once per object and process (a lease is renewed every 20 s)."""
+    log.warning("the object store does not implement conditional writes: %s is written unconditionally", uri)
 
 
 def _digest(data: bytes) -> str:
