@@ -525,10 +525,10 @@ def _artifacts(config: JobConfig, new_files: list[str], light: pa.Table | None) 
         table = read_parquet(uri)
         for row in table.filter(pc.equal(table.column("status"), "ok")).slice(0, config.samples - n).to_pylist():
             n += 1
-            audio = row.pop("audio", None)
-            if audio and audio.get("bytes"):
+            flac = _sample_audio(row.pop("audio", None))
+            if flac:
                 name = storage.safe_name(row["id"], ".flac")
-                artifacts[f"samples/{name}"] = audio["bytes"]
+                artifacts[f"samples/{name}"] = flac
                 row["audio_file"] = name
             for key in ("global_tokens", "semantic_tokens", "source_semantic_tokens"):
                 if row.get(key) is not None:
@@ -536,3 +536,17 @@ def _artifacts(config: JobConfig, new_files: list[str], light: pa.Table | None) 
             samples.append(row)
     artifacts["samples/samples.json"] = json.dumps(samples, indent=1, default=str, ensure_ascii=False).encode()
     return artifacts
+
+
+def _sample_audio(audio: dict | None) -> bytes | None:
+    """A sample row's FLAC: inline bytes, or the object it was written to (``--audio-storage objects``)."""
+    if not audio:
+        return None
+    if audio.get("bytes"):
+        return audio["bytes"]
+    if audio.get("path"):
+        try:
+            return storage.read_bytes(audio["path"])
+        except Exception as exc:  # a sample is a convenience: the run's results are already committed
+            log.warning("sample audio %s not logged: %s", storage.redact_uri(audio["path"]), type(exc).__name__)
+    return None

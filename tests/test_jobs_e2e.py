@@ -176,6 +176,12 @@ def test_synthesize_end_to_end_audio_objects_and_hostile_ids(ray_address, tiny_c
         assert row["keep"] is True and row["sampling_rate"] == 16000
     assert len(files) == 5 and not list(tmp_path.glob("escape*")) and not Path("/etc/passwd.flac").exists()
     assert rows["jfk-voice"]["seed"] == 11 and rows["jfk-voice"]["ref_id"] == "jfk"
+    # the MLflow samples carry the audio of the objects (not only the inline bytes of --audio-storage inline)
+    sample_audio = sorted((out_dir / "_mlflow").rglob("samples/*.flac"))
+    outputs = {path.read_bytes() for path in files}
+    assert len(sample_audio) == 3 and all(p.read_bytes() in outputs for p in sample_audio)
+    logged = json.loads(next((out_dir / "_mlflow").rglob("samples/samples.json")).read_text())
+    assert sorted(s["audio_file"] for s in logged) == sorted(p.name for p in sample_audio)
     assert 0 <= result.metrics["quality_pass_rate"] <= 1 and result.metrics["audio_hours_out"] > 0
 
     # inline audio reads back through datasets (Audio feature, decoded here from its bytes)
