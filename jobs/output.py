@@ -309,8 +309,22 @@ class OutputStore:
             stop.set()
             thread.join()
             with contextlib.suppress(Exception):  # an expired lease is harmless; a failing store must not mask
-                if self.is_current(run_id):         # the error the block raised
-                    storage.remove(self.current_uri)
+                self.release(run_id)                # the error the block raised
+
+    def release(self, run_id: str) -> None:
+        """Remove ``run_id``'s lease, only while it is the version this run wrote (a run that took the output over
+        meanwhile keeps its lease), so the next run need not wait for it to expire."""
+        version = self._lease_versions.pop(run_id, None)
+        for _ in range(2):
+            if version is not None:
+                try:
+                    storage.remove_if(self.current_uri, version)
+                    return
+                except storage.Conflict:
+                    pass
+            lease, version = self._read_lease()  # this run's last renewal may have landed without its reply
+            if lease is None or lease.run_id != run_id:
+                return
 
     def start(self, run_id: str | None = None, takeover: bool = False) -> Commit:
         """Called when a run starts: take ownership (refused while another live run owns the output), adopt

@@ -19,8 +19,8 @@ from gpa.storage import exclusive_lock, filesystem, is_transient, is_uri, read_b
 
 __all__ = [
     "is_uri", "redact_uri", "scrub", "join", "parent", "basename", "resolve_relative", "normalize",
-    "read_bytes", "write_bytes", "read_versioned", "write_if", "Conflict", "exists", "listdir", "remove", "move",
-    "makedirs", "safe_name", "id_hash",
+    "read_bytes", "write_bytes", "read_versioned", "write_if", "remove_if", "Conflict", "exists", "listdir", "remove",
+    "move", "makedirs", "safe_name", "id_hash",
     "is_transient", "StorageUnavailable", "TRANSIENT_KINDS",
 ]
 
@@ -144,6 +144,47 @@ def write_if(uri: str, data: bytes, version: str | None) -> str:
             return etag or read_versioned(uri)[1]
     write_bytes(uri, data)
     return read_versioned(uri)[1]
+
+
+def remove_if(uri: str, version: str) -> None:
+    """Delete the object only while it is still at ``version`` (from :func:`read_versioned` or :func:`write_if`), as
+    one step: raises :class:`Conflict` when it changed, so a writer that lost the object never deletes its new
+    owner's copy. Gone already: nothing to do. S3 deletes with ``If-Match``; a local disk under the lock file of
+    :func:`write_if`; a store without conditional deletes gets a check, then the delete."""
+    if not is_uri(uri):
+        with exclusive_lock(f"{uri}.lock"):
+            try:
+                current = _digest(read_bytes(uri))
+            except FileNotFoundError:
+                return
+            if current != version:
+                raise Conflict(redact_uri(uri))
+            os.remove(uri)
+        return
+    if uri.startswith(("s3://", "s3a://")):
+        fs, path = filesystem(uri)
+        bucket, key, _ = fs.split_path(path)
+        try:
+            fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=version)
+            return
+        except Exception as exc:
+            code = _error_code(exc)
+            if code in ("NoSuchKey", "404"):
+                return
+            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise Conflict(redact_uri(uri)) from None
+            if code != "NotImplemented":
+                raise
+            _warn_unconditional(redact_uri(uri))
+        finally:
+            fs.invalidate_cache(path)
+    try:
+        current = read_versioned(uri)[1]
+    except FileNotFoundError:
+        return
+    if current != version:
+        raise Conflict(redact_uri(uri))
+    remove(uri)
 
 
 @functools.cache

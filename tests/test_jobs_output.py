@@ -200,7 +200,8 @@ def test_a_live_run_keeps_the_output_and_a_dead_one_does_not(tmp_path):
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_conditional_writes(where, tmp_path, request):
-    """write_if: created only while absent, replaced only over the version read; a lost race is a Conflict."""
+    """write_if: created only while absent, replaced only over the version read; a lost race is a Conflict. The
+    same for remove_if."""
     base = str(tmp_path) if where == "local" else f"s3://{request.getfixturevalue('s3_bucket')}"
     uri = storage.join(base, "out", "_gpa_batch", "current-run")
     first = storage.write_if(uri, b"a", None)
@@ -212,6 +213,13 @@ def test_conditional_writes(where, tmp_path, request):
     with pytest.raises(storage.Conflict):
         storage.write_if(uri, b"d", version)  # changed since it was read
     assert storage.read_versioned(uri) == (b"c", second)
+    # remove_if: deleted only while still at the version read
+    with pytest.raises(storage.Conflict):
+        storage.remove_if(uri, version)  # changed since (a run that took the output over owns it now)
+    assert storage.read_versioned(uri) == (b"c", second)
+    storage.remove_if(uri, second)
+    assert not storage.exists(uri)
+    storage.remove_if(uri, second)  # already gone: nothing to do
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -256,6 +264,11 @@ def test_the_lease_is_renewed_while_held_and_given_up_after(tmp_path):
         time.sleep(0.3)
         assert store.is_current("r4")
     assert store.is_current("r4")
+    # a renewal that landed without its reply leaves this run a stale version: the lease is still its own to remove
+    store.start("r5", takeover=True)
+    with store.holding("r5", every_s=60):
+        store._lease_versions["r5"] = "a version lost with a reply"
+    assert store.lease() is None
 
 
 def test_a_duplicated_id_keeps_one_row_per_input_row_across_interrupted_runs(tmp_path):
