@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Union
 
 import numpy as np
@@ -94,18 +94,20 @@ def decode(data: bytes, *, name: str = "<bytes>", sample_rate: int | None = None
     """Decode encoded audio bytes to ``(mono samples float32, sample_rate)``: at the file's own rate, or resampled
     to ``sample_rate``.
 
-    Blocks are mixed to mono (and resampled) as they are decoded, so a long multi-channel file never exists whole
-    (MP3 excepted, see below): 30 minutes of 44.1 kHz stereo took 1.9 GB to decode as M4A (1.6 GB as MP3) when
-    decoded at once, against its 115 MB at 16 kHz.
+    Blocks are mixed to mono (and resampled) as they are decoded, so a long multi-channel file never exists whole:
+    30 minutes of 44.1 kHz stereo took 1.9 GB to decode as M4A (1.6 GB as MP3) when decoded at once, against its
+    115 MB at 16 kHz.
     """
     if not data:
         raise EmptyAudio(f"{name}: file is empty (0 bytes)")
     try:
         return _decode_with_soundfile(data, sample_rate)
+    except NonFiniteAudio:
+        raise
     except Exception as sf_error:  # libsndfile cannot read it: try FFmpeg
         try:
             return _decode_with_pyav(data, sample_rate)
-        except EmptyAudio:
+        except (EmptyAudio, NonFiniteAudio):
             raise
         except Exception as av_error:
             raise UnreadableAudio(f"{name}: not decodable audio ({_short(sf_error)}; {_short(av_error)})") from None
@@ -137,6 +139,8 @@ def _mix(blocks: Iterable[np.ndarray], rate: int, sample_rate: int | None,
 
     for block in blocks:
         mono = to_mono(block)
+        if not np.isfinite(mono).all():  # before resampling, which would spread it (and empty a 1-sample file)
+            raise NonFiniteAudio("audio contains NaN or infinite samples")
         put(stream.resample_chunk(np.ascontiguousarray(mono)) if stream else mono)
     if stream:
         put(stream.resample_chunk(np.zeros(0, np.float32), last=True))
@@ -149,16 +153,23 @@ def _mix(blocks: Iterable[np.ndarray], rate: int, sample_rate: int | None,
 
 def _decode_with_soundfile(data: bytes, sample_rate: int | None) -> tuple[np.ndarray, int]:
     with sf.SoundFile(io.BytesIO(data)) as f:
-        if f.subtype.startswith("MPEG_LAYER"):
-            # libsndfile 1.2's MP3 decoder returns wrong samples after the first of several reads (errors of 0.48
-            # measured on a 0.4 tone): read it in one call, then mix and resample by blocks. The seek makes it
-            # decode as sf.read does (without it, samples differ by ~1e-7)
-            f.seek(0)
-            whole = f.read(dtype="float32", always_2d=True)
-            blocks = (whole[i:i + _BLOCK_FRAMES] for i in range(0, len(whole), _BLOCK_FRAMES))
-        else:
-            blocks = f.blocks(_BLOCK_FRAMES, dtype="float32", always_2d=True)
-        return _mix(blocks, int(f.samplerate), sample_rate, frames=f.frames)
+        return _mix(_soundfile_blocks(f), int(f.samplerate), sample_rate, frames=f.frames)
+
+
+def _soundfile_blocks(f: sf.SoundFile) -> Iterator[np.ndarray]:
+    """The file's frames in blocks, the same samples as one ``sf.read``: from the start (it seeks there too, and
+    libsndfile's MP3 decoder gives samples ~1e-7 apart without that seek), and with soundfile's own seek after each
+    read turned off: that seek goes to where soundfile thinks the read ended, which libsndfile's MP3 seeking and a
+    damaged Vorbis stream miss (block reads of an MP3 were off by up to 0.6)."""
+    f.seek(0)
+    f.seekable = lambda: False  # soundfile's read() checks this before its seek
+    left = f.frames
+    while left > 0:
+        block = f.read(min(_BLOCK_FRAMES, left), dtype="float32", always_2d=True)
+        if not len(block):
+            return
+        left -= len(block)
+        yield block
 
 
 def _decode_with_pyav(data: bytes, sample_rate: int | None) -> tuple[np.ndarray, int]:

@@ -134,7 +134,7 @@ def wav_array(arrays: list[np.ndarray | None]) -> pa.Array:
     offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     present = [np.asarray(a, dtype=np.float32) for a in arrays if a is not None]
-    # one array (a long recording has a block to itself) goes in without a copy
+    # one array (a long recording has a block to itself) goes in without a copy: the column shares its memory
     values = present[0] if len(present) == 1 else np.concatenate(present) if present else np.zeros(0, np.float32)
     mask = pa.array(np.array([a is None for a in arrays], dtype=bool))
     return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values), mask=mask)

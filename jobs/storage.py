@@ -147,11 +147,14 @@ def write_if(uri: str, data: bytes, version: str | None) -> str:
 
 
 def remove_if(uri: str, version: str) -> None:
-    """Delete the object only while it is still at ``version`` (from :func:`read_versioned` or :func:`write_if`), as
-    one step: raises :class:`Conflict` when it changed, so a writer that lost the object never deletes its new
-    owner's copy. Gone already: nothing to do. S3 deletes with ``If-Match``; a local disk under the lock file of
-    :func:`write_if`; a store without conditional deletes gets a check, then the delete."""
+    """Delete the object only while it is still at ``version`` (from :func:`read_versioned` or :func:`write_if`):
+    raises :class:`Conflict` when it changed, so a writer that lost the object does not delete its new owner's
+    copy. Gone already: nothing to do. A local disk checks and deletes under the lock file of :func:`write_if`;
+    S3 checks, then deletes with ``If-Match`` (one step where the store honours it, as AWS does; MinIO ignores it
+    on deletes, so the check comes first)."""
     if not is_uri(uri):
+        if not os.path.isdir(os.path.dirname(uri) or "."):
+            return
         with exclusive_lock(f"{uri}.lock"):
             try:
                 current = _digest(read_bytes(uri))
@@ -161,36 +164,36 @@ def remove_if(uri: str, version: str) -> None:
                 raise Conflict(redact_uri(uri))
             os.remove(uri)
         return
-    if uri.startswith(("s3://", "s3a://")):
-        fs, path = filesystem(uri)
-        bucket, key, _ = fs.split_path(path)
-        try:
-            fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=version)
-            return
-        except Exception as exc:
-            code = _error_code(exc)
-            if code in ("NoSuchKey", "404"):
-                return
-            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
-                raise Conflict(redact_uri(uri)) from None
-            if code != "NotImplemented":
-                raise
-            _warn_unconditional(redact_uri(uri))
-        finally:
-            fs.invalidate_cache(path)
     try:
         current = read_versioned(uri)[1]
     except FileNotFoundError:
         return
     if current != version:
         raise Conflict(redact_uri(uri))
-    remove(uri)
+    if not uri.startswith(("s3://", "s3a://")):
+        remove(uri)
+        return
+    fs, path = filesystem(uri)
+    bucket, key, _ = fs.split_path(path)
+    try:
+        fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=version)
+    except Exception as exc:
+        code = _error_code(exc)
+        if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+            raise Conflict(redact_uri(uri)) from None
+        if code == "NotImplemented":  # checked above: what a store without conditional requests allows
+            _warn_unconditional(redact_uri(uri))
+            remove(uri)
+        elif code not in ("NoSuchKey", "404"):
+            raise
+    finally:
+        fs.invalidate_cache(path)
 
 
 @functools.cache
 def _warn_unconditional(uri: str) -> None:
     """Once per object and process (a lease is renewed every 20 s)."""
-    log.warning("the object store does not implement conditional writes: %s is written unconditionally", uri)
+    log.warning("the object store does not implement conditional requests: %s is changed without them", uri)
 
 
 def _digest(data: bytes) -> str:
