@@ -245,7 +245,16 @@ def _result(config, inputs, plan, store, commit, run_id, wall_s, new_rows: pa.Ta
         metrics["skipped_other_task"] = inputs.skipped_other_task
     counts = {"ok": int(metrics.get("rows_ok", 0)), "error": int(metrics.get("rows_error", 0)),
               **{k.split(".", 1)[1]: int(v) for k, v in metrics.items() if k.startswith("rows_error.")}}
-    index = store.index().to_pylist()
+    index = store.index()
+    # rows an earlier input had and this one lacks stay in the output (a manifest edited between runs): say so, as
+    # the output then holds more rows than this input
+    input_ids = pa.array(inputs.table.column("id").to_pylist() + [e["id"] for e in inputs.errors], pa.string())
+    not_in_input = index.num_rows - (pc.sum(pc.is_in(index.column("id"), value_set=input_ids)).as_py() or 0)
+    if not_in_input:
+        metrics["rows_not_in_input"] = not_in_input
+        log.warning("the output holds %d rows whose ids are not in this input (from an earlier input); they stay: "
+                    "write to a new --output to have only this input's rows", not_in_input)
+    index = index.to_pylist()
     committed = Counter("ok" if r["status"] == "ok" else "error" for r in index)
     committed.update(r["error_kind"] for r in index if r["status"] != "ok")
     return JobResult(
@@ -255,7 +264,7 @@ def _result(config, inputs, plan, store, commit, run_id, wall_s, new_rows: pa.Ta
         complete=plan.complete, files=store.files(commit), metrics=metrics,
         metrics_path=storage.join(store.meta, "runs", f"{run_id}.json"), wall_s=wall_s,
         extra={"pending_after_limit": plan.cut, "storage_unavailable": plan.unavailable,
-               "convention": inputs.convention},
+               "convention": inputs.convention, "rows_not_in_input": not_in_input},
     )
 
 

@@ -12,7 +12,8 @@ def summary_dict(result: JobResult) -> dict:
         "job": result.job, "run_id": result.run_id, "input": result.input, "output": storage.redact_uri(result.output),
         "input_rows": result.input_rows, "skipped_other_task": result.skipped_other_task,
         "already_done": result.already_done, "processed": result.processed, "counts": result.counts,
-        "committed_rows": result.committed_rows, "committed": result.committed, "complete": result.complete,
+        "committed_rows": result.committed_rows, "committed": result.committed,
+        "rows_not_in_input": result.extra.get("rows_not_in_input", 0), "complete": result.complete,
         "files": [storage.redact_uri(f) for f in result.files], "metrics_path": storage.redact_uri(result.metrics_path),
         "metrics": result.metrics, "wall_s": round(result.wall_s, 2),
         "mlflow": None if tracking is None else {"uri": tracking.uri, "experiment": tracking.experiment,
@@ -34,6 +35,8 @@ def format_summary(result: JobResult) -> str:
         f"  output          {storage.redact_uri(result.output)}",
         f"  output rows     {result.committed_rows}: {result.committed.get('ok', 0)} ok, "
         f"{result.committed.get('error', 0)} error; "
+        + (f"{result.extra['rows_not_in_input']} of ids not in this input (from an earlier one); "
+           if result.extra.get("rows_not_in_input") else "")
         + ("complete" if result.complete else _incomplete(result.extra)),
         f"  parquet         {storage.redact_uri(storage.join(result.output, 'data'))}/*.parquet  "
         f"(committed list: _gpa_batch/commit.json)",

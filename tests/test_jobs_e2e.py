@@ -129,6 +129,18 @@ def test_transcribe_end_to_end_with_bad_rows_and_rerun(ray_address, tiny_checkpo
     assert len(out) == 14 and Counter(r["id"] for r in out)["jfk"] == 2
     assert next(r for r in out if r["id"] == "empty")["status"] == "ok"
 
+    # a manifest that lost rows since: nothing to do, and the summary says which output rows it does not have
+    from jobs.summary import format_summary, summary_dict
+
+    fewer = tmp_path / "fewer.jsonl"
+    fewer.write_text("".join(line + "\n" for line in manifest.read_text().splitlines()[:-1]))  # less the id-less
+    shrunk = run_job(small_config("transcribe", fewer, tmp_path / "out", tiny_checkpoint, mlflow_uri,
+                                  max_duration_s=12.0))
+    assert shrunk.processed == 0 and shrunk.input_rows == 13 and shrunk.committed_rows == 14 and shrunk.complete
+    assert summary_dict(shrunk)["rows_not_in_input"] == 1 and shrunk.metrics["rows_not_in_input"] == 1
+    assert "1 of ids not in this input" in format_summary(shrunk)
+    assert summary_dict(again)["rows_not_in_input"] == 0 and "not in this input" not in format_summary(again)
+
     # the Parquet reads with pyarrow and datasets
     assert pq.read_table(OutputStore(str(tmp_path / "out")).files()).num_rows == 14
     import datasets
