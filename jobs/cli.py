@@ -73,6 +73,9 @@ def _add_job_arguments(p: argparse.ArgumentParser) -> None:
                       help="default 1 with a GPU, else 0.5 (keep <= 0.5 on small machines)")
     pool.add_argument("--cpus-per-task", type=float, help="CPUs per decode/encode task (default 0.5)")
     pool.add_argument("--memory-per-task-mb", type=int, help="memory reserved per decode/encode task (default 512)")
+    pool.add_argument("--memory-per-actor-mb", type=int,
+                      help="memory reserved per model actor, so Ray places no more on a node than it holds (default 0: "
+                      "none)")
     pool.add_argument("--device", help="cuda / cpu (default: cuda when the actor has a GPU)")
     pool.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
     pool.add_argument("--torch-threads", type=int)

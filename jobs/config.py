@@ -40,6 +40,7 @@ class JobConfig:
     cpus_per_actor: float | None = None
     cpus_per_task: float = 0.5  # decode/encode tasks
     memory_per_task_mb: int = 512  # memory reserved per decode/encode task
+    memory_per_actor_mb: int = 0  # memory reserved per model actor (0: none; Ray then packs actors by CPU/GPU only)
     device: str | None = None  # None: cuda when the actor has a GPU, else cpu
     dtype: str | None = None  # None: bfloat16 on cuda, float32 on cpu
     torch_threads: int | None = None
@@ -81,6 +82,7 @@ class JobConfig:
                 ("batch_size", self.batch_size, 1, True), ("bucket_batches", self.bucket_batches, 1, True),
                 ("limit", self.limit, 0, True), ("rows_per_part", self.rows_per_part, 1, True),
                 ("samples", self.samples, 0, True), ("memory_per_task_mb", self.memory_per_task_mb, 0, True),
+                ("memory_per_actor_mb", self.memory_per_actor_mb, 0, True),
                 ("torch_threads", self.torch_threads, 0, True), ("max_text_chars", self.max_text_chars, 1, True),
                 ("gpus_per_actor", self.gpus_per_actor, 0, False), ("cpus_per_actor", self.cpus_per_actor, 0, False),
                 ("cpus_per_task", self.cpus_per_task, 0, False), ("debug_delay_s", self.debug_delay_s, 0, False),

@@ -318,6 +318,7 @@ def _run_pipeline(config: JobConfig, rows: pa.Table, run_id: str, params: dict, 
         GPAStage, fn_constructor_kwargs={"config": cfg}, batch_format="pyarrow", batch_size=window,
         compute=ray.data.ActorPoolStrategy(min_size=config.actors[0], max_size=config.actors[1]),
         num_gpus=config.gpus_per_actor, num_cpus=config.cpus_per_actor,
+        **({"memory": config.memory_per_actor_mb * 2**20} if config.memory_per_actor_mb else {}),
     )
     ds = ds.map_batches(encode_batch, batch_format="pyarrow", batch_size=window,
                         fn_kwargs={"config": cfg, "run_id": run_id, "params": params}, **cpu_args)

@@ -25,8 +25,10 @@ def test_flags_fill_the_job_config():
                 "--actors", "1:4", "--batch-size", "16", "--gpus-per-actor", "1", "--cpus-per-actor", "0.5",
                 "--retry-errors", "--mlflow-uri", "http://127.0.0.1:5000", "--experiment", "e", "--seed", "3",
                 "--limit", "10", "--temperature", "0.7", "--greedy", "--option", "top_k=5",
-                "--field-map", "id=utt,text=sentence", "--reference", "voice.wav", "--no-quality", "--glob", "*.wav"])
+                "--field-map", "id=utt,text=sentence", "--reference", "voice.wav", "--no-quality", "--glob", "*.wav",
+                "--memory-per-actor-mb", "6000"])
     assert c.job == "synthesize" and c.actors == (1, 4) and c.batch_size == 16 and c.gpus_per_actor == 1.0
+    assert c.memory_per_actor_mb == 6000
     assert c.retry_errors and c.limit == 10 and c.seed == 3 and c.quality is False and c.glob == "*.wav"
     assert c.options == {"temperature": 0.7, "do_sample": False, "top_k": 5}
     assert c.field_map == {"id": "utt", "text": "sentence"} and c.reference == "voice.wav"

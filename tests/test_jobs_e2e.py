@@ -167,7 +167,8 @@ def test_synthesize_end_to_end_audio_objects_and_hostile_ids(ray_address, tiny_c
     ])
     out_dir = tmp_path / "out"
     result = run_job(small_config("synthesize", manifest, out_dir, tiny_checkpoint, None, audio_storage="objects",
-                                  keep_max_cer=100.0, keep_min_similarity=-1.0))  # random weights: gate wide open
+                                  keep_max_cer=100.0, keep_min_similarity=-1.0,  # random weights: gate wide open
+                                  memory_per_actor_mb=256))
     # the default tracking store: sqlite beside the output, artifacts (incl. samples) beside it
     assert result.tracking.error is None and (out_dir / "_mlflow" / "mlflow.db").exists()
     rows = {r["id"]: r for r in committed(out_dir)}
