@@ -362,7 +362,11 @@ def _validate(job: str, row: dict[str, Any], reference: str | None, max_text_cha
         number = _number(value)
         if number is None or not math.isfinite(number):
             return "invalid_row", f"{key} must be a number, got {str(value)[:40]!r}"
-        row[key] = None if number < 0 and key != "duration_hint" else number  # -1 means the whole file
+        if number < 0 and key != "duration_hint":
+            if number != -1:  # a time before the start is a broken row, not "to the end" (GPA's -1)
+                return "invalid_row", f"{key} {number:g} is negative (-1 means the start / end of the file)"
+            number = None
+        row[key] = number
     if row.get("begin_time") is not None and row.get("end_time") is not None and row["end_time"] <= row["begin_time"]:
         return "invalid_row", f"end_time {row['end_time']} is not after begin_time {row['begin_time']}"
     if row.get("seed") not in (None, ""):

@@ -92,6 +92,8 @@ def test_invalid_rows_become_error_rows(tmp_path):
         {"id": "no-audio", "text": "x"},
         {"id": "bad-times", "audio": "a.wav", "begin_time": 5, "end_time": 2},
         {"id": "bad-number", "audio": "a.wav", "begin_time": "soon"},
+        {"id": "negative-end", "audio": "a.wav", "begin_time": 1.0, "end_time": -2.5},
+        {"id": "negative-begin", "audio": "a.wav", "begin_time": -0.5},
         {"id": {"nested": 1}, "audio": "a.wav"},
         {"id": 42, "audio": "b.wav"},
         {"id": "ok", "audio": "c.wav"},
@@ -103,10 +105,13 @@ def test_invalid_rows_become_error_rows(tmp_path):
     assert ("line:2", "invalid_manifest_row") in kinds and ("line:3", "invalid_manifest_row") in kinds
     assert ("no-audio", "missing_field") in kinds
     assert ("bad-times", "invalid_row") in kinds and ("bad-number", "invalid_row") in kinds
+    # only -1 means "the start / end of the file": other negative times are broken rows, not "to the end"
+    assert ("negative-end", "invalid_row") in kinds and ("negative-begin", "invalid_row") in kinds
+    assert "end_time -2.5 is negative" in next(e["error"] for e in got.errors if e["id"] == "negative-end")
     assert ("ok", "duplicate_id") in kinds  # the second "ok" row, never silently merged
     assert ("a.wav", "duplicate_id") in kinds  # derived ids collide for identical requests too
     assert [r["id"] for r in got.rows] == ["ok", "42", "a.wav"]
-    assert got.total == 11  # every input row is accounted for
+    assert got.total == 13  # every input row is accounted for
 
 
 def test_a_broken_line_never_takes_the_id_of_an_earlier_row(tmp_path):
