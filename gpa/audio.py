@@ -119,8 +119,9 @@ _BLOCK_FRAMES = 1 << 16
 def _mix(blocks: Iterable[np.ndarray], rate: int, sample_rate: int | None,
          frames: int | None = None) -> tuple[np.ndarray, int]:
     """Concatenate ``(frames, channels)`` blocks as mono, resampled block by block when ``sample_rate`` differs
-    (soxr's stream gives the same samples as one call over the whole signal). ``frames``, when the decoder knows
-    it, lets the result be filled in place instead of concatenated from pieces (half the peak memory)."""
+    (soxr's stream gives the same samples as one call over the whole signal). ``frames``, the decoder's count or an
+    estimate on the high side, lets the result be filled in place and the buffer shrunk to it, instead of
+    concatenated from pieces (half the peak memory)."""
     if rate <= 0:
         raise UnreadableAudio(f"invalid sample rate {rate}")
     stream, expected = None, frames or 0
@@ -145,10 +146,9 @@ def _mix(blocks: Iterable[np.ndarray], rate: int, sample_rate: int | None,
     if stream:
         put(stream.resample_chunk(np.zeros(0, np.float32), last=True))
     if overflow:
-        samples = np.concatenate([out[:filled], *overflow])
-    else:  # a short result does not keep the whole buffer alive
-        samples = out if filled == len(out) else out[:filled].copy()
-    return samples, sample_rate if stream else rate
+        return np.concatenate([out[:filled], *overflow]), sample_rate if stream else rate
+    out.resize(filled, refcheck=False)  # in place (the buffer is ours alone): an estimate's spare end is freed
+    return out, sample_rate if stream else rate
 
 
 def _decode_with_soundfile(data: bytes, sample_rate: int | None) -> tuple[np.ndarray, int]:
@@ -188,7 +188,10 @@ def _decode_with_pyav(data: bytes, sample_rate: int | None) -> tuple[np.ndarray,
             for converted in converter.resample(None):
                 yield converted.to_ndarray().T
 
-        samples, rate = _mix(blocks(), int(stream.rate), sample_rate)
+        seconds = _pyav_duration(container)
+        # the declared length, with room for codec priming and rounding (a wild one is not trusted: no estimate)
+        estimate = int(seconds * 1.01 * stream.rate) + stream.rate if seconds and seconds < 24 * 3600 else None
+        samples, rate = _mix(blocks(), int(stream.rate), sample_rate, frames=estimate)
     if samples.size == 0:
         raise EmptyAudio("audio stream has no samples")
     return samples, rate
@@ -264,14 +267,22 @@ def header_duration(data: bytes) -> float | None:
         import av
 
         with av.open(io.BytesIO(data), mode="r") as container:
-            if container.streams.audio:
-                stream = container.streams.audio[0]
-                if stream.duration and stream.time_base:
-                    return float(stream.duration * stream.time_base)
-            if container.duration:
-                return container.duration / av.time_base
+            return _pyav_duration(container)
     except Exception:
         pass
+    return None
+
+
+def _pyav_duration(container) -> float | None:
+    """The seconds a PyAV container declares for its first audio stream (or as a whole), if it does."""
+    import av
+
+    if container.streams.audio:
+        stream = container.streams.audio[0]
+        if stream.duration and stream.time_base:
+            return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / av.time_base
     return None
 
 

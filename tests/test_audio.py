@@ -147,6 +147,22 @@ def test_a_long_stereo_file_is_mixed_and_resampled_as_it_decodes(fmt):
     assert peak < 2.5 * out.nbytes + 2**22, (peak, out.nbytes)
 
 
+@pytest.mark.parametrize("frames", [None, 0, 1000, 44100, 50000, 10**6])
+@pytest.mark.parametrize("sample_rate", [None, 16000])
+def test_a_wrong_length_estimate_changes_no_sample(frames, sample_rate):
+    """Decoders that only estimate their length (a container's declared duration) fill a buffer of that size:
+    too short, the rest is appended; too long, the buffer is shrunk."""
+    from gpa.audio import _mix
+
+    rate = 44100
+    stereo = np.stack([tone(1.0, rate, 300.0), tone(1.0, rate, 700.0)], axis=1)
+    blocks = [stereo[i:i + 3000] for i in range(0, len(stereo), 3000)]
+    mono = stereo.mean(axis=1, dtype=np.float64).astype(np.float32)
+    expected = mono if sample_rate is None else soxr.resample(mono, rate, sample_rate, quality="VHQ")
+    out, out_rate = _mix(iter(blocks), rate, sample_rate, frames=frames)
+    assert out_rate == (sample_rate or rate) and np.array_equal(out, expected)
+
+
 def test_segments_of_a_format_libsndfile_cannot_read_decode_the_file_once(tmp_path, monkeypatch):
     import gpa.audio
 
