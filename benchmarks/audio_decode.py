@@ -5,10 +5,11 @@
 
 A decode task of a transcription job holds the file it decodes; an archive of hour-long recordings makes that the
 largest thing in the task. "at once" is what decoding does without blocks: the whole file as (frames, channels)
-float32 at its own rate (soundfile's ``sf.read``, or PyAV's frames concatenated), the mean of its channels, one
-``soxr.resample`` call. ``load_audio`` mixes and resamples block by block into one buffer; its samples are checked
-to be the same. Each measurement is a fresh process; the table gives its peak RSS while decoding over its RSS just
-before (the encoded bytes already read; Linux only). The files are generated first (tones and noise, in blocks).
+float32 at its own rate (PyAV's frames concatenated; soundfile's ``sf.read`` for WAV and FLAC), the mean of its
+channels, one ``soxr.resample`` call. ``load_audio`` mixes and resamples block by block into one buffer; its
+samples are checked to be the same. Each measurement is a fresh process; the table gives its peak RSS while
+decoding over its RSS just before (the encoded bytes already read; Linux only). The files are generated first
+(tones and noise, in blocks).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def child(path: str, mode: str) -> dict:
     if mode == "blocks":
         out = load_audio(data)
     else:
-        if path.endswith(".m4a"):
+        if not path.endswith((".flac", ".wav")):  # compressed formats: FFmpeg, as gpa.audio decodes them
             import av
 
             with av.open(io.BytesIO(data)) as container:

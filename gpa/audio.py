@@ -1,8 +1,11 @@
 """Audio input: decode any common format to 16 kHz mono float32, and encode results as FLAC.
 
-soundfile (libsndfile) decodes wav/flac/ogg/opus/mp3; everything else (m4a/aac, video containers, ...) goes
-through PyAV. Channels are mixed by their mean and the rate is converted with soxr, the same for every model
-component (the reference used two different loaders for its two tokenizers; see docs/fidelity.md).
+libsndfile (soundfile) decodes PCM containers and FLAC, whose lengths it reads exactly; compressed formats (MP3,
+Ogg Vorbis and Opus, AAC/M4A, video containers, ...) go through FFmpeg (PyAV), libsndfile being the fallback:
+libsndfile stops at the length it estimates for an MP3 without a length header, for two MP3s joined and for
+chained Ogg streams (a 20 s file came back as 4.3 s, without an error). Channels are mixed by their mean and the
+rate is converted with soxr, the same for every model component (the reference used two different loaders for
+its two tokenizers; see docs/fidelity.md).
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ SAMPLE_RATE = 16000
 AudioInput = Union[str, os.PathLike, bytes, tuple]  # noqa: UP007 (a runtime alias)
 """A path or URI, the encoded bytes of a file, or ``(samples, sample_rate)`` with samples shaped (n,) or (n, ch)."""
 
+# formats whose length libsndfile reads from the header, exactly, and in which it seeks sample-exactly
+EXACT_FORMATS = frozenset({"WAV", "WAVEX", "W64", "RF64", "AIFF", "AU", "CAF", "FLAC"})
+
 
 def load_audio(
     src: AudioInput,
@@ -37,10 +43,11 @@ def load_audio(
     """Decode ``src`` to a 1-D float32 array at ``sample_rate``, optionally cut to ``[start_s, end_s)`` seconds.
 
     ``max_duration_s`` refuses longer audio with :class:`TooLongAudio` (its ``duration_s`` says how long): a
-    whole file before it is decoded when its header declares its length (a 10-hour stereo WAV decodes to ~12 GB of
-    floats), else once decoded and cut. Raises :class:`UnreadableAudio`, :class:`EmptyAudio` or
-    :class:`NonFiniteAudio` too (all with a ``kind``).
+    whole WAV or FLAC file before it is decoded, by its header (a 10-hour stereo WAV decodes to ~12 GB of floats),
+    other formats as they decode (what is past the limit is counted, not kept), a segment once cut. Raises
+    :class:`UnreadableAudio`, :class:`EmptyAudio` or :class:`NonFiniteAudio` too (all with a ``kind``).
     """
+    name = "audio"
     if isinstance(src, tuple):
         if len(src) != 2:
             raise UnreadableAudio("an audio tuple must be (samples, sample_rate)")
@@ -56,7 +63,8 @@ def load_audio(
                 raise TooLongAudio.over_limit("audio (by its header)", declared, max_duration_s)
         # a whole file is resampled as it decodes (the same samples as resampling it at once, in less memory); a
         # segment is cut at the file's own rate first (its bounds sample-exact)
-        samples, source_rate = decode(data, name=name, sample_rate=sample_rate if whole else None)
+        samples, source_rate = decode(data, name=name, sample_rate=sample_rate if whole else None,
+                                      max_duration_s=max_duration_s if whole else None)
     if source_rate <= 0:
         raise UnreadableAudio(f"invalid sample rate {source_rate}")
     samples = to_mono(samples)
@@ -65,9 +73,9 @@ def load_audio(
         last = None if end_s is None or end_s < 0 else int(round(end_s * source_rate))
         samples = samples[first:last]
     if samples.size == 0:
-        raise EmptyAudio("audio has no samples" + (" in the requested segment" if start_s or end_s else ""))
+        raise EmptyAudio(f"{name}: no samples" + (" in the requested segment" if start_s or end_s else ""))
     if not np.isfinite(samples).all():
-        raise NonFiniteAudio("audio contains NaN or infinite samples")
+        raise NonFiniteAudio(f"{name}: NaN or infinite samples")
     if max_duration_s is not None and samples.size / source_rate > max_duration_s:
         raise TooLongAudio.over_limit("the segment" if start_s or end_s else "audio", samples.size / source_rate,
                                       max_duration_s)
@@ -90,45 +98,55 @@ def to_mono(samples: np.ndarray) -> np.ndarray:
     return samples
 
 
-def decode(data: bytes, *, name: str = "<bytes>", sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+def decode(data: bytes, *, name: str = "<bytes>", sample_rate: int | None = None,
+           max_duration_s: float | None = None) -> tuple[np.ndarray, int]:
     """Decode encoded audio bytes to ``(mono samples float32, sample_rate)``: at the file's own rate, or resampled
-    to ``sample_rate``.
+    to ``sample_rate``. Longer than ``max_duration_s``: :class:`TooLongAudio` (the rest is counted, not kept).
 
     Blocks are mixed to mono (and resampled) as they are decoded, so a long multi-channel file never exists whole:
-    30 minutes of 44.1 kHz stereo took 1.9 GB to decode as M4A (1.6 GB as MP3) when decoded at once, against its
-    115 MB at 16 kHz.
+    30 minutes of 44.1 kHz stereo took 1.5–2.2 GB to decode at once, against its 110 MB at 16 kHz
+    (``benchmarks/audio_decode.py``).
     """
     if not data:
         raise EmptyAudio(f"{name}: file is empty (0 bytes)")
     try:
-        return _decode_with_soundfile(data, sample_rate)
-    except NonFiniteAudio:
-        raise
-    except Exception as sf_error:  # libsndfile cannot read it: try FFmpeg
+        exact = sf.info(io.BytesIO(data)).format in EXACT_FORMATS
+    except Exception:
+        exact = False
+    decoders = (_decode_with_soundfile, _decode_with_pyav) if exact else (_decode_with_pyav, _decode_with_soundfile)
+    errors: list[Exception] = []
+    for decoder in decoders:
         try:
-            return _decode_with_pyav(data, sample_rate)
-        except (EmptyAudio, NonFiniteAudio):
+            return decoder(data, sample_rate, max_duration_s)
+        except TooLongAudio:
             raise
-        except Exception as av_error:
-            raise UnreadableAudio(f"{name}: not decodable audio ({_short(sf_error)}; {_short(av_error)})") from None
+        except NonFiniteAudio as exc:
+            raise NonFiniteAudio(f"{name}: {exc}") from None
+        except Exception as exc:  # the other decoder may read it
+            errors.append(exc)
+    if any(isinstance(e, EmptyAudio) for e in errors):
+        raise EmptyAudio(f"{name}: {next(e for e in errors if isinstance(e, EmptyAudio))}")
+    raise UnreadableAudio(f"{name}: not decodable audio ({'; '.join(_short(e) for e in errors)})")
 
 
 _BLOCK_FRAMES = 1 << 16
 
 
-def _mix(blocks: Iterable[np.ndarray], rate: int, sample_rate: int | None,
-         frames: int | None = None) -> tuple[np.ndarray, int]:
+def _mix(blocks: Iterable[np.ndarray], rate: int, sample_rate: int | None, frames: int | None = None,
+         max_duration_s: float | None = None) -> tuple[np.ndarray, int]:
     """Concatenate ``(frames, channels)`` blocks as mono, resampled block by block when ``sample_rate`` differs
     (soxr's stream gives the same samples as one call over the whole signal). ``frames``, the decoder's count or an
     estimate on the high side, lets the result be filled in place and the buffer shrunk to it, instead of
-    concatenated from pieces (half the peak memory)."""
+    concatenated from pieces (half the peak memory). Past ``max_duration_s`` blocks are only counted."""
     if rate <= 0:
         raise UnreadableAudio(f"invalid sample rate {rate}")
     stream, expected = None, frames or 0
+    if max_duration_s is not None:
+        expected = min(expected, int(max_duration_s * rate) + rate)
     if sample_rate is not None and sample_rate != rate:
         stream = soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="VHQ")
         expected = (expected * sample_rate * 2 + rate) // (2 * rate)  # soxr's length, rounded half up
-    out, filled, overflow = np.empty(expected, np.float32), 0, []
+    out, filled, overflow, decoded = np.empty(expected, np.float32), 0, [], 0
 
     def put(samples: np.ndarray) -> None:
         nonlocal filled
@@ -141,8 +159,13 @@ def _mix(blocks: Iterable[np.ndarray], rate: int, sample_rate: int | None,
     for block in blocks:
         mono = to_mono(block)
         if not np.isfinite(mono).all():  # before resampling, which would spread it (and empty a 1-sample file)
-            raise NonFiniteAudio("audio contains NaN or infinite samples")
+            raise NonFiniteAudio("NaN or infinite samples")
+        decoded += len(mono)
+        if max_duration_s is not None and decoded / rate > max_duration_s:
+            continue  # too long: counted to the end (the row reports how long), never held
         put(stream.resample_chunk(np.ascontiguousarray(mono)) if stream else mono)
+    if max_duration_s is not None and decoded / rate > max_duration_s:
+        raise TooLongAudio.over_limit("audio", decoded / rate, max_duration_s)
     if stream:
         put(stream.resample_chunk(np.zeros(0, np.float32), last=True))
     if overflow:
@@ -151,9 +174,11 @@ def _mix(blocks: Iterable[np.ndarray], rate: int, sample_rate: int | None,
     return out, sample_rate if stream else rate
 
 
-def _decode_with_soundfile(data: bytes, sample_rate: int | None) -> tuple[np.ndarray, int]:
+def _decode_with_soundfile(data: bytes, sample_rate: int | None,
+                           max_duration_s: float | None = None) -> tuple[np.ndarray, int]:
     with sf.SoundFile(io.BytesIO(data)) as f:
-        return _mix(_soundfile_blocks(f), int(f.samplerate), sample_rate, frames=f.frames)
+        return _mix(_soundfile_blocks(f), int(f.samplerate), sample_rate, frames=f.frames,
+                    max_duration_s=max_duration_s)
 
 
 def _soundfile_blocks(f: sf.SoundFile) -> Iterator[np.ndarray]:
@@ -172,29 +197,67 @@ def _soundfile_blocks(f: sf.SoundFile) -> Iterator[np.ndarray]:
         yield block
 
 
-def _decode_with_pyav(data: bytes, sample_rate: int | None) -> tuple[np.ndarray, int]:
+def _decode_with_pyav(data: bytes, sample_rate: int | None,
+                      max_duration_s: float | None = None) -> tuple[np.ndarray, int]:
     import av
 
     with av.open(io.BytesIO(data), mode="r") as container:
         if not container.streams.audio:
             raise UnreadableAudio("no audio stream")
         stream = container.streams.audio[0]
-        converter = av.AudioResampler(format="fltp", layout=stream.layout, rate=stream.rate)  # planar float32
-
-        def blocks():
-            for frame in container.decode(stream):
-                for converted in converter.resample(frame):
-                    yield converted.to_ndarray().T
-            for converted in converter.resample(None):
-                yield converted.to_ndarray().T
-
         seconds = _pyav_duration(container)
         # the declared length, with room for codec priming and rounding (a wild one is not trusted: no estimate)
         estimate = int(seconds * 1.01 * stream.rate) + stream.rate if seconds and seconds < 24 * 3600 else None
-        samples, rate = _mix(blocks(), int(stream.rate), sample_rate, frames=estimate)
+        samples, rate = _mix(_pyav_blocks(container, stream, int(stream.rate)), int(stream.rate), sample_rate,
+                             frames=estimate, max_duration_s=max_duration_s)
     if samples.size == 0:
         raise EmptyAudio("audio stream has no samples")
     return samples, rate
+
+
+def _pyav_blocks(container, stream, rate: int) -> Iterator[np.ndarray]:
+    """The stream's frames as ``(frames, channels)`` float32 at ``rate``.
+
+    A frame whose format, channels or rate differ from the last one's gets a converter of its own: an AAC stream
+    can change its rate midway, and one converter passed the new rate's samples on as the old (sped up). A packet
+    that does not decode is skipped, as the ``ffmpeg`` tool does (a damaged frame, the header of a second MP3
+    joined to the first), and what cannot be read after decodable audio ends it (junk appended, a cut file); a
+    stream of which nothing decodes raises the first error.
+    """
+    import av
+
+    converter, source, first_error = None, None, None
+
+    def flush():
+        yield from (converted.to_ndarray().T for converted in converter.resample(None))
+
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            break
+        except av.error.FFmpegError:  # junk after the audio (or a cut file): what decoded is kept, as ffmpeg keeps it
+            if converter is None:
+                raise
+            break
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError as exc:
+            first_error = first_error or exc
+            continue
+        for frame in frames:
+            kind = (frame.format.name, frame.layout.name, frame.sample_rate)
+            if kind != source:
+                if converter is not None:
+                    yield from flush()
+                converter, source = av.AudioResampler(format="fltp", layout=frame.layout, rate=rate), kind
+            for converted in converter.resample(frame):
+                yield converted.to_ndarray().T
+    if converter is not None:
+        yield from flush()
+    elif first_error is not None:
+        raise first_error
 
 
 class EncodedAudio:
@@ -206,14 +269,12 @@ class EncodedAudio:
     faded or shifted).
     """
 
-    SOUGHT_FORMATS = frozenset({"WAV", "WAVEX", "W64", "RF64", "AIFF", "AU", "CAF", "FLAC"})
-
     def __init__(self, data: bytes, *, name: str = "<bytes>"):
         if not data:
             raise EmptyAudio(f"{name}: file is empty (0 bytes)")
         self.data, self.name = data, name
         try:
-            self.sought = sf.info(io.BytesIO(data)).format in self.SOUGHT_FORMATS
+            self.sought = sf.info(io.BytesIO(data)).format in EXACT_FORMATS
         except Exception:  # not a libsndfile format: PyAV decodes it
             self.sought = False
         self._decoded: tuple[np.ndarray, int] | None = None
@@ -253,23 +314,18 @@ def _check_segment(name: str, first: int, last: int, rate: int, max_duration_s: 
 
 
 def header_duration(data: bytes) -> float | None:
-    """The duration in seconds that the file's header declares, without decoding it (None when it does not say).
+    """The duration in seconds that a WAV or FLAC file's header declares, without decoding it (None for other
+    formats: the length FFmpeg gives an MP3 or AAC stream without an index is an estimate from its first bit rate,
+    and one 405 s file was declared 3862 s long; those are measured as they decode).
 
     Lets a caller refuse an over-long file before decoding it: a 10-hour stereo WAV decodes to ~12 GB of floats.
     """
     try:
         info = sf.info(io.BytesIO(data))
-        if info.frames > 0 and info.samplerate > 0:
-            return info.frames / info.samplerate
     except Exception:
-        pass
-    try:
-        import av
-
-        with av.open(io.BytesIO(data), mode="r") as container:
-            return _pyav_duration(container)
-    except Exception:
-        pass
+        return None
+    if info.format in EXACT_FORMATS and info.frames > 0 and info.samplerate > 0:
+        return info.frames / info.samplerate
     return None
 
 

@@ -103,8 +103,9 @@ def m4a_bytes(samples: np.ndarray, rate: int) -> bytes:
 
 
 def decoded_at_once(data: bytes, fmt: str) -> np.ndarray:
-    """The file decoded in one piece, mixed and resampled in one call: what block-wise decoding must equal."""
-    if fmt == "M4A":
+    """The file decoded in one piece (compressed formats by FFmpeg, PCM and FLAC by libsndfile), mixed and
+    resampled in one call: what block-wise decoding must equal."""
+    if fmt != "FLAC":
         with av.open(io.BytesIO(data)) as container:
             stream = container.streams.audio[0]
             whole = np.concatenate([frame.to_ndarray() for frame in container.decode(stream)], axis=1).T
@@ -145,6 +146,57 @@ def test_a_long_stereo_file_is_mixed_and_resampled_as_it_decodes(fmt):
         tracemalloc.stop()
     assert len(out) == len(expected) and np.array_equal(out, expected)
     assert peak < 2.5 * out.nbytes + 2**22, (peak, out.nbytes)
+
+
+def adts_bytes(samples: np.ndarray, rate: int) -> bytes:
+    """A raw AAC (ADTS) stream of mono samples: no index, so FFmpeg can only estimate its length."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="adts") as container:
+        stream = container.add_stream("aac", rate=rate, layout="mono")
+        for i in range(0, len(samples), rate):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[None, i:i + rate]), format="fltp",
+                                               layout="mono")
+            frame.rate = rate
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def test_joined_files_decode_to_their_whole_length():
+    """Two MP3s or two Ogg files joined end to end (``cat``), an AAC stream whose rate changes midway, junk after
+    the audio: libsndfile stopped at the first file's length (a row that was ok and half as long as its audio),
+    and one converter for the whole stream played the second rate's samples as the first's."""
+    mp3 = [encoded(tone(d, 22050), 22050, "MP3") for d in (1.0, 1.5)]
+    ogg = [encoded(tone(d, 22050), 22050, "OGG", "VORBIS") for d in (1.0, 1.5)]
+    with pytest.raises(AssertionError):  # what libsndfile makes of them
+        assert abs(len(sf.read(io.BytesIO(mp3[0] + mp3[1]))[0]) - 2.5 * 22050) < 0.1 * 22050
+    for joined in (mp3[0] + mp3[1], ogg[0] + ogg[1]):  # (the second MP3's encoder delay stays: +0.1 s)
+        assert len(load_audio(joined)) == pytest.approx(2.5 * 16000, abs=0.2 * 16000)
+    rates = adts_bytes(tone(2.0, 44100), 44100) + adts_bytes(tone(2.0, 22050), 22050)
+    out = load_audio(rates)
+    assert len(out) == pytest.approx(4.0 * 16000, abs=0.2 * 16000)  # AAC priming: +0.1 s
+    spectrum = np.abs(np.fft.rfft(out[-16000:]))  # the second part keeps its pitch (sped up, it would be 880 Hz)
+    assert abs(np.argmax(spectrum) - 440) < 5
+    assert len(load_audio(adts_bytes(tone(2.0), 16000) + bytes(100_000))) == pytest.approx(32000, abs=3200)
+
+
+def test_a_length_guessed_from_the_bit_rate_refuses_nothing():
+    """FFmpeg guesses the length of a stream without an index from its first bit rate: 20 s of silence then 40 s
+    of noise was "2015 s". Only exact headers (WAV, FLAC, ...) refuse a file before decoding; others are measured
+    as they decode, keeping no more than the limit."""
+    from gpa.audio import _pyav_duration, header_duration
+
+    noise = np.random.default_rng(0).standard_normal(16000 * 40).astype(np.float32) * 0.5
+    data = adts_bytes(np.concatenate([np.zeros(16000 * 20, np.float32), noise]), 16000)
+    with av.open(io.BytesIO(data)) as container:
+        assert _pyav_duration(container) > 200  # the guess
+    assert header_duration(data) is None
+    assert len(load_audio(data, max_duration_s=100)) == pytest.approx(60 * 16000, abs=1600)
+    with pytest.raises(TooLongAudio, match="audio is 60.1 s; the limit is 30 s") as info:
+        load_audio(data, max_duration_s=30)
+    assert info.value.duration_s == pytest.approx(60.1, abs=0.1)  # counted to the end
 
 
 @pytest.mark.parametrize("frames", [None, 0, 1000, 44100, 50000, 10**6])
