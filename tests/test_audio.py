@@ -86,14 +86,17 @@ def test_a_segment_of_a_long_recording_costs_its_own_length_in_memory():
     assert segment.shape == (rate,) and peak < 4 * segment.nbytes + 2**20
 
 
-def m4a_bytes(samples: np.ndarray, rate: int) -> bytes:
-    """AAC in MP4 (a format libsndfile cannot read) of ``(n, channels)`` samples."""
+def aac_bytes(samples: np.ndarray, rate: int, container_format: str = "mp4") -> bytes:
+    """AAC (a codec libsndfile cannot read) of ``(n,)`` or ``(n, channels)`` samples, in MP4 (M4A) or as a raw
+    ADTS stream (no index: FFmpeg can only estimate its length)."""
+    samples = samples[:, None] if samples.ndim == 1 else samples
+    layout = "stereo" if samples.shape[1] == 2 else "mono"
     buffer = io.BytesIO()
-    with av.open(buffer, "w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=rate, layout="stereo" if samples.shape[1] == 2 else "mono")
-        for i in range(0, len(samples), 1 << 16):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[i:i + (1 << 16)].T), format="fltp",
-                                               layout=stream.layout.name)
+    with av.open(buffer, "w", format=container_format) as container:
+        stream = container.add_stream("aac", rate=rate, layout=layout)
+        for i in range(0, len(samples), rate):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[i:i + rate].T), format="fltp",
+                                               layout=layout)
             frame.rate = rate
             for packet in stream.encode(frame):
                 container.mux(packet)
@@ -127,7 +130,7 @@ def test_a_long_stereo_file_is_mixed_and_resampled_as_it_decodes(fmt):
     rate = 44100
     samples = np.stack([tone(60.0, rate, 300.0), tone(60.0, rate, 500.0)], axis=1)
     if fmt == "M4A":
-        data = m4a_bytes(samples, rate)
+        data = aac_bytes(samples, rate)
     else:  # written in blocks: libsndfile's Vorbis encoder crashes on one long write
         buffer = io.BytesIO()
         with sf.SoundFile(buffer, "w", rate, 2, format=fmt.split()[-1]) as f:
@@ -148,22 +151,6 @@ def test_a_long_stereo_file_is_mixed_and_resampled_as_it_decodes(fmt):
     assert peak < 2.5 * out.nbytes + 2**22, (peak, out.nbytes)
 
 
-def adts_bytes(samples: np.ndarray, rate: int) -> bytes:
-    """A raw AAC (ADTS) stream of mono samples: no index, so FFmpeg can only estimate its length."""
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format="adts") as container:
-        stream = container.add_stream("aac", rate=rate, layout="mono")
-        for i in range(0, len(samples), rate):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[None, i:i + rate]), format="fltp",
-                                               layout="mono")
-            frame.rate = rate
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return buffer.getvalue()
-
-
 def test_joined_files_decode_to_their_whole_length():
     """Two MP3s or two Ogg files joined end to end (``cat``), an AAC stream whose rate changes midway, junk after
     the audio: libsndfile stopped at the first file's length (a row that was ok and half as long as its audio),
@@ -174,12 +161,12 @@ def test_joined_files_decode_to_their_whole_length():
         assert abs(len(sf.read(io.BytesIO(mp3[0] + mp3[1]))[0]) - 2.5 * 22050) < 0.1 * 22050
     for joined in (mp3[0] + mp3[1], ogg[0] + ogg[1]):  # (the second MP3's encoder delay stays: +0.1 s)
         assert len(load_audio(joined)) == pytest.approx(2.5 * 16000, abs=0.2 * 16000)
-    rates = adts_bytes(tone(2.0, 44100), 44100) + adts_bytes(tone(2.0, 22050), 22050)
+    rates = aac_bytes(tone(2.0, 44100), 44100, "adts") + aac_bytes(tone(2.0, 22050), 22050, "adts")
     out = load_audio(rates)
     assert len(out) == pytest.approx(4.0 * 16000, abs=0.2 * 16000)  # AAC priming: +0.1 s
     spectrum = np.abs(np.fft.rfft(out[-16000:]))  # the second part keeps its pitch (sped up, it would be 880 Hz)
     assert abs(np.argmax(spectrum) - 440) < 5
-    assert len(load_audio(adts_bytes(tone(2.0), 16000) + bytes(100_000))) == pytest.approx(32000, abs=3200)
+    assert len(load_audio(aac_bytes(tone(2.0), 16000, "adts") + bytes(100_000))) == pytest.approx(32000, abs=3200)
 
 
 def test_a_length_guessed_from_the_bit_rate_refuses_nothing():
@@ -189,7 +176,7 @@ def test_a_length_guessed_from_the_bit_rate_refuses_nothing():
     from gpa.audio import _pyav_duration, header_duration
 
     noise = np.random.default_rng(0).standard_normal(16000 * 40).astype(np.float32) * 0.5
-    data = adts_bytes(np.concatenate([np.zeros(16000 * 20, np.float32), noise]), 16000)
+    data = aac_bytes(np.concatenate([np.zeros(16000 * 20, np.float32), noise]), 16000, "adts")
     with av.open(io.BytesIO(data)) as container:
         assert _pyav_duration(container) > 200  # the guess
     assert header_duration(data) is None
