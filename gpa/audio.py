@@ -10,6 +10,7 @@ its two tokenizers; see docs/fidelity.md).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -115,15 +116,22 @@ def decode(data: bytes, *, name: str = "<bytes>", sample_rate: int | None = None
         exact = False
     decoders = (_decode_with_soundfile, _decode_with_pyav) if exact else (_decode_with_pyav, _decode_with_soundfile)
     errors: list[Exception] = []
+    empty = None
     for decoder in decoders:
         try:
-            return decoder(data, sample_rate, max_duration_s)
+            decoded = decoder(data, sample_rate, max_duration_s)
         except TooLongAudio:
             raise
         except NonFiniteAudio as exc:
             raise NonFiniteAudio(f"{name}: {exc}") from None
         except Exception as exc:  # the other decoder may read it
             errors.append(exc)
+            continue
+        if decoded[0].size:
+            return decoded
+        empty = empty or decoded  # a WAV whose data size reads 0 (a recorder that crashed): FFmpeg reads on
+    if empty is not None:
+        return empty
     if any(isinstance(e, EmptyAudio) for e in errors):
         raise EmptyAudio(f"{name}: {next(e for e in errors if isinstance(e, EmptyAudio))}")
     raise UnreadableAudio(f"{name}: not decodable audio ({'; '.join(_short(e) for e in errors)})")
@@ -157,12 +165,12 @@ def _mix(blocks: Iterable[np.ndarray], rate: int, sample_rate: int | None, frame
             overflow.append(np.array(samples))
 
     for block in blocks:
+        decoded += len(block)
+        if max_duration_s is not None and decoded / rate > max_duration_s:
+            continue  # too long: counted to the end (the row reports how long), never held or mixed
         mono = to_mono(block)
         if not np.isfinite(mono).all():  # before resampling, which would spread it (and empty a 1-sample file)
             raise NonFiniteAudio("NaN or infinite samples")
-        decoded += len(mono)
-        if max_duration_s is not None and decoded / rate > max_duration_s:
-            continue  # too long: counted to the end (the row reports how long), never held
         put(stream.resample_chunk(np.ascontiguousarray(mono)) if stream else mono)
     if max_duration_s is not None and decoded / rate > max_duration_s:
         raise TooLongAudio.over_limit("audio", decoded / rate, max_duration_s)
@@ -177,8 +185,13 @@ def _mix(blocks: Iterable[np.ndarray], rate: int, sample_rate: int | None, frame
 def _decode_with_soundfile(data: bytes, sample_rate: int | None,
                            max_duration_s: float | None = None) -> tuple[np.ndarray, int]:
     with sf.SoundFile(io.BytesIO(data)) as f:
-        return _mix(_soundfile_blocks(f), int(f.samplerate), sample_rate, frames=f.frames,
+        return _mix(_soundfile_blocks(f), int(f.samplerate), sample_rate, frames=_known_frames(f),
                     max_duration_s=max_duration_s)
+
+
+def _known_frames(info) -> int | None:
+    """libsndfile's frame count, unless it is its "unknown" (2**63 - 1: a FLAC written to a pipe says 0 samples)."""
+    return info.frames if 0 <= info.frames < 2**62 else None
 
 
 def _soundfile_blocks(f: sf.SoundFile) -> Iterator[np.ndarray]:
@@ -188,7 +201,7 @@ def _soundfile_blocks(f: sf.SoundFile) -> Iterator[np.ndarray]:
     damaged Vorbis stream miss (block reads of an MP3 were off by up to 0.6)."""
     f.seek(0)
     f.seekable = lambda: False  # soundfile's read() checks this before its seek
-    left = f.frames
+    left = f.frames  # (its "unknown" too: the reads stop at the end)
     while left > 0:
         block = f.read(min(_BLOCK_FRAMES, left), dtype="float32", always_2d=True)
         if not len(block):
@@ -218,46 +231,50 @@ def _decode_with_pyav(data: bytes, sample_rate: int | None,
 def _pyav_blocks(container, stream, rate: int) -> Iterator[np.ndarray]:
     """The stream's frames as ``(frames, channels)`` float32 at ``rate``.
 
-    A frame whose format, channels or rate differ from the last one's gets a converter of its own: an AAC stream
-    can change its rate midway, and one converter passed the new rate's samples on as the old (sped up). A packet
-    that does not decode is skipped, as the ``ffmpeg`` tool does (a damaged frame, the header of a second MP3
-    joined to the first), and what cannot be read after decodable audio ends it (junk appended, a cut file); a
-    stream of which nothing decodes raises the first error.
+    A frame whose format, channels or rate differ from the last one's gets a converter of its own (FFmpeg's
+    resampler brings a changed rate to ``rate``): an AAC stream can change its rate midway, and one converter
+    passed the new rate's samples on as the old (sped up). A packet that does not decode is skipped, as the
+    ``ffmpeg`` tool does (a damaged frame, the header of a second MP3 joined to the first), unless most of them do
+    not (its default limit, 2/3: then it is not audio); data that cannot be read after decodable audio ends it
+    (junk appended, a cut file).
     """
     import av
 
-    converter, source, first_error = None, None, None
+    converter, source, first_error, packets, failed = None, None, None, 0, 0
 
-    def flush():
-        yield from (converted.to_ndarray().T for converted in converter.resample(None))
-
-    packets = container.demux(stream)
-    while True:
-        try:
-            packet = next(packets)
-        except StopIteration:
-            break
-        except av.error.FFmpegError:  # junk after the audio (or a cut file): what decoded is kept, as ffmpeg keeps it
-            if converter is None:
-                raise
-            break
-        try:
-            frames = packet.decode()
-        except av.error.FFmpegError as exc:
-            first_error = first_error or exc
-            continue
+    def convert(frames) -> Iterator[np.ndarray]:
+        nonlocal converter, source
         for frame in frames:
             kind = (frame.format.name, frame.layout.name, frame.sample_rate)
             if kind != source:
                 if converter is not None:
-                    yield from flush()
+                    yield from (converted.to_ndarray().T for converted in converter.resample(None))
                 converter, source = av.AudioResampler(format="fltp", layout=frame.layout, rate=rate), kind
-            for converted in converter.resample(frame):
-                yield converted.to_ndarray().T
+            yield from (converted.to_ndarray().T for converted in converter.resample(frame))
+
+    demuxed = container.demux(stream)
+    while True:
+        try:
+            packet = next(demuxed)
+        except StopIteration:
+            break
+        except av.error.InvalidDataError:  # junk after the audio, a cut file: what decoded is kept
+            if converter is None:
+                raise
+            with contextlib.suppress(av.error.FFmpegError):
+                yield from convert(stream.codec_context.decode(None))  # what the decoder still holds
+            break
+        packets += packet.size > 0
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError as exc:
+            first_error, failed = first_error or exc, failed + 1
+            continue
+        yield from convert(frames)
+    if failed and (converter is None or failed > 2 / 3 * packets):
+        raise UnreadableAudio(f"{failed} of {packets} packets do not decode ({_short(first_error)})")
     if converter is not None:
-        yield from flush()
-    elif first_error is not None:
-        raise first_error
+        yield from (converted.to_ndarray().T for converted in converter.resample(None))
 
 
 class EncodedAudio:
@@ -274,7 +291,8 @@ class EncodedAudio:
             raise EmptyAudio(f"{name}: file is empty (0 bytes)")
         self.data, self.name = data, name
         try:
-            self.sought = sf.info(io.BytesIO(data)).format in EXACT_FORMATS
+            info = sf.info(io.BytesIO(data))
+            self.sought = info.format in EXACT_FORMATS and _known_frames(info) is not None
         except Exception:  # not a libsndfile format: PyAV decodes it
             self.sought = False
         self._decoded: tuple[np.ndarray, int] | None = None
@@ -324,7 +342,7 @@ def header_duration(data: bytes) -> float | None:
         info = sf.info(io.BytesIO(data))
     except Exception:
         return None
-    if info.format in EXACT_FORMATS and info.frames > 0 and info.samplerate > 0:
+    if info.format in EXACT_FORMATS and _known_frames(info) and info.samplerate > 0:
         return info.frames / info.samplerate
     return None
 
@@ -372,7 +390,7 @@ def _read(src) -> tuple[bytes, str]:
 def _short(exc: Exception, limit: int = 160) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     # drop object reprs and errno prefixes that say nothing to a user
-    text = re.sub(r"Error opening <[^>]*>: |\[Errno -?\d+\] |: '<none>'", "", text)
+    text = re.sub(r"Error opening <[^>]*>: |\[Errno -?\d+\] |: '<none>'|: '\w+\(\)'", "", text)
     return text[:limit]
 
 
