@@ -118,11 +118,7 @@ def write_if(uri: str, data: bytes, version: str | None) -> str:
     if not is_uri(uri):
         os.makedirs(os.path.dirname(uri) or ".", exist_ok=True)
         with exclusive_lock(f"{uri}.lock"):
-            try:
-                current = _digest(read_bytes(uri))
-            except FileNotFoundError:
-                current = None
-            if current != version:
+            if _local_version(uri) != version:
                 raise Conflict(redact_uri(uri))
             write_bytes(uri, data)
         return _digest(data)
@@ -156,9 +152,8 @@ def remove_if(uri: str, version: str) -> None:
         if not os.path.isdir(os.path.dirname(uri) or "."):
             return
         with exclusive_lock(f"{uri}.lock"):
-            try:
-                current = _digest(read_bytes(uri))
-            except FileNotFoundError:
+            current = _local_version(uri)
+            if current is None:
                 return
             if current != version:
                 raise Conflict(redact_uri(uri))
@@ -198,6 +193,14 @@ def _warn_unconditional(uri: str) -> None:
 
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _local_version(path: str) -> str | None:
+    """A local file's version (a hash of its bytes; None: absent), read under its lock file."""
+    try:
+        return _digest(read_bytes(path))
+    except FileNotFoundError:
+        return None
 
 
 def _error_code(exc: BaseException) -> str | None:
