@@ -1,4 +1,5 @@
-"""Peak memory and time of decoding one long file to 16 kHz mono: `gpa.audio.load_audio` against decoding it at once.
+"""Peak memory and time of decoding one long file to 16 kHz mono: `gpa.audio.load_audio` against decoding it at once;
+and of cutting consecutive segments out of it (GPA's ``begin_time``/``end_time``, NeMo's ``offset``).
 
     python benchmarks/audio_decode.py                  # 30 minutes of 44.1 kHz stereo, each format
     python benchmarks/audio_decode.py --minutes 60 --formats mp3,m4a
@@ -10,6 +11,11 @@ channels, one ``soxr.resample`` call. ``load_audio`` mixes and resamples block b
 samples are checked to be the same. Each measurement is a fresh process; the table gives its peak RSS while
 decoding over its RSS just before (the encoded bytes already read; Linux only). The files are generated first
 (tones and noise, in blocks).
+
+Segments: every 10 s of the file as one segment, in time order, as a decode worker gets them. "whole file" is how
+`gpa.audio.EncodedAudio` cut them before: the whole file decoded once as mono at its own rate and held, each
+segment cut from it and resampled; ``EncodedAudio.segment`` decodes them forward, as far as the segment ends,
+holding one segment. (WAV and FLAC are sought, then and now.)
 """
 
 from __future__ import annotations
@@ -68,7 +74,8 @@ def child(path: str, mode: str) -> dict:
     import soxr
 
     sys.path.insert(0, str(ROOT))
-    from gpa.audio import load_audio
+    from gpa.audio import EncodedAudio, decode, load_audio
+    from gpa.errors import EmptyAudio
 
     data = Path(path).read_bytes()
     Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS (Linux)
@@ -76,6 +83,23 @@ def child(path: str, mode: str) -> dict:
     start = time.perf_counter()
     if mode == "blocks":
         out = load_audio(data)
+    elif mode.startswith("segments"):  # each segment handed on (its digest taken) and let go, as a worker does
+        digest, samples = hashlib.sha1(), 0
+        if mode == "segments-whole":
+            whole, rate = decode(data)
+            cuts = (soxr.resample(whole[s * rate:(s + 10) * rate], rate, 16000, quality="VHQ")
+                    for s in range(0, -(-len(whole) // rate), 10))
+        else:
+            audio = EncodedAudio(data)
+            cuts = (load_audio(audio.segment(s, s + 10.0)) for s in range(0, 10**6, 10))
+        try:
+            for cut in cuts:
+                digest.update(cut.tobytes())
+                samples += len(cut)
+        except EmptyAudio:  # past the end
+            pass
+        return {"peak_mb": _status_mb("VmHWM"), "base_mb": base, "s": time.perf_counter() - start,
+                "out_mb": samples * 4 / 2**20, "digest": digest.hexdigest()}
     else:
         if not path.endswith((".flac", ".wav")):  # compressed formats: FFmpeg, as gpa.audio decodes them
             import av
@@ -118,14 +142,26 @@ def main() -> None:
           f"{args.minutes * 60 * 16000 * 4 / 2**20:.0f} MB; files in {directory}")
     print("| format | file MB | at once: peak MB | s | load_audio: peak MB | s | peak ratio | same samples |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    paths = []
     for fmt in args.formats.split(","):
         path = directory / f"long-{args.minutes:g}min.{fmt}"
+        paths.append(path)
         if not path.exists():
             make_file(path, args.minutes)
         once, blocks = measure(path, "once"), measure(path, "blocks")
         added = (once["peak_mb"] - once["base_mb"], blocks["peak_mb"] - blocks["base_mb"])
         print(f"| {fmt} | {path.stat().st_size / 2**20:.0f} | {added[0]:.0f} | {once['s']:.1f} | {added[1]:.0f} | "
               f"{blocks['s']:.1f} | {added[1] / added[0]:.2f} | {once['digest'] == blocks['digest']} |", flush=True)
+    print(f"\nSegments of 10 s, in order ({args.minutes * 6:.0f} of them, each let go once cut)")
+    print("| format | whole file: peak MB | s | `EncodedAudio.segment`: peak MB | s | peak ratio | output MB |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for path in paths:
+        if path.suffix in (".flac", ".wav"):
+            continue  # sought before too
+        whole, forward = measure(path, "segments-whole"), measure(path, "segments")
+        added = [m["peak_mb"] - m["base_mb"] for m in (whole, forward)]
+        print(f"| {path.suffix[1:]} | {added[0]:.0f} | {whole['s']:.1f} | {added[1]:.0f} | {forward['s']:.1f} | "
+              f"{added[1] / added[0]:.2f} | {forward['out_mb']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

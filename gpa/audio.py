@@ -57,19 +57,21 @@ def load_audio(
             samples = samples.T  # accept (channels, n) as torch/torchaudio users pass it
     else:
         data, name = _read(src)
-        whole = start_s is None and end_s is None
-        if max_duration_s is not None and whole:
-            declared = header_duration(data)
-            if declared is not None and declared > max_duration_s + 1.0:  # headers may round: refuse clear cases
-                raise TooLongAudio.over_limit("audio (by its header)", declared, max_duration_s)
-        # a whole file is resampled as it decodes (the same samples as resampling it at once, in less memory); a
-        # segment is cut at the file's own rate first (its bounds sample-exact)
-        samples, source_rate = decode(data, name=name, sample_rate=sample_rate if whole else None,
-                                      max_duration_s=max_duration_s if whole else None)
+        if start_s is not None or end_s is not None:  # sought, or decoded only as far as it ends
+            samples, source_rate = EncodedAudio(data, name=name, sample_rate=sample_rate).segment(
+                start_s, end_s, max_duration_s)
+            start_s = end_s = None  # cut
+        else:
+            if max_duration_s is not None:
+                declared = header_duration(data)
+                if declared is not None and declared > max_duration_s + 1.0:  # headers may round: refuse clear ones
+                    raise TooLongAudio.over_limit("audio (by its header)", declared, max_duration_s)
+            # resampled as it decodes: the same samples as resampling it at once, in less memory
+            samples, source_rate = decode(data, name=name, sample_rate=sample_rate, max_duration_s=max_duration_s)
     if source_rate <= 0:
         raise UnreadableAudio(f"invalid sample rate {source_rate}")
     samples = to_mono(samples)
-    if start_s is not None or end_s is not None:
+    if start_s is not None or end_s is not None:  # an array given with a segment
         first = int(round(max(start_s or 0.0, 0.0) * source_rate))
         last = None if end_s is None or end_s < 0 else int(round(end_s * source_rate))
         samples = samples[first:last]
@@ -148,38 +150,48 @@ def _mix(blocks: Iterable[np.ndarray], rate: int, sample_rate: int | None, frame
     concatenated from pieces (half the peak memory). Past ``max_duration_s`` blocks are only counted."""
     if rate <= 0:
         raise UnreadableAudio(f"invalid sample rate {rate}")
-    stream, expected = None, frames or 0
+    out_rate = sample_rate or rate
+    expected = frames or 0
     if max_duration_s is not None:
         expected = min(expected, int(max_duration_s * rate) + rate)
-    if sample_rate is not None and sample_rate != rate:
-        stream = soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="VHQ")
-        expected = (expected * sample_rate * 2 + rate) // (2 * rate)  # soxr's length, rounded half up
+    if out_rate != rate:
+        expected = (expected * out_rate * 2 + rate) // (2 * rate)  # soxr's length, rounded half up
     out, filled, overflow, decoded = np.empty(expected, np.float32), 0, [], 0
 
-    def put(samples: np.ndarray) -> None:
-        nonlocal filled
-        if not overflow and filled + len(samples) <= len(out):
-            out[filled:filled + len(samples)] = samples
-            filled += len(samples)
-        else:  # more than expected: collect the rest (a copy: decoders reuse their buffers)
-            overflow.append(np.array(samples))
+    def within_limit() -> Iterator[np.ndarray]:
+        nonlocal decoded
+        for block in blocks:
+            decoded += len(block)
+            if max_duration_s is None or decoded / rate <= max_duration_s:
+                yield block  # too long: counted to the end (the row reports how long), never held or mixed
 
+    for chunk in _mono_chunks(within_limit(), rate, out_rate):
+        if not overflow and filled + len(chunk) <= len(out):
+            out[filled:filled + len(chunk)] = chunk
+            filled += len(chunk)
+        else:  # more than expected: collect the rest (a copy: decoders reuse their buffers)
+            overflow.append(np.array(chunk))
+    if max_duration_s is not None and decoded / rate > max_duration_s:
+        raise TooLongAudio.over_limit("audio", decoded / rate, max_duration_s)
+    if overflow:
+        return np.concatenate([out[:filled], *overflow]), out_rate
+    out.resize(filled, refcheck=False)  # in place (the buffer is ours alone): an estimate's spare end is freed
+    return out, out_rate
+
+
+def _mono_chunks(blocks: Iterable[np.ndarray], rate: int, sample_rate: int) -> Iterator[np.ndarray]:
+    """``(frames, channels)`` blocks at ``rate`` as mono float32 chunks at ``sample_rate`` (one soxr stream: the
+    same samples as resampling the whole signal at once). A chunk may be a decoder's buffer: copy to keep it."""
+    if rate <= 0:
+        raise UnreadableAudio(f"invalid sample rate {rate}")
+    stream = soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="VHQ") if sample_rate != rate else None
     for block in blocks:
-        decoded += len(block)
-        if max_duration_s is not None and decoded / rate > max_duration_s:
-            continue  # too long: counted to the end (the row reports how long), never held or mixed
         mono = to_mono(block)
         if not np.isfinite(mono).all():  # before resampling, which would spread it (and empty a 1-sample file)
             raise NonFiniteAudio("NaN or infinite samples")
-        put(stream.resample_chunk(np.ascontiguousarray(mono)) if stream else mono)
-    if max_duration_s is not None and decoded / rate > max_duration_s:
-        raise TooLongAudio.over_limit("audio", decoded / rate, max_duration_s)
+        yield stream.resample_chunk(np.ascontiguousarray(mono)) if stream else mono
     if stream:
-        put(stream.resample_chunk(np.zeros(0, np.float32), last=True))
-    if overflow:
-        return np.concatenate([out[:filled], *overflow]), sample_rate if stream else rate
-    out.resize(filled, refcheck=False)  # in place (the buffer is ours alone): an estimate's spare end is freed
-    return out, sample_rate if stream else rate
+        yield stream.resample_chunk(np.zeros(0, np.float32), last=True)
 
 
 def _decode_with_soundfile(data: bytes, sample_rate: int | None,
@@ -228,7 +240,23 @@ def _decode_with_pyav(data: bytes, sample_rate: int | None,
     return samples, rate
 
 
-def _pyav_blocks(container, stream, rate: int) -> Iterator[np.ndarray]:
+class _PacketTally:
+    """Packets demuxed and packets that did not decode, so far: over 2/3 undecodable, it is not audio (the limit of
+    the ``ffmpeg`` tool)."""
+
+    def __init__(self):
+        self.packets, self.failed, self.first_error = 0, 0, None
+
+    def fail(self, exc: Exception) -> None:
+        self.first_error, self.failed = self.first_error or exc, self.failed + 1
+
+    def check(self, decoded_any: bool) -> None:
+        if self.failed and (not decoded_any or self.failed > 2 / 3 * self.packets):
+            raise UnreadableAudio(f"{self.failed} of {self.packets} packets do not decode "
+                                  f"({_short(self.first_error)})")
+
+
+def _pyav_blocks(container, stream, rate: int, tally: _PacketTally | None = None) -> Iterator[np.ndarray]:
     """The stream's frames as ``(frames, channels)`` float32 at ``rate``.
 
     A frame whose format, channels or rate differ from the last one's gets a converter of its own (FFmpeg's
@@ -240,11 +268,12 @@ def _pyav_blocks(container, stream, rate: int) -> Iterator[np.ndarray]:
     """
     import av
 
-    converter, source, first_error, packets, failed = None, None, None, 0, 0
+    converter, source = None, None
+    tally = _PacketTally() if tally is None else tally
 
     def convert(frames) -> Iterator[np.ndarray]:
         nonlocal converter, source
-        for frame in frames:
+        for frame in filter(_intact, frames):
             kind = (frame.format.name, frame.layout.name, frame.sample_rate)
             if kind != source:
                 if converter is not None:
@@ -264,43 +293,56 @@ def _pyav_blocks(container, stream, rate: int) -> Iterator[np.ndarray]:
             with contextlib.suppress(av.error.FFmpegError):
                 yield from convert(stream.codec_context.decode(None))  # what the decoder still holds
             break
-        packets += packet.size > 0
+        tally.packets += packet.size > 0
         try:
             frames = packet.decode()
-        except av.error.InvalidDataError as exc:
-            first_error, failed = first_error or exc, failed + 1
+        except av.error.FFmpegError as exc:  # invalid data, or a decoder that refuses what garbage left it in
+            tally.fail(exc)
+            continue
+        if not all(map(_intact, frames)):
+            tally.fail(UnreadableAudio("a decoded frame's channels and planes disagree"))
             continue
         yield from convert(frames)
-    if failed and (converter is None or failed > 2 / 3 * packets):
-        raise UnreadableAudio(f"{failed} of {packets} packets do not decode ({_short(first_error)})")
+    tally.check(decoded_any=converter is not None)
     if converter is not None:
         yield from (converted.to_ndarray().T for converted in converter.resample(None))
+
+
+def _intact(frame) -> bool:
+    """Whether a decoded frame's planes match its channels. Fed garbage, FFmpeg's AAC decoder returned frames of
+    "30 channels" with 180 planes; reading their samples crashed the process (a decode worker: its task retried
+    until the job failed), instead of being one undecodable packet."""
+    channels = len(frame.layout.channels)
+    return channels > 0 and len(frame.planes) == (channels if frame.format.is_planar else 1)
 
 
 class EncodedAudio:
     """An encoded file held in memory, from which segments are decoded (the segments of one long recording).
 
     PCM and FLAC are sought: a segment costs its own length in memory, not the recording's (10 hours of 44.1 kHz
-    stereo decode to ~12 GB). Other formats are decoded whole once (as mono, at their own rate), on the first
-    segment, and cut: seeking MP3 or Vorbis is not sample-exact (the decoder starts cold, so a segment would begin
-    faded or shifted).
+    stereo decode to ~12 GB). Seeking other formats is not sample-exact (MP3 or Vorbis decoders start cold, and a
+    variable bit rate MP3 has no exact index): they are decoded from the start, mixed and resampled to 16 kHz as
+    they decode, as far as a segment needs and keeping only from its start on. Segments asked for in time order
+    (a job's order) decode the file once and hold one segment at a time; one that starts earlier than the last
+    decodes from the start again.
     """
 
-    def __init__(self, data: bytes, *, name: str = "<bytes>"):
+    def __init__(self, data: bytes, *, name: str = "<bytes>", sample_rate: int = SAMPLE_RATE):
         if not data:
             raise EmptyAudio(f"{name}: file is empty (0 bytes)")
-        self.data, self.name = data, name
+        self.data, self.name, self.sample_rate = data, name, sample_rate
         try:
             info = sf.info(io.BytesIO(data))
             self.sought = info.format in EXACT_FORMATS and _known_frames(info) is not None
         except Exception:  # not a libsndfile format: PyAV decodes it
             self.sought = False
-        self._decoded: tuple[np.ndarray, int] | None = None
+        self._forward: _ForwardDecoder | None = None
 
     def segment(self, start_s: float | None, end_s: float | None,
                 max_duration_s: float | None = None) -> tuple[np.ndarray, int]:
         """``[start_s, end_s)`` seconds (``None`` or a negative ``end_s``: to the end) as ``(mono samples float32,
-        sample_rate)``. Over ``max_duration_s`` it is refused before a sought format is decoded."""
+        sample_rate)``: the file's own rate where it is sought, else ``self.sample_rate``. Over ``max_duration_s`` it
+        is refused: before decoding where sought, else as it decodes (held up to the limit, counted past it)."""
         if self.sought:
             with sf.SoundFile(io.BytesIO(self.data)) as f:
                 rate = int(f.samplerate)
@@ -308,20 +350,106 @@ class EncodedAudio:
                 _check_segment(self.name, first, last, rate, max_duration_s)
                 f.seek(first)
                 samples = to_mono(f.read(last - first, dtype="float32", always_2d=True))
-        else:
-            if self._decoded is None:
-                self._decoded = decode(self.data, name=self.name)
-            whole, rate = self._decoded
-            first, last = _segment_frames(start_s, end_s, rate, len(whole))
-            _check_segment(self.name, first, last, rate, max_duration_s)
-            samples = whole[first:last]
-        return samples, rate
+            return samples, rate
+        first, last = _segment_frames(start_s, end_s, self.sample_rate, None)
+        forward = self._forward
+        if forward is None or forward.spent or first < forward.start:
+            self._forward = forward = None  # its file objects go before the next ones open
+            self._forward = forward = _ForwardDecoder(self.data, self.name, self.sample_rate)
+        samples = forward.cut(first, last, max_duration_s)
+        _check_segment(self.name, 0, len(samples), self.sample_rate, None)
+        return samples, self.sample_rate
 
 
-def _segment_frames(start_s: float | None, end_s: float | None, rate: int, frames: int) -> tuple[int, int]:
-    first = min(frames, int(round(max(start_s or 0.0, 0.0) * rate)))
-    last = frames if end_s is None or end_s < 0 else min(frames, int(round(end_s * rate)))
-    return first, max(first, last)
+class _ForwardDecoder:
+    """Decodes a file from its start as mono at ``rate``, as far as it is asked, holding samples from the last cut's
+    start on. The decoder is chosen as :func:`decode` chooses it; if it fails or finds nothing, the whole file is
+    decoded by :func:`decode` (which tries the other one) and held."""
+
+    def __init__(self, data: bytes, name: str, rate: int):
+        self.data, self.name, self.rate = data, name, rate
+        self.start, self.decoded, self.held = 0, 0, np.zeros(0, np.float32)  # held: samples [start, decoded)
+        self.tally = _PacketTally()
+        self.chunks: Iterator[np.ndarray] | None = self._chunks()  # None once the file has ended
+        self.failure: Exception | None = None
+        self.spent = False  # an over-long cut was counted, not held: the next cut starts again
+
+    def _chunks(self) -> Iterator[np.ndarray]:
+        try:
+            exact = sf.info(io.BytesIO(self.data)).format in EXACT_FORMATS
+        except Exception:
+            exact = False
+        if exact:
+            with sf.SoundFile(io.BytesIO(self.data)) as f:
+                yield from _mono_chunks(_soundfile_blocks(f), int(f.samplerate), self.rate)
+            return
+        import av
+
+        with av.open(io.BytesIO(self.data), mode="r") as container:
+            if not container.streams.audio:
+                raise UnreadableAudio("no audio stream")
+            stream = container.streams.audio[0]
+            yield from _mono_chunks(_pyav_blocks(container, stream, int(stream.rate), self.tally),
+                                    int(stream.rate), self.rate)
+
+    def cut(self, first: int, last: int | None, max_duration_s: float | None) -> np.ndarray:
+        """Samples ``[first, last)`` (``last`` None: to the end), for ``first >= self.start``; those before ``first``
+        are let go. Past ``max_duration_s`` a cut is counted (to report its length), not held."""
+        if self.failure is not None:
+            raise self.failure
+        limit = None if max_duration_s is None else int(max_duration_s * self.rate)
+        pieces = [self.held[first - self.start:]]
+        while self.chunks is not None and (last is None or self.decoded < last):
+            try:
+                chunk = next(self.chunks)
+            except StopIteration:
+                self.chunks = None
+                break
+            except NonFiniteAudio as exc:
+                self.chunks, self.failure = None, NonFiniteAudio(f"{self.name}: {exc}")
+                raise self.failure from None
+            except Exception:  # the other decoder may read it
+                return self._whole(first, last, max_duration_s)
+            skip = max(0, first - self.decoded)
+            self.decoded += len(chunk)
+            if limit is not None and (self.decoded if last is None else min(self.decoded, last)) - first > limit:
+                self.spent = True
+            elif skip < len(chunk):
+                pieces.append(np.array(chunk[skip:]))  # a copy: decoders reuse their buffers
+        if self.decoded == 0 and self.chunks is None:
+            return self._whole(first, last, max_duration_s)
+        end = self.decoded if last is None else min(last, self.decoded)
+        if self.spent or (limit is not None and end - first > limit):
+            raise TooLongAudio.over_limit("the segment", max(0, end - first) / self.rate, max_duration_s)
+        if self.chunks is not None:
+            try:
+                self.tally.check(decoded_any=True)  # stopped early: what was read is mostly undecodable
+            except UnreadableAudio as exc:
+                self.failure = UnreadableAudio(f"{self.name}: {exc}")
+                raise self.failure from None
+        self.start = min(first, self.decoded)
+        self.held = np.concatenate(pieces) if len(pieces) > 1 else np.array(pieces[0])
+        return self.held[:max(0, end - self.start)]
+
+    def _whole(self, first: int, last: int | None, max_duration_s: float | None) -> np.ndarray:
+        self.chunks = None
+        try:
+            self.held, _ = decode(self.data, name=self.name, sample_rate=self.rate)
+        except Exception as exc:
+            self.failure = exc
+            raise
+        self.start, self.decoded = 0, len(self.held)
+        return self.cut(first, last, max_duration_s)
+
+
+def _segment_frames(start_s: float | None, end_s: float | None, rate: int,
+                    frames: int | None) -> tuple[int, int | None]:
+    """A segment's first and last frame, within ``frames`` when known (``last`` None: to the end, unknown)."""
+    first = int(round(max(start_s or 0.0, 0.0) * rate))
+    last = None if end_s is None or end_s < 0 else int(round(end_s * rate))
+    if frames is not None:
+        first, last = min(frames, first), frames if last is None else min(frames, last)
+    return first, None if last is None else max(first, last)
 
 
 def _check_segment(name: str, first: int, last: int, rate: int, max_duration_s: float | None) -> None:

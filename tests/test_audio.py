@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+from audio_files import aac_bytes, scrambled_m4a
 
 from gpa.audio import EncodedAudio, decode, encode_flac, load_audio
 from gpa.errors import EmptyAudio, NonFiniteAudio, TooLongAudio, UnreadableAudio
@@ -59,13 +60,16 @@ def test_a_segment_decodes_exactly_what_cutting_the_whole_file_gives(fmt, subtyp
     rate = 22050
     samples = np.stack([tone(3.0, rate, 300.0), tone(3.0, rate, 500.0)], axis=1)
     data = encoded(samples, rate, fmt, subtype)
-    whole, _ = decode(data)
+    # sought: cut at the file's rate; else cut from the whole file as decoded to 16 kHz
+    whole, whole_rate = decode(data, sample_rate=None if sought else 16000)
     audio = EncodedAudio(data)
     assert audio.sought == sought  # seeking MP3 or Vorbis would start the decoder cold: not sample-exact
-    for start, end in [(0.5, 1.25), (0.0, 0.01), (2.5, None), (2.5, -1), (1.0, 99.0), (2.99, None)]:
+    # in time order, overlapping, backwards (decoded from the start again), past the end
+    for start, end in [(0.5, 1.25), (1.0, 2.0), (0.0, 0.01), (2.5, None), (2.5, -1), (1.0, 99.0), (2.99, None)]:
         segment, got_rate = audio.segment(start, end)
-        last = None if end is None or end < 0 else int(round(end * rate))
-        assert got_rate == rate and np.array_equal(segment, whole[int(round(start * rate)):last]), (start, end)
+        last = None if end is None or end < 0 else int(round(end * whole_rate))
+        assert got_rate == whole_rate, (start, end)
+        assert np.array_equal(segment, whole[int(round(start * whole_rate)):last]), (start, end)
     with pytest.raises(EmptyAudio, match="requested segment"):
         audio.segment(5.0, 6.0)  # after the end of the file
     with pytest.raises(TooLongAudio, match="the segment is 2.5 s"):
@@ -84,25 +88,6 @@ def test_a_segment_of_a_long_recording_costs_its_own_length_in_memory():
     finally:
         tracemalloc.stop()
     assert segment.shape == (rate,) and peak < 4 * segment.nbytes + 2**20
-
-
-def aac_bytes(samples: np.ndarray, rate: int, container_format: str = "mp4") -> bytes:
-    """AAC (a codec libsndfile cannot read) of ``(n,)`` or ``(n, channels)`` samples, in MP4 (M4A) or as a raw
-    ADTS stream (no index: FFmpeg can only estimate its length)."""
-    samples = samples[:, None] if samples.ndim == 1 else samples
-    layout = "stereo" if samples.shape[1] == 2 else "mono"
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format=container_format) as container:
-        stream = container.add_stream("aac", rate=rate, layout=layout)
-        for i in range(0, len(samples), rate):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[i:i + rate].T), format="fltp",
-                                               layout=layout)
-            frame.rate = rate
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return buffer.getvalue()
 
 
 def decoded_at_once(data: bytes, fmt: str) -> np.ndarray:
@@ -229,25 +214,60 @@ def test_a_wrong_length_estimate_changes_no_sample(frames, sample_rate):
     assert out_rate == (sample_rate or rate) and np.array_equal(out, expected)
 
 
-def test_segments_of_a_format_libsndfile_cannot_read_decode_the_file_once(tmp_path, monkeypatch):
+def test_segments_in_time_order_decode_a_compressed_file_once_holding_one_segment(monkeypatch):
+    """Segments of a long MP3 or M4A (a job asks for them in time order) decode the file once, only as far as the
+    last one ends, and hold one segment at a time: the file decoded whole was held by each decode worker (an hour
+    of 44.1 kHz is 635 MB of mono float32; a day-long recording did not fit in memory)."""
+    import tracemalloc
+
     import gpa.audio
 
-    path = tmp_path / "x.m4a"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("aac", rate=16000, layout="mono")
-        frame = av.AudioFrame.from_ndarray(tone(2.0)[None, :], format="flt", layout="mono")
-        frame.rate = 16000
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            container.mux(packet)
-    data = path.read_bytes()
-    whole, rate = decode(data)
-    calls = []
-    monkeypatch.setattr(gpa.audio, "decode", lambda *a, **k: calls.append(1) or decode(*a, **k))
+    opened = []
+    chunks = gpa.audio._ForwardDecoder._chunks
+    monkeypatch.setattr(gpa.audio._ForwardDecoder, "_chunks", lambda self: opened.append(1) or chunks(self))
+    rate = 44100
+    noise = np.random.default_rng(0).standard_normal(180 * rate).astype(np.float32) * 0.1
+    for data in (encoded(noise, rate, "MP3"), aac_bytes(noise, rate)):
+        whole, _ = decode(data, sample_rate=16000)  # 11.5 MB; 31.8 MB at 44.1 kHz
+        audio = EncodedAudio(data)
+        opened.clear()
+        tracemalloc.start()
+        try:
+            for start in range(10, 100, 3):  # 3 s apart, 5 s long: overlapping
+                segment, got_rate = audio.segment(start, start + 5.0)
+                assert got_rate == 16000 and np.array_equal(segment, whole[start * 16000:(start + 5) * 16000])
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert opened == [1]
+        assert peak < 4 * segment.nbytes + 2**21, peak  # two segments and a few decoded blocks
+        assert audio._forward.decoded < 0.6 * len(whole)  # stopped after the last segment's end
+        # one that starts before the last one decodes from the start again; the file's end too
+        assert np.array_equal(audio.segment(1.0, 2.0)[0], whole[16000:32000]) and len(opened) == 2
+        assert np.array_equal(audio.segment(170.0, None)[0], whole[170 * 16000:])
+
+
+def test_an_open_ended_segment_over_the_limit_is_counted_not_held():
+    data = encoded(tone(20.0, 22050), 22050, "MP3")
     audio = EncodedAudio(data)
-    assert not audio.sought and rate == 16000
-    for start in (0.0, 0.5, 1.0):
-        assert np.array_equal(audio.segment(start, start + 0.5)[0], whole[int(start * rate):int(start * rate) + 8000])
-    assert len(calls) == 1
+    with pytest.raises(TooLongAudio, match="the segment is 18.0 s; the limit is 5 s") as info:
+        audio.segment(2.0, None, max_duration_s=5.0)
+    assert info.value.duration_s == pytest.approx(18.05, abs=0.1)  # measured to the end of the file
+    assert len(audio._forward.held) == 0  # nothing past the limit was kept
+    assert len(audio.segment(3.0, 4.0, max_duration_s=5.0)[0]) == 16000  # the next segment decodes again
+    with pytest.raises(TooLongAudio, match="the segment is 6.0 s"):
+        audio.segment(5.0, 11.0, max_duration_s=5.0)
+
+
+def test_a_scrambled_stream_is_unreadable_and_does_not_crash_the_process():
+    data = scrambled_m4a()
+    with pytest.raises(UnreadableAudio, match="packets do not decode"):
+        load_audio(data)
+    audio = EncodedAudio(data)  # a segment: unreadable too, before the end of the stream
+    with pytest.raises(UnreadableAudio, match="packets do not decode"):
+        audio.segment(5.0, 6.0)
+    with pytest.raises(UnreadableAudio, match="packets do not decode"):  # the next one too, without decoding again
+        audio.segment(7.0, 8.0)
 
 
 def test_channels_are_averaged_and_resampled_with_soxr():

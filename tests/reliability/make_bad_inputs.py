@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, when run as a script
+from audio_files import scrambled_m4a  # noqa: E402
+
 RATE = 16000
 
 
@@ -130,6 +133,7 @@ def audio_cases(d: Path, long_file: Path, s3_bucket: str) -> list[Case]:
         "flac_named.wav": flac,
         "text_named.wav": b"this is a text file, not audio\n" * 10,
         "random_bytes.mp3": np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+        "scrambled_aac.m4a": scrambled_m4a(),
         "nan.wav": encoded(np.where(np.arange(len(clip)) == 800, np.nan, clip).astype(np.float32), subtype="FLOAT"),
         "inf.wav": encoded(np.where(np.arange(len(clip)) == 800, np.inf, clip).astype(np.float32), subtype="FLOAT"),
         "all_zero.wav": encoded(np.zeros(2 * RATE, np.float32)),
@@ -162,6 +166,8 @@ def audio_cases(d: Path, long_file: Path, s3_bucket: str) -> list[Case]:
         one("wrong_extension", "FLAC content named .wav", "flac_named.wav", None, 1.5),
         one("text_named_wav", "a text file named .wav", "text_named.wav", "unreadable_audio"),
         one("random_bytes", "4 kB of random bytes named .mp3", "random_bytes.mp3", "unreadable_audio"),
+        one("scrambled_aac", "an M4A whose audio data is random bytes (it crashed FFmpeg's reader)",
+            "scrambled_aac.m4a", "unreadable_audio"),
         one("nan_samples", "float WAV with a NaN sample", "nan.wav", "non_finite_audio"),
         one("inf_samples", "float WAV with an infinite sample", "inf.wav", "non_finite_audio"),
         one("all_zero", "2 s of digital silence", "all_zero.wav", None, 2.0),
