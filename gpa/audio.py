@@ -250,8 +250,11 @@ class _PacketTally:
     def fail(self, exc: Exception) -> None:
         self.first_error, self.failed = self.first_error or exc, self.failed + 1
 
+    def passes(self) -> bool:
+        return self.failed <= 2 / 3 * self.packets
+
     def check(self, decoded_any: bool) -> None:
-        if self.failed and (not decoded_any or self.failed > 2 / 3 * self.packets):
+        if self.failed and (not decoded_any or not self.passes()):
             raise UnreadableAudio(f"{self.failed} of {self.packets} packets do not decode "
                                   f"({_short(self.first_error)})")
 
@@ -268,18 +271,21 @@ def _pyav_blocks(container, stream, rate: int, tally: _PacketTally | None = None
     """
     import av
 
-    converter, source = None, None
+    converter, source, channels = None, None, 0
     tally = _PacketTally() if tally is None else tally
 
     def convert(frames) -> Iterator[np.ndarray]:
-        nonlocal converter, source
-        for frame in filter(_intact, frames):
+        nonlocal converter, source, channels
+        for frame in frames:
             kind = (frame.format.name, frame.layout.name, frame.sample_rate)
             if kind != source:
                 if converter is not None:
-                    yield from (converted.to_ndarray().T for converted in converter.resample(None))
-                converter, source = av.AudioResampler(format="fltp", layout=frame.layout, rate=rate), kind
-            yield from (converted.to_ndarray().T for converted in converter.resample(frame))
+                    yield from _packed(converter.resample(None), channels)
+                # packed: PyAV counts a planar frame's planes by reading its pointers up to a NULL, past their end
+                # beyond 8 channels (a garbage AAC frame "of 38 channels" crashed the process; 7.1 read 9 planes)
+                converter, source = av.AudioResampler(format="flt", layout=frame.layout, rate=rate), kind
+                channels = len(frame.layout.channels)
+            yield from _packed(converter.resample(frame), channels)
 
     demuxed = container.demux(stream)
     while True:
@@ -299,21 +305,16 @@ def _pyav_blocks(container, stream, rate: int, tally: _PacketTally | None = None
         except av.error.FFmpegError as exc:  # invalid data, or a decoder that refuses what garbage left it in
             tally.fail(exc)
             continue
-        if not all(map(_intact, frames)):
-            tally.fail(UnreadableAudio("a decoded frame's channels and planes disagree"))
-            continue
         yield from convert(frames)
     tally.check(decoded_any=converter is not None)
     if converter is not None:
-        yield from (converted.to_ndarray().T for converted in converter.resample(None))
+        yield from _packed(converter.resample(None), channels)
 
 
-def _intact(frame) -> bool:
-    """Whether a decoded frame's planes match its channels. Fed garbage, FFmpeg's AAC decoder returned frames of
-    "30 channels" with 180 planes; reading their samples crashed the process (a decode worker: its task retried
-    until the job failed), instead of being one undecodable packet."""
-    channels = len(frame.layout.channels)
-    return channels > 0 and len(frame.planes) == (channels if frame.format.is_planar else 1)
+def _packed(frames, channels: int) -> Iterator[np.ndarray]:
+    """Packed float32 frames as ``(frames, channels)`` arrays."""
+    for frame in frames:
+        yield frame.to_ndarray().reshape(-1, channels)
 
 
 class EncodedAudio:
@@ -333,10 +334,13 @@ class EncodedAudio:
         self.data, self.name, self.sample_rate = data, name, sample_rate
         try:
             info = sf.info(io.BytesIO(data))
-            self.sought = info.format in EXACT_FORMATS and _known_frames(info) is not None
+            # a length of 0 may be a recorder that crashed before writing it: decoded (FFmpeg reads on)
+            self.sought = info.format in EXACT_FORMATS and bool(_known_frames(info))
         except Exception:  # not a libsndfile format: PyAV decodes it
             self.sought = False
         self._forward: _ForwardDecoder | None = None
+        self._verified = False  # the whole file's packets were judged (by a pass of their own, or as it ended)
+        self._failure: Exception | None = None  # unreadable or non-finite: the file's, every segment's
 
     def segment(self, start_s: float | None, end_s: float | None,
                 max_duration_s: float | None = None) -> tuple[np.ndarray, int]:
@@ -351,14 +355,32 @@ class EncodedAudio:
                 f.seek(first)
                 samples = to_mono(f.read(last - first, dtype="float32", always_2d=True))
             return samples, rate
+        if self._failure is not None:
+            raise self._failure
         first, last = _segment_frames(start_s, end_s, self.sample_rate, None)
         forward = self._forward
         if forward is None or forward.spent or first < forward.start:
-            self._forward = forward = None  # its file objects go before the next ones open
+            self.close()  # its file objects go before the next ones open
             self._forward = forward = _ForwardDecoder(self.data, self.name, self.sample_rate)
-        samples = forward.cut(first, last, max_duration_s)
+        try:
+            samples = forward.cut(first, last, max_duration_s)
+            if not self._verified and forward.chunks is not None and not forward.tally.passes():
+                # stopped early, and what was read is mostly undecodable: judge by the whole file, as decode() does
+                _count_packets(self.data)
+                self._verified = True
+            self._verified = self._verified or forward.chunks is None  # read to its end: judged as it ended
+        except (UnreadableAudio, NonFiniteAudio, EmptyAudio) as exc:  # the file's: every segment fails
+            self._failure = type(exc)(exc if str(exc).startswith(self.name) else f"{self.name}: {exc}")
+            self.close()
+            raise self._failure from None
         _check_segment(self.name, 0, len(samples), self.sample_rate, None)
         return samples, self.sample_rate
+
+    def close(self) -> None:
+        """Let go of the decoder (its file objects and held samples) now rather than when collected."""
+        if self._forward is not None:
+            self._forward.close()
+            self._forward = None
 
 
 class _ForwardDecoder:
@@ -370,33 +392,14 @@ class _ForwardDecoder:
         self.data, self.name, self.rate = data, name, rate
         self.start, self.decoded, self.held = 0, 0, np.zeros(0, np.float32)  # held: samples [start, decoded)
         self.tally = _PacketTally()
-        self.chunks: Iterator[np.ndarray] | None = self._chunks()  # None once the file has ended
-        self.failure: Exception | None = None
+        # (a function, not a method: a generator holding its decoder would keep both alive until a collection)
+        self.chunks: Iterator[np.ndarray] | None = _forward_chunks(data, rate, self.tally)  # None once ended
+        self.whole = False  # held is the whole file, from decode()
         self.spent = False  # an over-long cut was counted, not held: the next cut starts again
-
-    def _chunks(self) -> Iterator[np.ndarray]:
-        try:
-            exact = sf.info(io.BytesIO(self.data)).format in EXACT_FORMATS
-        except Exception:
-            exact = False
-        if exact:
-            with sf.SoundFile(io.BytesIO(self.data)) as f:
-                yield from _mono_chunks(_soundfile_blocks(f), int(f.samplerate), self.rate)
-            return
-        import av
-
-        with av.open(io.BytesIO(self.data), mode="r") as container:
-            if not container.streams.audio:
-                raise UnreadableAudio("no audio stream")
-            stream = container.streams.audio[0]
-            yield from _mono_chunks(_pyav_blocks(container, stream, int(stream.rate), self.tally),
-                                    int(stream.rate), self.rate)
 
     def cut(self, first: int, last: int | None, max_duration_s: float | None) -> np.ndarray:
         """Samples ``[first, last)`` (``last`` None: to the end), for ``first >= self.start``; those before ``first``
         are let go. Past ``max_duration_s`` a cut is counted (to report its length), not held."""
-        if self.failure is not None:
-            raise self.failure
         limit = None if max_duration_s is None else int(max_duration_s * self.rate)
         pieces = [self.held[first - self.start:]]
         while self.chunks is not None and (last is None or self.decoded < last):
@@ -405,9 +408,9 @@ class _ForwardDecoder:
             except StopIteration:
                 self.chunks = None
                 break
-            except NonFiniteAudio as exc:
-                self.chunks, self.failure = None, NonFiniteAudio(f"{self.name}: {exc}")
-                raise self.failure from None
+            except NonFiniteAudio:
+                self.close()
+                raise
             except Exception:  # the other decoder may read it
                 return self._whole(first, last, max_duration_s)
             skip = max(0, first - self.decoded)
@@ -416,30 +419,56 @@ class _ForwardDecoder:
                 self.spent = True
             elif skip < len(chunk):
                 pieces.append(np.array(chunk[skip:]))  # a copy: decoders reuse their buffers
-        if self.decoded == 0 and self.chunks is None:
+        if self.decoded == 0 and self.chunks is None and not self.whole:  # found nothing: the other decoder may
             return self._whole(first, last, max_duration_s)
         end = self.decoded if last is None else min(last, self.decoded)
         if self.spent or (limit is not None and end - first > limit):
+            self.spent = True
             raise TooLongAudio.over_limit("the segment", max(0, end - first) / self.rate, max_duration_s)
-        if self.chunks is not None:
-            try:
-                self.tally.check(decoded_any=True)  # stopped early: what was read is mostly undecodable
-            except UnreadableAudio as exc:
-                self.failure = UnreadableAudio(f"{self.name}: {exc}")
-                raise self.failure from None
         self.start = min(first, self.decoded)
         self.held = np.concatenate(pieces) if len(pieces) > 1 else np.array(pieces[0])
         return self.held[:max(0, end - self.start)]
 
     def _whole(self, first: int, last: int | None, max_duration_s: float | None) -> np.ndarray:
-        self.chunks = None
-        try:
-            self.held, _ = decode(self.data, name=self.name, sample_rate=self.rate)
-        except Exception as exc:
-            self.failure = exc
-            raise
-        self.start, self.decoded = 0, len(self.held)
+        self.close()
+        self.held, _ = decode(self.data, name=self.name, sample_rate=self.rate)
+        self.start, self.decoded, self.whole = 0, len(self.held), True
         return self.cut(first, last, max_duration_s)
+
+    def close(self) -> None:
+        if self.chunks is not None:
+            self.chunks.close()  # closes the file objects it has open
+            self.chunks = None
+
+
+def _forward_chunks(data: bytes, rate: int, tally: _PacketTally) -> Iterator[np.ndarray]:
+    """The file as mono chunks at ``rate``, decoded as :func:`decode` would first try."""
+    try:
+        exact = sf.info(io.BytesIO(data)).format in EXACT_FORMATS
+    except Exception:
+        exact = False
+    if exact:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            yield from _mono_chunks(_soundfile_blocks(f), int(f.samplerate), rate)
+        return
+    import av
+
+    with av.open(io.BytesIO(data), mode="r") as container:
+        if not container.streams.audio:
+            raise UnreadableAudio("no audio stream")
+        stream = container.streams.audio[0]
+        yield from _mono_chunks(_pyav_blocks(container, stream, int(stream.rate), tally), int(stream.rate), rate)
+
+
+def _count_packets(data: bytes) -> None:
+    """Decode every packet of a file FFmpeg reads, keeping nothing: :class:`UnreadableAudio` if more than 2/3 do
+    not decode (the verdict :func:`decode` reaches)."""
+    import av
+
+    with av.open(io.BytesIO(data), mode="r") as container:
+        stream = container.streams.audio[0]
+        for _ in _pyav_blocks(container, stream, int(stream.rate)):
+            pass
 
 
 def _segment_frames(start_s: float | None, end_s: float | None, rate: int,

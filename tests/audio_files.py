@@ -29,8 +29,8 @@ def aac_bytes(samples: np.ndarray, rate: int, container_format: str = "mp4") -> 
 
 def scrambled_m4a(seconds: float = 30.0, seed: int = 0) -> bytes:
     """An M4A of a stereo tone whose audio data after its first packets is random bytes, its index intact. Fed
-    this, FFmpeg's AAC decoder returned frames of "30 channels" with 180 planes, and reading them crashed the
-    process (PyAV 18.1)."""
+    this, FFmpeg's AAC decoder gives frames "of 30 channels", whose planes PyAV 18.1 miscounts: reading them as
+    planes crashed the process."""
     rate = 44100
     t = np.arange(int(seconds * rate)) / rate
     wave = (0.5 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)

@@ -223,8 +223,8 @@ def test_segments_in_time_order_decode_a_compressed_file_once_holding_one_segmen
     import gpa.audio
 
     opened = []
-    chunks = gpa.audio._ForwardDecoder._chunks
-    monkeypatch.setattr(gpa.audio._ForwardDecoder, "_chunks", lambda self: opened.append(1) or chunks(self))
+    chunks = gpa.audio._forward_chunks
+    monkeypatch.setattr(gpa.audio, "_forward_chunks", lambda *a: opened.append(1) or chunks(*a))
     rate = 44100
     noise = np.random.default_rng(0).standard_normal(180 * rate).astype(np.float32) * 0.1
     for data in (encoded(noise, rate, "MP3"), aac_bytes(noise, rate)):
@@ -268,6 +268,81 @@ def test_a_scrambled_stream_is_unreadable_and_does_not_crash_the_process():
         audio.segment(5.0, 6.0)
     with pytest.raises(UnreadableAudio, match="packets do not decode"):  # the next one too, without decoding again
         audio.segment(7.0, 8.0)
+
+
+def test_more_than_8_channels_and_7_1_decode_whole_through_ffmpeg():
+    """PyAV counts a planar frame's planes by reading its pointers up to a NULL: 9 for 7.1, whatever lies past the
+    array beyond 8 channels. A 7.1 Opus stream in Matroska was refused (a plane check), a 12-channel Vorbis file
+    came back at random lengths as ok rows, and garbage AAC "of 38 channels" crashed the process: frames are read
+    packed now."""
+    from gpa.audio import _decode_with_pyav
+
+    rate = 48000
+    wide = np.stack([tone(3.0, rate, 200.0 + 50 * c) * (c + 1) / 12 for c in range(12)], axis=1)
+    vorbis = encoded(wide, rate, "OGG", "VORBIS")
+    expected = decoded_at_once(vorbis, "FLAC")  # libsndfile's decoder, mixed and resampled at once
+    for _ in range(5):
+        out, _ = _decode_with_pyav(vorbis, 16000)
+        assert len(out) == len(expected) and np.abs(out - expected).max() < 1e-5
+    opus = encoded(wide[:, :8], rate, "OGG", "OPUS")
+    mkv = io.BytesIO()
+    with av.open(io.BytesIO(opus)) as source, av.open(mkv, "w", format="matroska") as target:
+        stream = target.add_stream_from_template(source.streams.audio[0])
+        for packet in source.demux(source.streams.audio[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                target.mux(packet)
+    with pytest.raises(sf.LibsndfileError):
+        sf.info(io.BytesIO(mkv.getvalue()))
+    assert len(load_audio(mkv.getvalue())) == pytest.approx(3.0 * 16000, abs=400)
+    assert len(EncodedAudio(mkv.getvalue()).segment(0.5, 1.5)[0]) == 16000
+
+
+def test_a_segment_of_a_file_damaged_at_its_start_is_judged_by_the_whole_file():
+    """The first segments of a file whose first packets are damaged see mostly undecodable packets so far; the
+    file is judged as decode() judges it, on all its packets (here: a few in a hundred fail, so it is audio)."""
+    rate = 44100
+    m4a = bytearray(aac_bytes(tone(30.0, rate), rate))
+    with av.open(io.BytesIO(bytes(m4a))) as container:
+        packets = [(p.pos, p.size) for p in container.demux(container.streams.audio[0]) if p.size]
+    rng = np.random.default_rng(3)
+    for pos, size in packets[1:120]:  # 119 of 1293 packets (2.8 s)
+        m4a[pos:pos + size] = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+    whole, _ = decode(bytes(m4a), sample_rate=16000)
+    audio = EncodedAudio(bytes(m4a))
+    for start, end in [(0.0, 0.5), (5.0, 6.0)]:  # the first one stops after 119 of ~141 packets failed
+        assert np.array_equal(audio.segment(start, end)[0], whole[int(start * 16000):int(end * 16000)])
+
+
+def test_segments_of_empty_and_unfinished_files():
+    """An Ogg stream without samples is empty, not a loop between decoders; a WAV whose data size reads 0 (its
+    recorder crashed before writing it) is decoded, not sought as a 0-frame file."""
+    import struct
+
+    with pytest.raises(EmptyAudio, match="no samples"):
+        EncodedAudio(encoded(np.zeros(0, np.float32), 16000, "OGG", "VORBIS")).segment(0.0, 1.0)
+    wav = bytearray(encoded(tone(2.0), 16000, "WAV", "PCM_16"))
+    at = wav.index(b"data")
+    wav[at + 4:at + 8] = struct.pack("<I", 0)
+    assert len(load_audio(bytes(wav), start_s=0.5, end_s=1.5)) == 16000
+
+
+def test_a_dropped_or_replaced_decoder_lets_go_of_its_file_at_once():
+    import gc
+    import weakref
+
+    data = encoded(tone(10.0, 44100), 44100, "MP3")
+    gc.disable()  # freed by reference counting, not by a later collection
+    try:
+        audio = EncodedAudio(data)
+        audio.segment(5.0, 6.0)
+        replaced = weakref.ref(audio._forward)
+        audio.segment(1.0, 2.0)  # earlier: a new decoder
+        dropped = weakref.ref(audio._forward)
+        del audio
+        assert replaced() is None and dropped() is None
+    finally:
+        gc.enable()
 
 
 def test_channels_are_averaged_and_resampled_with_soxr():

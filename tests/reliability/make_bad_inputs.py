@@ -166,7 +166,7 @@ def audio_cases(d: Path, long_file: Path, s3_bucket: str) -> list[Case]:
         one("wrong_extension", "FLAC content named .wav", "flac_named.wav", None, 1.5),
         one("text_named_wav", "a text file named .wav", "text_named.wav", "unreadable_audio"),
         one("random_bytes", "4 kB of random bytes named .mp3", "random_bytes.mp3", "unreadable_audio"),
-        one("scrambled_aac", "an M4A whose audio data is random bytes (it crashed FFmpeg's reader)",
+        one("scrambled_aac", "an M4A whose audio data is random bytes (it crashed the decoding process)",
             "scrambled_aac.m4a", "unreadable_audio"),
         one("nan_samples", "float WAV with a NaN sample", "nan.wav", "non_finite_audio"),
         one("inf_samples", "float WAV with an infinite sample", "inf.wav", "non_finite_audio"),
