@@ -17,9 +17,12 @@ The pipeline is timed around ``run_job`` with Ray already running and Ray Data's
 tasks, the actor pool (its start and model load included), encoding, Parquet, the commit and MLflow. What a fresh
 local Ray adds (its start, and Ray Data's first job on it) is printed below the table. "ratio" is pipeline
 throughput over a baseline's; "steady" leaves out everything until each actor's first call returns (the actors'
-start and their first window of rows). The target is >= 0.9
-once model work dominates the fixed costs (a real checkpoint, thousands of clips); the table prints those fixed
-costs so that the ratio can be read for any size.
+start and their first window of rows).
+
+The target, >= 0.9 of in-process batched GPA with one actor, is read against the script: a process running GPA
+in-process pays its imports and model load once, as the job's actor does (docs/jobs.md, "The target"). Against
+the model work alone it holds once that work dominates the fixed costs (a real checkpoint, thousands of clips); the
+table prints those fixed costs so that the ratio can be read for any size.
 """
 
 from __future__ import annotations
@@ -230,6 +233,10 @@ def main() -> None:
     if pooled is not None and widest is not None:
         print(f"same {pool_threads} cores: pipeline with {most_actors} actors vs in-process model work with "
               f"{pool_threads} threads: ratio {pooled / widest[3]:.2f}")
+    verdict = "met" if script / one[3] >= 0.9 else "not met"
+    print(f"target (>= 0.9 of the in-process script, one actor): {script / one[3]:.2f} ({verdict}); against the "
+          f"model work alone {model_work / one[3]:.2f}, where any job that loads its model in a process of its own "
+          f"gets about {model_work / script:.2f} at best (the script's imports and load, {script - model_work:.1f} s)")
     fixed = one[3] - model_work
     print(f"fixed cost of the pipeline over model work: {fixed:.1f} s; the work ratio reaches 0.9 from about "
           f"{9 * fixed:.0f} s of model work ({9 * fixed / (model_work / n):.0f} clips like these)")
