@@ -99,6 +99,30 @@ def test_over_long_audio_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
     assert decoded_sizes == [(AUDIO / "espeak_short.flac").stat().st_size]  # only the short file was decoded
 
 
+def test_segments_of_a_compressed_recording_are_cut_from_one_forward_decode(tmp_path):
+    """GPA's begin_time/end_time over an MP3, in a job's order: each row gets exactly its part of the file as
+    decoded to 16 kHz; an open-ended segment over the limit is an error row with its length, and does not stop the
+    rows after it."""
+    import numpy as np
+    import soundfile as sf
+
+    from gpa.audio import decode
+    from jobs.stages import split_table
+
+    mp3 = tmp_path / "long.mp3"
+    sf.write(mp3, np.random.default_rng(0).standard_normal(22050 * 20).astype(np.float32) * 0.1, 22050, format="MP3")
+    whole, _ = decode(mp3.read_bytes(), sample_rate=16000)
+    inputs = [{"id": f"s{i}", "audio": str(mp3), "begin_time": 2.0 * i, "end_time": 2.0 * i + 3} for i in range(5)]
+    inputs += [{"id": "rest", "audio": str(mp3), "begin_time": 12.0, "end_time": -1},
+               {"id": "last", "audio": str(mp3), "begin_time": 15.0, "end_time": 16.0}]
+    rows, waves = split_table(decode_batch(S.rows_to_table(inputs, S.INPUT), "transcribe", 5.0))
+    for i in range(5):
+        assert rows[i]["status"] == "ok" and rows[i]["duration_s"] == 3.0
+        assert np.array_equal(waves["wav"][i], whole[32000 * i:32000 * i + 48000])
+    assert rows[5]["error_kind"] == "too_long_audio" and rows[5]["duration_s"] == pytest.approx(8.05, abs=0.1)
+    assert rows[6]["status"] == "ok" and np.array_equal(waves["wav"][6], whole[15 * 16000:16 * 16000])
+
+
 def test_rows_go_longest_first_by_duration_else_file_size(tmp_path):
     """Windows are cut from this order, so rows of similar length share a model call: by the manifest's durations
     when it has them, else by the files' sizes (from a listing, or a stat of local files)."""
