@@ -116,10 +116,7 @@ def decode(data: bytes, *, name: str = "<bytes>", sample_rate: int | None = None
     """
     if not data:
         raise EmptyAudio(f"{name}: file is empty (0 bytes)")
-    try:
-        exact = sf.info(io.BytesIO(data)).format in EXACT_FORMATS
-    except Exception:
-        exact = False
+    exact = _exact_info(data) is not None
     decoders = (_decode_with_soundfile, _decode_with_pyav) if exact else (_decode_with_pyav, _decode_with_soundfile)
     errors: list[Exception] = []
     empty = None
@@ -228,12 +225,7 @@ def _soundfile_blocks(f: sf.SoundFile) -> Iterator[np.ndarray]:
 
 def _decode_with_pyav(data: bytes, sample_rate: int | None,
                       max_duration_s: float | None = None) -> tuple[np.ndarray, int]:
-    import av
-
-    with av.open(io.BytesIO(data), mode="r") as container:
-        if not container.streams.audio:
-            raise UnreadableAudio("no audio stream")
-        stream = container.streams.audio[0]
+    with _audio_stream(data) as (container, stream):
         seconds = _pyav_duration(container)
         # the declared length, with room for codec priming and rounding (a wild one is not trusted: no estimate)
         estimate = int(seconds * 1.01 * stream.rate) + stream.rate if seconds and seconds < 24 * 3600 else None
@@ -342,12 +334,10 @@ class EncodedAudio:
         if not data:
             raise EmptyAudio(f"{name}: file is empty (0 bytes)")
         self.data, self.name, self.sample_rate = data, name, sample_rate
-        try:
-            info = sf.info(io.BytesIO(data))
-            # a length of 0 may be a recorder that crashed before writing it: decoded (FFmpeg reads on)
-            self.sought = info.format in EXACT_FORMATS and bool(_known_frames(info))
-        except Exception:  # not a libsndfile format: PyAV decodes it
-            self.sought = False
+        info = _exact_info(data)
+        self.exact = info is not None  # libsndfile decodes it first (else FFmpeg)
+        # a length of 0 may be a recorder that crashed before writing it: decoded (FFmpeg reads on)
+        self.sought = self.exact and bool(_known_frames(info))
         self._forward: _ForwardDecoder | None = None
         self._verified = False  # the whole file's packets were judged (by a pass of their own, or as it ended)
         self._failure: Exception | None = None  # unreadable or non-finite: the file's, every segment's
@@ -371,7 +361,7 @@ class EncodedAudio:
         forward = self._forward
         if forward is None or forward.spent or first < forward.start:
             self.close()  # its file objects go before the next ones open
-            self._forward = forward = _ForwardDecoder(self.data, self.name, self.sample_rate)
+            self._forward = forward = _ForwardDecoder(self.data, self.name, self.sample_rate, self.exact)
         try:
             samples = forward.cut(first, last, max_duration_s)
             if not self._verified and forward.chunks is not None and not forward.tally.passes():
@@ -398,12 +388,12 @@ class _ForwardDecoder:
     start on. The decoder is chosen as :func:`decode` chooses it; if it fails or finds nothing, the whole file is
     decoded by :func:`decode` (which tries the other one) and held."""
 
-    def __init__(self, data: bytes, name: str, rate: int):
+    def __init__(self, data: bytes, name: str, rate: int, exact: bool):
         self.data, self.name, self.rate = data, name, rate
         self.start, self.decoded, self.held = 0, 0, np.zeros(0, np.float32)  # held: samples [start, decoded)
         self.tally = _PacketTally()
         # (a function, not a method: a generator holding its decoder would keep both alive until a collection)
-        self.chunks: Iterator[np.ndarray] | None = _forward_chunks(data, rate, self.tally)  # None once ended
+        self.chunks: Iterator[np.ndarray] | None = _forward_chunks(data, rate, exact, self.tally)  # None: ended
         self.whole = False  # held is the whole file, from decode()
         self.spent = False  # an over-long cut was counted, not held: the next cut starts again
 
@@ -451,32 +441,20 @@ class _ForwardDecoder:
             self.chunks = None
 
 
-def _forward_chunks(data: bytes, rate: int, tally: _PacketTally) -> Iterator[np.ndarray]:
-    """The file as mono chunks at ``rate``, decoded as :func:`decode` would first try."""
-    try:
-        exact = sf.info(io.BytesIO(data)).format in EXACT_FORMATS
-    except Exception:
-        exact = False
+def _forward_chunks(data: bytes, rate: int, exact: bool, tally: _PacketTally) -> Iterator[np.ndarray]:
+    """The file as mono chunks at ``rate``, decoded as :func:`decode` would first try (libsndfile if ``exact``)."""
     if exact:
         with sf.SoundFile(io.BytesIO(data)) as f:
             yield from _mono_chunks(_soundfile_blocks(f), int(f.samplerate), rate)
         return
-    import av
-
-    with av.open(io.BytesIO(data), mode="r") as container:
-        if not container.streams.audio:
-            raise UnreadableAudio("no audio stream")
-        stream = container.streams.audio[0]
+    with _audio_stream(data) as (container, stream):
         yield from _mono_chunks(_pyav_blocks(container, stream, int(stream.rate), tally), int(stream.rate), rate)
 
 
 def _count_packets(data: bytes) -> None:
     """Decode every packet of a file FFmpeg reads, keeping nothing: :class:`UnreadableAudio` if more than 2/3 do
     not decode (the verdict :func:`decode` reaches)."""
-    import av
-
-    with av.open(io.BytesIO(data), mode="r") as container:
-        stream = container.streams.audio[0]
+    with _audio_stream(data) as (container, stream):
         for _ in _pyav_blocks(container, stream, int(stream.rate)):
             pass
 
@@ -505,13 +483,30 @@ def header_duration(data: bytes) -> float | None:
 
     Lets a caller refuse an over-long file before decoding it: a 10-hour stereo WAV decodes to ~12 GB of floats.
     """
-    try:
-        info = sf.info(io.BytesIO(data))
-    except Exception:
-        return None
-    if info.format in EXACT_FORMATS and _known_frames(info) and info.samplerate > 0:
+    info = _exact_info(data)
+    if info is not None and _known_frames(info) and info.samplerate > 0:
         return info.frames / info.samplerate
     return None
+
+
+def _exact_info(data: bytes):
+    """libsndfile's header of a file in one of the ``EXACT_FORMATS``, else None."""
+    try:
+        info = sf.info(io.BytesIO(data))
+    except Exception:  # not a libsndfile format
+        return None
+    return info if info.format in EXACT_FORMATS else None
+
+
+@contextlib.contextmanager
+def _audio_stream(data: bytes):
+    """``(container, its first audio stream)`` of a file FFmpeg opens; :class:`UnreadableAudio` without one."""
+    import av
+
+    with av.open(io.BytesIO(data), mode="r") as container:
+        if not container.streams.audio:
+            raise UnreadableAudio("no audio stream")
+        yield container, container.streams.audio[0]
 
 
 def _pyav_duration(container) -> float | None:
