@@ -1,17 +1,17 @@
-"""Batched generation with per-row reproducible sampling.
+"""Batched generation: the engine dispatch and the reference engine.
 
-One loop over decoding steps with the model's forward and a KV cache; every per-step operation is a tensor op on
-the model's device over the whole batch. Prompts are left padded; the attention mask and position ids keep the
-padding out of every row's result.
+Two engines produce the same tokens (greedy ids and seeded samples; see tests/test_static_generation.py):
 
-Reproducibility: row ``i`` samples step ``t`` by inverting its probability CDF at ``u[i, t]``, where ``u[i]`` is
-drawn up front from a ``torch.Generator`` seeded with that row's seed. A row's output therefore depends only on
-its own prompt and seed, never on its batch mates (and greedy rows never on them either). The logits processors
-follow Hugging Face's semantics and order: repetition penalty (over the row's prompt and generated tokens,
-padding excluded), then for sampling temperature, top-k and top-p.
+* the **reference engine** (this module): the transformers forward with a cache that grows every step, one
+  step at a time. Its numerics are exactly the transformers model's, so the parity goldens hold bit for bit; it is
+  the default on the CPU.
+* the **static engine** (:mod:`gpa.static_generation`): a preallocated KV cache, the decoding step captured as CUDA
+  graphs, logits processing inside the graph and host checks every few steps; the default on CUDA.
 
-Rows stop at ``<|im_end|>``; once at most half the rows are still running, finished rows are dropped from the
-batch (and the cache) so the tail of a batch with uneven lengths costs only what is left of it.
+Prompts are left padded here; the attention mask and position ids keep the padding out of every row's result.
+Sampling is reproducible per row (:mod:`gpa.sampling`). Rows stop at ``<|im_end|>``; once at most half the rows
+are still running, finished rows are dropped from the batch (and the cache) so the tail of a batch with uneven
+lengths costs only what is left of it.
 """
 
 from __future__ import annotations
@@ -25,20 +25,26 @@ from transformers import DynamicCache
 
 from .inference import inference_mode
 from .options import GenerationOptions
+from .sampling import block_stop, choose, process_logits, row_uniforms
 from .vocab import TokenLayout, normalize_task
 
 
 @dataclass(frozen=True)
 class GenerationOutput:
     """One row's result. ``ids``: the generated tokens, without the prompt and without the stop token.
-    ``stopped``: the row ended with ``<|im_end|>``; ``hit_max_new_tokens``: it was cut at ``max_new_tokens``."""
+    ``stopped``: the row ended with ``<|im_end|>``; ``hit_max_new_tokens``: it was cut at its token limit."""
 
     ids: list[int]
     stopped: bool
     hit_max_new_tokens: bool
 
+    @classmethod
+    def from_tokens(cls, tokens: list[int], stop_id: int) -> GenerationOutput:
+        if stop_id in tokens:
+            return cls(tokens[: tokens.index(stop_id)], True, False)
+        return cls(tokens, False, True)
 
-@inference_mode()
+
 def generate(
     model,
     prompts: Sequence[Sequence[int]],
@@ -48,21 +54,74 @@ def generate(
     task: str,
     seeds: Sequence[int] | None = None,
     pad_id: int,
+    max_new_tokens: Sequence[int] | None = None,
 ) -> list[GenerationOutput]:
-    """Continue every prompt until ``<|im_end|>`` or ``options.max_new_tokens``.
+    """Continue every prompt until ``<|im_end|>`` or its token limit, with ``options.engine``.
 
-    ``seeds``: one per prompt, used when sampling (``None``: seed 0 for every row). ``pad_id`` fills the left
-    padding (any id: it is masked out).
+    ``seeds``: one per prompt, used when sampling (``None``: seed 0 for every row). ``pad_id`` fills padding (any
+    id: it is masked out). ``max_new_tokens``: a limit per prompt (each at most ``options.max_new_tokens``; None:
+    ``options.max_new_tokens`` for all).
     """
-    task = normalize_task(task)
     options.validate()
-    if not prompts:
-        return []
+    n = len(prompts)
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    n = len(prompts)
     if seeds is not None and len(seeds) != n:
         raise ValueError(f"{len(seeds)} seeds for {n} prompts")
+    limits = _limits(max_new_tokens, n, options.max_new_tokens)
+    if not prompts:
+        return []
+    if resolve_engine(model, options.engine) == "static":
+        from .static_generation import static_engine
+
+        return static_engine(model).generate(
+            prompts, options, layout=layout, task=task, seeds=seeds, pad_id=pad_id, max_new_tokens=limits
+        )
+    return generate_reference(model, prompts, options, layout=layout, task=task, seeds=seeds, pad_id=pad_id,
+                              max_new_tokens=limits)
+
+
+def resolve_engine(model, engine: str) -> str:
+    """``"reference"`` or ``"static"``: ``"auto"`` is static on CUDA for the architectures it supports."""
+    from .static_generation import unsupported_reason
+
+    if engine == "reference":
+        return engine
+    reason = unsupported_reason(model)
+    if engine == "static":
+        if reason:
+            raise ValueError(f"the static engine cannot run this model: {reason}")
+        return engine
+    device = next(model.parameters()).device
+    return "static" if device.type == "cuda" and reason is None else "reference"
+
+
+def _limits(max_new_tokens: Sequence[int] | None, n: int, most: int) -> list[int]:
+    if max_new_tokens is None:
+        return [most] * n
+    limits = [int(m) for m in max_new_tokens]
+    if len(limits) != n:
+        raise ValueError(f"{len(limits)} token limits for {n} prompts")
+    if any(not 1 <= m <= most for m in limits):
+        raise ValueError(f"every token limit must lie between 1 and max_new_tokens ({most})")
+    return limits
+
+
+@inference_mode()
+def generate_reference(
+    model,
+    prompts: Sequence[Sequence[int]],
+    options: GenerationOptions,
+    *,
+    layout: TokenLayout,
+    task: str,
+    seeds: Sequence[int] | None,
+    pad_id: int,
+    max_new_tokens: list[int],
+) -> list[GenerationOutput]:
+    """The reference engine (see the module docstring); arguments as :func:`generate`, already checked."""
+    task = normalize_task(task)
+    n = len(prompts)
     device = next(model.parameters()).device
     max_new = options.max_new_tokens
 
@@ -97,26 +156,21 @@ def generate(
         # (rows, vocab + 1): padding is scattered into the spare last column, which is never read.
         seen = torch.zeros((n, vocab + 1), dtype=torch.bool, device=device)
         seen.scatter_(1, torch.where(attention.bool(), input_ids, vocab), True)
-    uniforms = None
-    if options.do_sample:
-        row_seeds = [0] * n if seeds is None else [int(s) for s in seeds]
-        uniforms = torch.stack(
-            [torch.rand(max_new, generator=torch.Generator().manual_seed(s & 0xFFFF_FFFF_FFFF_FFFF)) for s in row_seeds]
-        ).to(device)
+    uniforms = row_uniforms(seeds, n, max_new).to(device) if options.do_sample else None
+    limits = torch.tensor(max_new_tokens, device=device)
 
     rows = torch.arange(n, device=device)  # original index of each row still in the batch
     tokens = torch.full((n, max_new), pad_id, dtype=torch.long, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     for step in range(max_new):
-        logits = out.logits[:, -1, :].float()
-        scores = process_logits(logits, options, seen=None if seen is None else seen[:, :vocab], allowed=allowed)
-        if options.do_sample:
-            chosen = sample(scores, uniforms[:, step])
-        else:
-            chosen = scores.argmax(-1)
+        scores = out.logits[:, -1, :].float()
+        if step < options.min_new_tokens:
+            scores = block_stop(scores, torch.ones_like(done), layout.im_end)
+        scores = process_logits(scores, options, seen=None if seen is None else seen[:, :vocab], allowed=allowed)
+        chosen = choose(scores, options, None if uniforms is None else uniforms[:, step])
         chosen = torch.where(done, pad_id, chosen)
         tokens[rows, step] = chosen
-        done = done | (chosen == layout.im_end)
+        done = done | (chosen == layout.im_end) | (limits <= step + 1)
         if step == max_new - 1:
             break
         running = int((~done).sum())  # the one host sync per step
@@ -127,12 +181,13 @@ def generate(
         if running <= len(rows) // 2:
             keep = (~done).nonzero().squeeze(1)
             cache.batch_select_indices(keep)
-            rows, chosen, done, attention, next_position = (
+            rows, chosen, done, attention, next_position, limits = (
                 rows[keep],
                 chosen[keep],
                 done[keep],
                 attention[keep],
                 next_position[keep],
+                limits[keep],
             )
             seen = None if seen is None else seen[keep]
             uniforms = None if uniforms is None else uniforms[keep]
@@ -147,56 +202,6 @@ def generate(
         next_position = next_position + 1
 
     results = []
-    for row in tokens.tolist():
-        if layout.im_end in row:
-            results.append(GenerationOutput(row[: row.index(layout.im_end)], True, False))
-        else:
-            results.append(GenerationOutput(row, False, True))
+    for row, limit in zip(tokens.tolist(), max_new_tokens, strict=True):
+        results.append(GenerationOutput.from_tokens(row[:limit], layout.im_end))
     return results
-
-
-def process_logits(
-    logits: torch.Tensor,
-    options: GenerationOptions,
-    *,
-    seen: torch.Tensor | None = None,
-    allowed: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Scores after constraints and Hugging Face's processors, for a ``(rows, vocab)`` float tensor.
-
-    ``seen``: boolean ``(rows, vocab)`` of tokens in each row's context (for the repetition penalty);
-    ``allowed``: boolean ``(vocab,)`` of tokens the task may emit.
-    """
-    scores = logits
-    if allowed is not None:
-        scores = scores.masked_fill(~allowed, float("-inf"))
-    penalty = options.repetition_penalty
-    if seen is not None and penalty != 1.0:
-        # HF: a seen token's logit is divided by the penalty if positive, multiplied if negative.
-        penalized = torch.where(scores < 0, scores * penalty, scores / penalty)
-        scores = torch.where(seen, penalized, scores)
-    if not options.do_sample:
-        return scores
-    if options.temperature != 1.0:
-        scores = scores / options.temperature
-    if options.top_k > 0:
-        k = min(options.top_k, scores.shape[-1])
-        kth = torch.topk(scores, k, dim=-1).values[:, -1:]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if options.top_p < 1.0:
-        ordered, order = torch.sort(scores, descending=False, dim=-1)
-        cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
-        drop = cumulative <= (1 - options.top_p)
-        drop[:, -1] = False  # keep at least the most likely token
-        scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-    return scores
-
-
-def sample(scores: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """One token per row from ``softmax(scores)``, by inverse CDF at the row's uniform number in ``[0, 1)``."""
-    cdf = scores.softmax(dim=-1).cumsum(dim=-1)
-    target = (uniforms.to(cdf.dtype) * cdf[:, -1]).unsqueeze(1)
-    # right=True: the first index whose cumulative probability exceeds the target, so never a zero-prob token.
-    chosen = torch.searchsorted(cdf, target, right=True).squeeze(1)
-    # Rounding can put the target at the very top: fall back to the last token with non-zero probability.
-    return torch.minimum(chosen, cdf.argmax(dim=-1))

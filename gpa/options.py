@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields
 
 from .vocab import normalize_task
 
+ENGINES = ("auto", "reference", "static")
+
 
 @dataclass
 class GenerationOptions:
@@ -25,6 +27,10 @@ class GenerationOptions:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     constrained: bool = False  # restrict outputs to the task's tokens (see TokenLayout.allowed_mask)
+    min_new_tokens: int = 0  # <|im_end|> is blocked before this many new tokens (Hugging Face's min_new_tokens)
+    # "reference": the transformers forward with a growing cache, one step at a time (exact reference numerics);
+    # "static": a preallocated KV cache and CUDA graphs (see gpa.static_generation); "auto": static on CUDA.
+    engine: str = "auto"
 
     @classmethod
     def for_task(cls, task: str, generation_config=None) -> GenerationOptions:
@@ -66,6 +72,10 @@ class GenerationOptions:
             raise ValueError("max_new_tokens must be at least 1")
         if self.repetition_penalty <= 0:
             raise ValueError("repetition_penalty must be positive")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError("min_new_tokens must lie between 0 and max_new_tokens")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.do_sample:
             if self.temperature <= 0:
                 raise ValueError("temperature must be positive when sampling (use do_sample=False for greedy)")

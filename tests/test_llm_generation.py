@@ -14,8 +14,9 @@ from transformers.generation.logits_process import (
 )
 
 from gpa import prompts
-from gpa.generation import GenerationOptions, generate, process_logits, sample
+from gpa.generation import GenerationOptions, generate
 from gpa.llm import load_llm, write_random_checkpoint
+from gpa.sampling import process_logits, sample
 from gpa.vocab import TokenLayout
 
 SIZES = dict(glm_codebook_size=40, global_codebook_size=24, semantic_codebook_size=56)

@@ -218,9 +218,10 @@ def test_llm_logits(case):
         )
 
 
-def _greedy(case: Case, prompts: list[dict], repetition_penalty: float = 1.0) -> list[list[int]]:
+def _greedy(case: Case, prompts: list[dict], repetition_penalty: float = 1.0, engine: str = "reference"
+            ) -> list[list[int]]:
     options = GenerationOptions(
-        max_new_tokens=SPEC["max_new_tokens"], do_sample=False, repetition_penalty=repetition_penalty
+        max_new_tokens=SPEC["max_new_tokens"], do_sample=False, repetition_penalty=repetition_penalty, engine=engine
     )
     layout = case.model.layout
     results: list[list[int]] = [[] for _ in prompts]
@@ -241,19 +242,20 @@ def _greedy(case: Case, prompts: list[dict], repetition_penalty: float = 1.0) ->
     return results
 
 
+@pytest.mark.parametrize("engine", ["reference", "static"])
 @pytest.mark.parametrize("route", ["file", "tensor"])
-def test_greedy_generation(case, route):
+def test_greedy_generation(case, route, engine):
     prompts = [p for p in case.prompts(route) if "greedy" in p]
     if route == "file":  # alone (one prompt per task, to keep the test fast), then all in one batch
         for task in ("stt", "tts", "vc"):
             p = next(p for p in prompts if p["task"] == task)
-            assert _greedy(case, [p]) == [p["greedy"]], _where(case, f"greedy {task} generation")
-    assert _greedy(case, prompts) == [p["greedy"] for p in prompts], _where(
-        case, f"{route} route: greedy generation of all prompts in one batch"
+            assert _greedy(case, [p], engine=engine) == [p["greedy"]], _where(case, f"greedy {task} generation")
+    assert _greedy(case, prompts, engine=engine) == [p["greedy"] for p in prompts], _where(
+        case, f"{route} route: greedy generation of all prompts in one batch ({engine} engine)"
     )
     with_penalty = [p for p in prompts if "greedy_rp" in p]
     penalty = SPEC["repetition_penalty"]
-    assert _greedy(case, with_penalty, penalty) == [p["greedy_rp"] for p in with_penalty], _where(
+    assert _greedy(case, with_penalty, penalty, engine) == [p["greedy_rp"] for p in with_penalty], _where(
         case, f"{route} route: greedy generation with repetition penalty {penalty}"
     )
 
