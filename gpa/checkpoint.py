@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -296,6 +297,25 @@ def _download_hf(repo_id: str, cache_dir: str | os.PathLike | None) -> Path:
             f"cannot download {repo_id!r} from the Hugging Face Hub ({type(exc).__name__}); without a network, "
             "download it elsewhere and pass the local directory or an s3:// copy as the model source"
         ) from None
+
+
+CHECKPOINT_COMPONENTS = {"LLM": ".", "GLM speech tokenizer": "glm-4-voice-tokenizer", "BiCodec": "BiCodec",
+                         "wav2vec2": "BiCodec/wav2vec2-large-xlsr-53"}
+
+
+def parameter_counts(directory: str | os.PathLike) -> dict[str, int]:
+    """Parameters of each component of a checkpoint in the official layout, read from the safetensors headers
+    (nothing is loaded)."""
+    from safetensors import safe_open
+
+    counts = {}
+    for name, sub in CHECKPOINT_COMPONENTS.items():
+        total = 0
+        for path in sorted((Path(directory) / sub).glob("*.safetensors")):
+            with safe_open(str(path), framework="pt") as f:
+                total += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
+        counts[name] = total
+    return counts
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

@@ -76,9 +76,13 @@ def _run(args) -> int:
             print(convert_to_safetensors(path))
         return 0
     if args.command == "make-checkpoint":
+        from .checkpoint import parameter_counts
         from .testing import make_tiny_checkpoint
 
-        print(make_tiny_checkpoint(args.directory, args.seed, arch=args.arch, size=args.size))
+        directory = make_tiny_checkpoint(args.directory, args.seed, arch=args.arch, size=args.size)
+        for name, count in parameter_counts(directory).items():  # stderr: scripts read the path from stdout
+            print(f"{name}: {count:,} parameters", file=sys.stderr)
+        print(directory)
         return 0
 
     import soundfile as sf

@@ -25,6 +25,7 @@ from transformers import DynamicCache
 
 from .inference import inference_mode
 from .options import GenerationOptions
+from .profiling import stage
 from .sampling import block_stop, choose, process_logits, row_uniforms
 from .vocab import TokenLayout, normalize_task
 
@@ -138,14 +139,15 @@ def generate_reference(
     cache = DynamicCache(config=model.config)
     # transformers 5 renamed the forward's `past_key_values` to `cache`; 4.x only knows the old name.
     cache_kw = {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention,
-        position_ids=positions,
-        use_cache=True,
-        logits_to_keep=1,
-        **cache_kw,
-    )
+    with stage("prefill"):
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **cache_kw,
+        )
     vocab = out.logits.shape[-1]
     if int(input_ids.max()) >= vocab:
         raise ValueError(f"prompt token id {int(input_ids.max())} is outside the model's vocabulary ({vocab})")
@@ -162,44 +164,45 @@ def generate_reference(
     rows = torch.arange(n, device=device)  # original index of each row still in the batch
     tokens = torch.full((n, max_new), pad_id, dtype=torch.long, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
-    for step in range(max_new):
-        scores = out.logits[:, -1, :].float()
-        if step < options.min_new_tokens:
-            scores = block_stop(scores, torch.ones_like(done), layout.im_end)
-        scores = process_logits(scores, options, seen=None if seen is None else seen[:, :vocab], allowed=allowed)
-        chosen = choose(scores, options, None if uniforms is None else uniforms[:, step])
-        chosen = torch.where(done, pad_id, chosen)
-        tokens[rows, step] = chosen
-        done = done | (chosen == layout.im_end) | (limits <= step + 1)
-        if step == max_new - 1:
-            break
-        running = int((~done).sum())  # the one host sync per step
-        if running == 0:
-            break
-        if seen is not None:
-            seen[torch.arange(len(chosen), device=device), chosen] = True
-        if running <= len(rows) // 2:
-            keep = (~done).nonzero().squeeze(1)
-            cache.batch_select_indices(keep)
-            rows, chosen, done, attention, next_position, limits = (
-                rows[keep],
-                chosen[keep],
-                done[keep],
-                attention[keep],
-                next_position[keep],
-                limits[keep],
+    with stage("decode steps"):
+        for step in range(max_new):
+            scores = out.logits[:, -1, :].float()
+            if step < options.min_new_tokens:
+                scores = block_stop(scores, torch.ones_like(done), layout.im_end)
+            scores = process_logits(scores, options, seen=None if seen is None else seen[:, :vocab], allowed=allowed)
+            chosen = choose(scores, options, None if uniforms is None else uniforms[:, step])
+            chosen = torch.where(done, pad_id, chosen)
+            tokens[rows, step] = chosen
+            done = done | (chosen == layout.im_end) | (limits <= step + 1)
+            if step == max_new - 1:
+                break
+            running = int((~done).sum())  # the one host sync per step
+            if running == 0:
+                break
+            if seen is not None:
+                seen[torch.arange(len(chosen), device=device), chosen] = True
+            if running <= len(rows) // 2:
+                keep = (~done).nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                rows, chosen, done, attention, next_position, limits = (
+                    rows[keep],
+                    chosen[keep],
+                    done[keep],
+                    attention[keep],
+                    next_position[keep],
+                    limits[keep],
+                )
+                seen = None if seen is None else seen[keep]
+                uniforms = None if uniforms is None else uniforms[keep]
+            attention = torch.cat([attention, attention.new_ones((len(rows), 1))], dim=1)
+            out = model(
+                input_ids=chosen[:, None],
+                attention_mask=attention,
+                position_ids=next_position[:, None],
+                use_cache=True,
+                **cache_kw,
             )
-            seen = None if seen is None else seen[keep]
-            uniforms = None if uniforms is None else uniforms[keep]
-        attention = torch.cat([attention, attention.new_ones((len(rows), 1))], dim=1)
-        out = model(
-            input_ids=chosen[:, None],
-            attention_mask=attention,
-            position_ids=next_position[:, None],
-            use_cache=True,
-            **cache_kw,
-        )
-        next_position = next_position + 1
+            next_position = next_position + 1
 
     results = []
     for row, limit in zip(tokens.tolist(), max_new_tokens, strict=True):

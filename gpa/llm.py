@@ -141,14 +141,15 @@ class _Dims:
     bpe_vocab: int  # byte-level BPE vocabulary (before the added tokens)
     gpa_specials: int  # GPA marker slots (the markers plus reserved tokens)
     vocab_size: int | None  # model vocabulary; None: len(tokenizer) rounded up to a multiple of 64
+    tied: bool = False  # output layer tied to the input embedding (no lm_head.weight in the file)
 
 
 _DIMS = {
     "tiny": _Dims(64, 2, 4, 2, 16, 128, 600, 12, None),
     "tiny-alt": _Dims(96, 3, 6, 2, 16, 160, 520, 16, None),
-    # The released model: Qwen3, 28 layers, hidden 512, vocab 180,445, audio blocks at 151727 / 168111 / 172207.
-    # Head counts and MLP width are not published; these give ~0.3B parameters like the release.
-    "real": _Dims(512, 28, 8, 4, 64, 1536, 151643, 58, 180445),
+    # The released model: Qwen3, 28 layers, hidden 512, 16 attention heads and 8 key/value heads of 128, MLP 3072,
+    # tied vocabulary of 180,445 with the audio blocks at 151727 / 168111 / 172207 (~0.31B parameters).
+    "real": _Dims(512, 28, 16, 8, 128, 3072, 151643, 58, 180445, tied=True),
 }
 
 # Qwen's special tokens, in Qwen3's order, directly after the BPE vocabulary (True: special).
@@ -288,7 +289,7 @@ def _config(dims: _Dims, arch: str, vocab_size: int, ids: dict) -> dict:
         "rope_scaling": None,
         "rope_theta": 1000000.0,
         "sliding_window": None,
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": dims.tied,
         "torch_dtype": "float32",
         "transformers_version": "4.57.1",
         "use_cache": True,
@@ -545,7 +546,10 @@ def _random_weights(dims: _Dims, arch: str, vocab_size: int, ids: dict, seed: in
     head[im_end, _FRAC] = _STOP_GAIN
     head[im_end, _MODE] = _STOP_MODE
     head[im_end, _C] = _STOP_BIAS
-    state["lm_head.weight"] = head
+    if not dims.tied:
+        # Tied (the real size): the embedding is the output layer too, so the circuit's stop logic is lost and
+        # generations run to their limit; benchmarks force their lengths anyway (min_new_tokens).
+        state["lm_head.weight"] = head
     return {name: t.contiguous() for name, t in state.items()}
 
 

@@ -6,6 +6,7 @@ whole model call is retried item by item so that one bad input cannot take its b
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import unicodedata
@@ -21,12 +22,13 @@ from . import prompts
 from .audio import SAMPLE_RATE, AudioInput, load_audio
 from .bicodec import BiCodec
 from .checkpoint import content_hash, resolve_checkpoint
-from .chunking import crossfade_join, join_texts, split_audio, split_text
+from .chunking import crossfade_join, join_texts, split_audio, split_text, text_units
 from .errors import EmptyGeneration, GPAError, InvalidText, TooShortAudio
 from .generation import generate
 from .glm_tokenizer import GLMSpeechTokenizer
 from .llm import load_llm
 from .options import ConvertOptions, GenerationOptions, SynthesizeOptions, TranscribeOptions
+from .profiling import stage
 from .results import Conversion, Segment, Speaker, Synthesis, Transcription
 from .storage import redact_uri
 from .vocab import TokenLayout
@@ -116,7 +118,8 @@ class GPA:
 
     def load(self, audio: AudioInput) -> np.ndarray:
         """16 kHz mono float32 samples of ``audio``, long enough for both tokenizers."""
-        samples = load_audio(audio, sample_rate=SAMPLE_RATE)
+        with stage("audio decode"):
+            samples = load_audio(audio, sample_rate=SAMPLE_RATE)
         if len(samples) < MIN_SAMPLES:
             raise TooShortAudio(
                 f"audio is {len(samples) / SAMPLE_RATE:.3f} s; at least {MIN_SAMPLES / SAMPLE_RATE} s needed"
@@ -139,8 +142,9 @@ class GPA:
 
     def speakers(self, audios: Sequence[AudioInput]) -> list[Speaker]:
         samples = [self.load(a) for a in audios]
-        globals_ = self.bicodec.global_tokens(samples)
-        embeddings = self.bicodec.speaker_embedding(samples)
+        with stage("speaker encode"):
+            globals_ = self.bicodec.global_tokens(samples)
+            embeddings = self.bicodec.speaker_embedding(samples)
         return [Speaker(np.asarray(g), np.asarray(e)) for g, e in zip(globals_, embeddings, strict=True)]
 
     def speaker_embeddings(self, audios: Sequence[AudioInput]) -> np.ndarray:
@@ -201,17 +205,21 @@ class GPA:
 
     def _transcribe_pieces(self, pieces: list[_Piece], options: TranscribeOptions):
         audio = [p.audio for p in pieces]
-        glm = self.glm.tokenize(audio)
-        semantic = self.bicodec.semantic_tokens(audio)
+        with stage("GLM encode"):
+            glm = self.glm.tokenize(audio)
+        with stage("BiCodec encode"):
+            semantic = self.bicodec.semantic_tokens(audio)
         prompt_ids = [prompts.stt_prompt(self.layout, g, s) for g, s in zip(glm, semantic, strict=True)]
+        generation = options.generation(self.checkpoint_generation["stt"])
         generations = generate(
             self.llm,
             prompt_ids,
-            options.generation(self.checkpoint_generation["stt"]),
+            generation,
             layout=self.layout,
             task="stt",
             seeds=[options.seed] * len(pieces),
             pad_id=self.layout.pad_id,
+            max_new_tokens=_token_limits(pieces, generation.max_new_tokens, options.max_new_tokens_per_second),
         )
         return [
             (
@@ -258,7 +266,8 @@ class GPA:
                 if prompt.truncated:
                     raise InvalidText("text piece longer than the prompt limit")
                 prompt_ids.append(prompt.ids)
-            return self._generate_audio(batch, prompt_ids, [speakers[p.item] for p in batch], "tts", options, seeds)
+            return self._generate_audio(batch, prompt_ids, [speakers[p.item] for p in batch], "tts", options, seeds,
+                                        options.max_new_tokens_per_unit)
 
         outputs = _isolated(run, pieces, options.batch_size)
         self._assemble_audio(results, pieces, outputs, options.crossfade_s)
@@ -297,12 +306,14 @@ class GPA:
             pieces += [_Piece(i, k, s, e, samples[s:e]) for k, (s, e) in enumerate(ranges)]
 
         def run(batch: list[_Piece]):
-            semantic = self.bicodec.semantic_tokens([p.audio for p in batch])
+            with stage("BiCodec encode"):
+                semantic = self.bicodec.semantic_tokens([p.audio for p in batch])
             prompt_ids = [
                 prompts.vc_prompt(self.layout, speakers[p.item].global_tokens, s)
                 for p, s in zip(batch, semantic, strict=True)
             ]
-            outputs = self._generate_audio(batch, prompt_ids, [speakers[p.item] for p in batch], "vc", options, seeds)
+            outputs = self._generate_audio(batch, prompt_ids, [speakers[p.item] for p in batch], "vc", options, seeds,
+                                           options.max_new_tokens_per_second)
             return [(s, *out) for s, out in zip(semantic, outputs, strict=True)]
 
         outputs = _isolated(run, pieces, options.batch_size)
@@ -333,23 +344,26 @@ class GPA:
                 speakers.append(speaker)
         return speakers
 
-    def _generate_audio(self, batch, prompt_ids, speakers, task, options, seeds):
+    def _generate_audio(self, batch, prompt_ids, speakers, task, options, seeds, tokens_per_input):
+        generation = options.generation(self.checkpoint_generation[task])
         generations = generate(
             self.llm,
             prompt_ids,
-            options.generation(self.checkpoint_generation[task]),
+            generation,
             layout=self.layout,
             task=task,
             seeds=[_chunk_seed(seeds[p.item], p.index) for p in batch],
             pad_id=self.layout.pad_id,
+            max_new_tokens=_token_limits(batch, generation.max_new_tokens, tokens_per_input),
         )
         semantic = [prompts.semantic_from_generation(self.layout, g.ids) for g in generations]
         decodable = [i for i, s in enumerate(semantic) if len(s)]
         waves: list[np.ndarray | None] = [None] * len(batch)
         if decodable:
-            decoded = self.bicodec.decode(
-                [speakers[i].global_tokens for i in decodable], [semantic[i] for i in decodable]
-            )
+            with stage("detokenize"):
+                decoded = self.bicodec.decode(
+                    [speakers[i].global_tokens for i in decodable], [semantic[i] for i in decodable]
+                )
             for i, wave in zip(decodable, decoded, strict=True):
                 waves[i] = wave
         return [(s, g, w) for s, g, w in zip(semantic, generations, waves, strict=True)]
@@ -410,6 +424,14 @@ def _successful(results, pieces, outputs):
             result.error = output
             continue
         yield piece, result, output
+
+
+def _token_limits(pieces: list[_Piece], most: int, per_input: float | None) -> list[int] | None:
+    """Each piece's limit of new tokens: ``per_input`` per second of its audio, or per text unit of its text."""
+    if per_input is None:
+        return None
+    sizes = [(p.end - p.start) / SAMPLE_RATE if p.audio is not None else text_units(p.text) for p in pieces]
+    return [max(1, min(most, math.ceil(per_input * size))) for size in sizes]
 
 
 def _item_seeds(seeds: Sequence[int] | None, n: int, default: int) -> list[int]:

@@ -88,7 +88,8 @@ class GenerationOptions:
 _TYPES = {"int": (numbers.Integral,), "float": (numbers.Real,), "bool": (bool,), "None": (type(None),)}
 # (option, bound, whether the bound itself is allowed) for the options that are not generation settings
 _LOWER_BOUNDS = (("batch_size", 1, True), ("window_s", 0, False), ("crossfade_s", 0, True),
-                 ("max_chunk_units", 1, True), ("max_text_chars", 1, True))
+                 ("max_chunk_units", 1, True), ("max_text_chars", 1, True), ("max_new_tokens_per_second", 0, False),
+                 ("max_new_tokens_per_unit", 0, False))
 
 
 @dataclass
@@ -139,6 +140,8 @@ class TranscribeOptions(_TaskOptions):
     max_new_tokens: int = 512
     do_sample: bool = False
     window_s: float = 30.0  # longer audio is cut at pauses into windows of at most this length
+    # at most this many new tokens per second of a window (a bound on runaway generations); None: max_new_tokens
+    max_new_tokens_per_second: float | None = None
 
 
 @dataclass
@@ -149,6 +152,7 @@ class SynthesizeOptions(_TaskOptions):
     repetition_penalty: float | None = 1.2
     max_chunk_units: int = 150  # text per generation (~10 s of speech, see gpa.chunking.text_units)
     max_text_chars: int = 20_000  # longer text is an error, never silently cut
+    max_new_tokens_per_unit: float | None = None  # at most this many new tokens per text unit of a piece
     crossfade_s: float = 0.05
 
 
@@ -159,4 +163,5 @@ class ConvertOptions(_TaskOptions):
     temperature: float = 0.2
     repetition_penalty: float | None = 1.2
     window_s: float = 10.0  # 512 semantic tokens are 10.24 s: longer sources are converted window by window
+    max_new_tokens_per_second: float | None = None  # as TranscribeOptions', per second of a source window
     crossfade_s: float = 0.05

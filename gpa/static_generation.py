@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from .generation import GenerationOutput
 from .inference import inference_mode
 from .options import GenerationOptions
+from .profiling import stage
 from .sampling import block_stop, choose, process_logits, row_uniforms
 from .vocab import TokenLayout, normalize_task
 
@@ -271,7 +272,8 @@ class StaticEngine:
                 placed = []
                 for slot in free[: len(waiting)]:
                     placed.append((slot, waiting.popleft()))
-                self._fill(placed, prompts, uniforms, limits)
+                with stage("prefill"):
+                    self._fill(placed, prompts, uniforms, limits)
                 for slot, item in placed:
                     slot_item[slot], slot_reach[slot] = item, len(prompts[item])
             elif not waiting and running:
@@ -282,11 +284,12 @@ class StaticEngine:
             batch = _bucket_ceiling(live[-1] + 1, arena.rows)
             keys = min(_round_up(max(slot_reach[s] for s in live) + self.check_every + 1, KEY_BUCKET),
                        arena.positions)
-            for _ in range(self.check_every):
-                self._run_step(batch, keys)
+            with stage("decode steps"):
+                for _ in range(self.check_every):
+                    self._run_step(batch, keys)
+                self._collect(slot_item, batch, results, layout)
             for s in live:
                 slot_reach[s] += self.check_every
-            self._collect(slot_item, batch, results, layout)
         return results  # type: ignore[return-value]
 
     def _collect(self, slot_item: list[int], batch: int, results: list, layout: TokenLayout) -> None:

@@ -11,6 +11,8 @@ import json
 import sys
 from typing import Any
 
+from gpa.options import ENGINES
+
 from .config import JOBS, JobConfig, parse_actors
 
 SAMPLING_FLAGS = (
@@ -65,7 +67,7 @@ def _add_job_arguments(p: argparse.ArgumentParser) -> None:
     pool.add_argument("--actors", type=parse_actors, metavar="MIN:MAX",
                       help="model actors (N or MIN:MAX; default 1:G, G = the cluster's GPUs / GPUs per actor; 1:1 "
                       "on CPUs)")
-    pool.add_argument("--batch-size", type=int, help="items per model call (default 64 on a GPU, 8 on a CPU)")
+    pool.add_argument("--batch-size", type=int, help="items per model call (default 256 on a GPU, 8 on a CPU)")
     pool.add_argument("--bucket-batches", type=int,
                       help="rows per actor call = batch size x this; they are sorted by length first (default 4)")
     pool.add_argument("--gpus-per-actor", type=float, help="default: 1 when the cluster has GPUs, else 0")
@@ -88,6 +90,9 @@ def _add_job_arguments(p: argparse.ArgumentParser) -> None:
     sampling = task.add_mutually_exclusive_group()
     sampling.add_argument("--do-sample", dest="opt_do_sample", action="store_const", const=True)
     sampling.add_argument("--greedy", dest="opt_do_sample", action="store_const", const=False)
+    task.add_argument("--engine", dest="opt_engine", choices=ENGINES,
+                      help="generation engine: static (preallocated KV cache, CUDA graphs), reference (transformers' "
+                           "forward step by step); default auto = static on CUDA, reference on a CPU")
     task.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other task option (repeatable)")
     task.add_argument("--max-duration-s", type=float, help="longer audio becomes an error row (default 3600)")
     task.add_argument("--max-text-chars", type=int, help="longer text becomes an error row (default 20000)")

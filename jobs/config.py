@@ -13,7 +13,7 @@ JOBS = ("transcribe", "synthesize", "convert")
 # for 128 (kernel launches, not arithmetic, bound them): an H200 transcribed 4.9 clips/s in batches of 8, 26.5 in
 # batches of 64 and 40 in batches of 128 (docs/jobs.md). 64 leaves room for long inputs on a 24 GB card.
 CPU_BATCH_SIZE = 8
-GPU_BATCH_SIZE = 64
+GPU_BATCH_SIZE = 256  # the static engine sizes its KV cache from the card's free memory
 
 
 @dataclass

@@ -1,0 +1,182 @@
+"""The static engine gives the reference engine's tokens: greedy ids and seeded samples, on random prompts of mixed
+lengths, with every logits processor, per-prompt limits, refill of finished slots and compaction (the parity
+goldens are checked with both engines in tests/test_parity.py)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from gpa import prompts
+from gpa.generation import generate, generate_reference, resolve_engine
+from gpa.options import GenerationOptions, TranscribeOptions
+from gpa.static_generation import StaticEngine, static_engine
+
+CASES = {
+    "greedy": ("stt", GenerationOptions(max_new_tokens=40)),
+    "greedy-penalty-constrained": ("stt", GenerationOptions(max_new_tokens=40, repetition_penalty=1.3,
+                                                            constrained=True)),
+    "sampled-penalty": ("tts", GenerationOptions(max_new_tokens=60, do_sample=True, temperature=0.7,
+                                                 repetition_penalty=1.2)),
+    "sampled-top-p-constrained": ("vc", GenerationOptions(max_new_tokens=60, do_sample=True, temperature=0.9,
+                                                          top_k=20, top_p=0.8, repetition_penalty=1.3,
+                                                          constrained=True)),
+    "forced-length": ("stt", GenerationOptions(max_new_tokens=30, min_new_tokens=30)),
+}
+
+
+def random_prompts(layout, task: str, n: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        length = rng.randint(2, 60)
+        glm = [rng.randrange(layout.glm_count) for _ in range(length)]
+        semantic = [rng.randrange(layout.semantic_count) for _ in range(4 * length)]
+        voice = [rng.randrange(layout.global_count) for _ in range(32)]
+        out.append(prompts.stt_prompt(layout, glm, semantic) if task == "stt"
+                   else prompts.vc_prompt(layout, voice, semantic))
+    return out
+
+
+def both_engines(model, batch, options, task, seeds, limits, engine):
+    kwargs = dict(layout=model.layout, task=task, seeds=seeds, pad_id=model.layout.pad_id, max_new_tokens=limits)
+    expected = generate_reference(model.llm, batch, options, **kwargs)
+    return expected, engine.generate(batch, options, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tiny_alt_model(tmp_path_factory):
+    from gpa.model import GPA
+    from gpa.testing import make_tiny_checkpoint
+
+    return GPA.from_pretrained(make_tiny_checkpoint(tmp_path_factory.mktemp("alt") / "c", 1, arch="qwen2",
+                                                    size="tiny-alt"))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("max_rows", [None, 4])  # 4 < 13 prompts: slots are refilled and rows compacted
+def test_same_tokens_as_the_reference_engine(tiny_model, case, max_rows):
+    task, options = CASES[case]
+    batch = random_prompts(tiny_model.layout, task, 13, seed=len(case))
+    rng = random.Random(1)
+    limits = [rng.randint(1, options.max_new_tokens) if i % 2 else options.max_new_tokens for i in range(13)]
+    engine = StaticEngine(tiny_model.llm, max_rows=max_rows, check_every=3)
+    expected, got = both_engines(tiny_model, batch, options, task, list(range(13)), limits, engine)
+    assert got == expected
+    assert any(r.stopped for r in expected) or case == "forced-length"
+    assert any(len(r.ids) > 5 for r in expected)
+    if case == "forced-length":  # <|im_end|> blocked: every row runs to its own limit
+        assert [len(r.ids) for r in got] == limits and all(r.hit_max_new_tokens for r in got)
+
+
+def test_qwen2_decoder(tiny_alt_model):
+    options = GenerationOptions(max_new_tokens=50, do_sample=True, temperature=0.8, repetition_penalty=1.2)
+    batch = random_prompts(tiny_alt_model.layout, "tts", 9, seed=3)
+    engine = StaticEngine(tiny_alt_model.llm, max_rows=3, check_every=5)
+    expected, got = both_engines(tiny_alt_model, batch, options, "tts", [7] * 9, [50] * 9, engine)
+    assert got == expected and any(r.stopped for r in got)
+
+
+def test_a_rows_tokens_do_not_depend_on_its_batch_mates(tiny_model):
+    options = GenerationOptions(max_new_tokens=60, do_sample=True, temperature=0.8, repetition_penalty=1.2)
+    batch = random_prompts(tiny_model.layout, "tts", 8, seed=11)
+    kwargs = dict(layout=tiny_model.layout, task="tts", pad_id=0)
+    engine = StaticEngine(tiny_model.llm, check_every=4)
+    together = engine.generate(batch, options, seeds=list(range(8)), max_new_tokens=[60] * 8, **kwargs)
+    for i in (0, 5):
+        alone = engine.generate([batch[i]], options, seeds=[i], max_new_tokens=[60], **kwargs)
+        assert alone == [together[i]]
+    reversed_ = engine.generate(batch[::-1], options, seeds=list(range(8))[::-1], max_new_tokens=[60] * 8, **kwargs)
+    assert reversed_[::-1] == together
+
+
+def test_the_arena_is_kept_and_grown_between_calls(tiny_model):
+    engine = StaticEngine(tiny_model.llm, check_every=8)
+    options = GenerationOptions(max_new_tokens=20)
+    kwargs = dict(layout=tiny_model.layout, task="stt", seeds=None, pad_id=0)
+    short = random_prompts(tiny_model.layout, "stt", 3, seed=5)
+    first = engine.generate(short, options, max_new_tokens=[20] * 3, **kwargs)
+    arena = engine.arena
+    assert engine.generate(short, options, max_new_tokens=[20] * 3, **kwargs) == first
+    assert engine.arena is arena  # same shapes: same arena
+    long = [p * 6 for p in short]  # longer than the arena's positions
+    expected = generate_reference(tiny_model.llm, long, options, max_new_tokens=[20] * 3, **kwargs)
+    assert engine.generate(long, options, max_new_tokens=[20] * 3, **kwargs) == expected
+    assert engine.arena is not arena and engine.arena.positions >= max(map(len, long)) + 20
+
+
+def test_engine_choice(tiny_model):
+    assert resolve_engine(tiny_model.llm, "auto") == "reference"  # the CPU default keeps the exact numerics
+    assert resolve_engine(tiny_model.llm, "static") == "static"
+    assert static_engine(tiny_model.llm) is static_engine(tiny_model.llm)
+    with pytest.raises(ValueError, match="engine must be one of"):
+        GenerationOptions(engine="fast").validate()
+    with pytest.raises(ValueError, match="engine must be one of"):
+        TranscribeOptions(engine="fast")
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        GenerationOptions(max_new_tokens=5, min_new_tokens=6).validate()
+    with pytest.raises(ValueError, match="token limit"):
+        generate(tiny_model.llm, [[1, 2]], GenerationOptions(max_new_tokens=5), layout=tiny_model.layout, task="stt",
+                 pad_id=0, max_new_tokens=[6])
+    with pytest.raises(ValueError, match="outside the model's vocabulary"):
+        generate(tiny_model.llm, [[10**7]], GenerationOptions(engine="static"), layout=tiny_model.layout, task="stt",
+                 pad_id=0)
+
+
+def test_transcribe_with_either_engine_gives_the_same_text(tiny_model, tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    clips = [(0.1 * rng.standard_normal(int(16000 * s)).astype(np.float32), 16000) for s in (0.4, 1.3, 2.2)]
+    reference = tiny_model.transcribe(clips, TranscribeOptions(engine="reference", max_new_tokens=40))
+    static = tiny_model.transcribe(clips, TranscribeOptions(engine="static", max_new_tokens=40))
+    assert [r.generated_ids for r in static] == [r.generated_ids for r in reference]
+    assert [r.text for r in static] == [r.text for r in reference]
+    assert all(r.ok for r in static) and any(r.generated_ids for r in static)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graphs_replay_the_eager_step(tiny_model):
+    model = tiny_model.llm.to("cuda")
+    try:
+        options = GenerationOptions(max_new_tokens=40, do_sample=True, temperature=0.8, repetition_penalty=1.2)
+        batch = random_prompts(tiny_model.layout, "tts", 10, seed=2)
+        kwargs = dict(layout=tiny_model.layout, task="tts", seeds=list(range(10)), pad_id=0,
+                      max_new_tokens=[40] * 10)
+        eager = StaticEngine(model, cuda_graphs=False, max_rows=4).generate(batch, options, **kwargs)
+        graphs = StaticEngine(model, cuda_graphs=True, max_rows=4).generate(batch, options, **kwargs)
+        assert graphs == eager
+    finally:
+        tiny_model.llm.to("cpu")
+
+
+def test_token_limits_per_second_of_audio_force_lengths(tiny_model):
+    """The benchmark's forced lengths: <|im_end|> blocked, each window limited to ceil(rate x its seconds)."""
+    import math
+
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    seconds = (0.5, 1.7, 3.0)
+    clips = [(0.1 * rng.standard_normal(int(16000 * s)).astype(np.float32), 16000) for s in seconds]
+    options = TranscribeOptions(max_new_tokens=40, min_new_tokens=40, max_new_tokens_per_second=3.5, engine="static")
+    results = tiny_model.transcribe(clips, options)
+    assert [len(r.generated_ids) for r in results] == [math.ceil(3.5 * s) for s in seconds]
+    assert all(r.truncated for r in results)
+    with pytest.raises(ValueError, match="max_new_tokens_per_second"):
+        TranscribeOptions(max_new_tokens_per_second=0)
+
+
+def test_stage_timings_are_recorded_only_when_asked(tiny_model):
+    import numpy as np
+
+    from gpa.profiling import record
+
+    clip = (0.1 * np.random.default_rng(2).standard_normal(16000).astype(np.float32), 16000)
+    with record() as timings:
+        tiny_model.transcribe([clip], TranscribeOptions(max_new_tokens=8))
+    assert {"audio decode", "GLM encode", "BiCodec encode", "prefill", "decode steps"} <= set(timings)
+    assert all(t >= 0 for t in timings.values())
+    tiny_model.transcribe([clip], TranscribeOptions(max_new_tokens=8))  # no recording open: nothing to collect
