@@ -15,7 +15,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -61,8 +61,22 @@ def find_safetensors(directory: str | Path) -> Path:
     raise CheckpointError(f"several .safetensors files in {directory}: {[f.name for f in files]}")
 
 
-def load_safetensors_strict(module: nn.Module, path: str | Path) -> None:
-    """Load ``path`` into ``module``; every missing, unexpected or mis-shaped key is an error naming the key."""
+# Stored buffers that follow from the config (see load_safetensors_strict) must equal the computed values to
+# this absolute tolerance, after rounding the computed value to the stored dtype: torchaudio's float32 mel
+# filterbank and window are bit-equal to ours, so this only lets last-bit differences of other builds through.
+DERIVED_ATOL = 1e-6
+
+
+def load_safetensors_strict(
+    module: nn.Module, path: str | Path, *, derived: Mapping[str, torch.Tensor] | None = None
+) -> None:
+    """Load ``path`` into ``module``; every missing, unexpected or mis-shaped key is an error naming the key.
+
+    ``derived``: keys that a checkpoint may carry although their values follow from the config (the reference's
+    BiCodec saves torchaudio's mel filterbank and window), with the values computed here. When present, each is
+    checked against its computed value (:data:`DERIVED_ATOL`) and then dropped; a disagreeing one is an error,
+    since it means the weights were made for another configuration.
+    """
     path = Path(path)
     refuse_pickle(path)
     if not path.is_file():
@@ -71,6 +85,9 @@ def load_safetensors_strict(module: nn.Module, path: str | Path) -> None:
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
         raise CheckpointError(f"cannot read {path.name}: {exc}") from exc
+    for key, computed in (derived or {}).items():
+        if key in state:
+            check_derived(str(path), key, state.pop(key), computed)
     expected = module.state_dict()
     mismatched = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
@@ -81,6 +98,23 @@ def load_safetensors_strict(module: nn.Module, path: str | Path) -> None:
     check_loading_info(str(path), report | {"mismatched_keys": mismatched})
     with torch.no_grad():
         module.load_state_dict(state, strict=True)
+
+
+def check_derived(what: str, key: str, stored: torch.Tensor, computed: torch.Tensor) -> None:
+    """:class:`CheckpointError` unless the stored value of a config-derived buffer equals the computed one."""
+    if tuple(stored.shape) != tuple(computed.shape):
+        raise CheckpointError(
+            f"{what}: {key} has shape {tuple(stored.shape)}, but the config gives {tuple(computed.shape)}"
+        )
+    if not stored.is_floating_point():
+        raise CheckpointError(f"{what}: {key} is stored as {stored.dtype}, expected floating point values")
+    reference = computed.detach().cpu().to(stored.dtype).double()
+    error = float((stored.double() - reference).abs().max()) if stored.numel() else 0.0
+    if not error <= DERIVED_ATOL:  # also refuses NaN
+        raise CheckpointError(
+            f"{what}: {key} differs from the value computed from the config (max abs difference {error:.3g}, "
+            f"tolerance {DERIVED_ATOL:g}): the weights were saved for another configuration"
+        )
 
 
 class _SkipRandomFill(TorchFunctionMode):
@@ -103,11 +137,13 @@ class _SkipRandomFill(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def load_module(build: Callable[[], ModuleT], path: str | Path) -> ModuleT:
+def load_module(
+    build: Callable[[], ModuleT], path: str | Path, *, derived: Mapping[str, torch.Tensor] | None = None
+) -> ModuleT:
     """``build()`` (without drawing random initial weights), then :func:`load_safetensors_strict` from ``path``."""
     with _SkipRandomFill():
         module = build()
-    load_safetensors_strict(module, path)
+    load_safetensors_strict(module, path, derived=derived)
     return module
 
 

@@ -235,6 +235,7 @@ def write_random_checkpoint(
     glm_codebook_size: int,
     global_codebook_size: int,
     semantic_codebook_size: int,
+    emitted_text: str | None = None,
 ) -> None:
     """Write config.json, generation_config.json, model.safetensors and the tokenizer files at ``directory``.
 
@@ -242,6 +243,12 @@ def write_random_checkpoint(
     on built-in text, followed by Qwen's special tokens, GPA's markers and the GLM, global and semantic audio
     tokens (in that order, each block contiguous). ``size="real"`` pads the vocabulary so the blocks sit at the
     released model's ids (151727 / 168111 / 172207) and the vocabulary is 180,445.
+
+    ``emitted_text``: of the text tokens, only those of this string's tokenization that decode to whole
+    characters on their own can be emitted (the others get the never-emitted bias), and generation_config.json
+    sets a repetition penalty of 2 (which STT takes from there) so that greedy transcripts move through those
+    tokens instead of repeating one: readable text for tests of transcript decoding. ``None`` writes the same
+    bytes as without the option.
     """
     if size not in _DIMS:
         raise ValueError(f"size must be one of {tuple(_DIMS)}")
@@ -262,8 +269,12 @@ def write_random_checkpoint(
         "pad_token_id": ids["endoftext"],
         "transformers_version": "4.57.1",
     }
+    if emitted_text is not None:
+        generation_config["repetition_penalty"] = 2.0
     (directory / "generation_config.json").write_text(json.dumps(generation_config, indent=2, sort_keys=True) + "\n")
     state = _random_weights(dims, arch, vocab_size, ids, seed)
+    if emitted_text is not None:
+        _restrict_text(state["lm_head.weight"], ids, _whole_character_ids(directory, emitted_text, ids["learned_text"]))
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
 
@@ -536,7 +547,7 @@ def _random_weights(dims: _Dims, arch: str, vocab_size: int, ids: dict, seed: in
 
     head = torch.zeros(vocab_size, hidden)
     head[:, _DESIGNED:] = torch.randn(vocab_size, n_rand, generator=g) * (2.0 / math.sqrt(n_rand))  # logit std ~2
-    head[:, _C] = -30.0  # never emitted ...
+    head[:, _C] = _NEVER_EMITTED  # never emitted ...
     head[text_lo:text_hi, _C] = 0.0  # ... except text, semantic tokens and <|im_end|>
     head[text_lo:text_hi, _MODE] = -_MODE_GAIN
     head[sem_lo:sem_hi, _C] = 0.0
@@ -553,9 +564,27 @@ def _random_weights(dims: _Dims, arch: str, vocab_size: int, ids: dict, seed: in
     return {name: t.contiguous() for name, t in state.items()}
 
 
+def _whole_character_ids(directory: Path, text: str, learned_text: int) -> list[int]:
+    """The distinct learned BPE token ids of ``text`` whose decoding alone has no broken UTF-8 sequence."""
+    tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    ids = sorted(set(tokenizer.encode(text).ids))
+    whole = [i for i in ids if i < learned_text and "\ufffd" not in tokenizer.decode([i])]
+    if not whole:
+        raise ValueError(f"no token of {text!r} decodes to whole characters")
+    return whole
+
+
+def _restrict_text(head: torch.Tensor, ids: dict, allowed: list[int]) -> None:
+    """Give every text token outside ``allowed`` the output bias of tokens that are never emitted."""
+    suppressed = torch.ones(ids["learned_text"], dtype=torch.bool)
+    suppressed[allowed] = False
+    head[: ids["learned_text"]][suppressed, _C] = _NEVER_EMITTED
+
+
 # <|im_end|> logit = GAIN * FRAC + MODE_W * MODE + BIAS against ~MODE_GAIN + 8 for the best semantic token and
 # ~MODE_GAIN + 6 for the best text token: crossing at FRAC ~ 0.5 in audio mode and ~ 0.2 in text mode.
 _MODE_GAIN = 10.0
+_NEVER_EMITTED = -30.0  # output bias of tokens the init never emits
 _MIX_GAIN = 6.0
 _STOP_GAIN = 40.0
 _STOP_MODE = -5.0

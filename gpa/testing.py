@@ -6,6 +6,10 @@ inference code. Their weights are random: transcripts and audio they produce are
 ``size="tiny"`` / ``"tiny-alt"``: two different small configurations (a few MB, fast on a CPU).
 ``size="real"``: the released model's shapes (Qwen3 28 layers, hidden 512, vocab 180,445; GLM and BiCodec at
 full size) with random weights, for GPU benchmarks.
+
+``emitted_text=STT_TEXT`` (or any string) makes the LLM's transcripts readable text made of that string's
+whole-character tokens (Chinese, Latin words, digits, spaces, punctuation) instead of byte fragments, for tests of
+transcript decoding; the other files are the same as without it.
 """
 
 from __future__ import annotations
@@ -21,9 +25,18 @@ from . import bicodec, glm_tokenizer, llm
 
 MARKER = ".gpa-random-checkpoint.json"
 SIZES = ("tiny", "tiny-alt", "real")
+# Text whose whole-character tokens an ``emitted_text`` checkpoint emits (all of them are in the tiny BPE).
+STT_TEXT = "今天天气很好，这是语音识别的测试。The morning train arrives at 9:30, 1 2 3 4 5 6 7 8 0."
 
 
-def make_tiny_checkpoint(path: str | os.PathLike, seed: int = 0, *, arch: str = "qwen3", size: str = "tiny") -> Path:
+def make_tiny_checkpoint(
+    path: str | os.PathLike,
+    seed: int = 0,
+    *,
+    arch: str = "qwen3",
+    size: str = "tiny",
+    emitted_text: str | None = None,
+) -> Path:
     """Write a complete random checkpoint to ``path`` (deterministic for ``seed``) and return ``path``.
 
     If ``path`` already holds the checkpoint for the same arguments it is reused. The checkpoint is built in a
@@ -35,6 +48,8 @@ def make_tiny_checkpoint(path: str | os.PathLike, seed: int = 0, *, arch: str = 
         raise ValueError("arch must be 'qwen3' or 'qwen2'")
     path = Path(path)
     wanted = {"seed": seed, "arch": arch, "size": size}
+    if emitted_text is not None:  # absent otherwise: earlier checkpoints keep their exact bytes
+        wanted["emitted_text"] = emitted_text
     marker = path / MARKER
     if marker.is_file() and json.loads(marker.read_text()) == wanted:
         return path
@@ -57,6 +72,7 @@ def make_tiny_checkpoint(path: str | os.PathLike, seed: int = 0, *, arch: str = 
             glm_codebook_size=glm_config.quantize_vocab_size,
             global_codebook_size=math.prod(bicodec_config.speaker_encoder.fsq_levels),
             semantic_codebook_size=bicodec_config.quantizer.codebook_size,
+            emitted_text=emitted_text,
         )
         (staging / MARKER).write_text(json.dumps(wanted))
         if path.exists():

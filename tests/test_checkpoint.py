@@ -73,6 +73,42 @@ def test_load_module_draws_no_random_weights_and_loads_every_one(tmp_path):
         load_module(WithWindow, path)  # an uninitialised parameter is never handed out
 
 
+def test_stored_derived_buffers_are_checked_then_dropped(tmp_path):
+    """A checkpoint may carry buffers that follow from the config (torchaudio's mel filterbank and window in the
+    reference's BiCodec): equal to what we compute, they load; different, the load fails naming them; any other
+    unexpected key is still an error."""
+    state = Tiny().state_dict()
+    window = torch.hann_window(8)
+    derived = {"mel.window": window}
+    path = tmp_path / "model.safetensors"
+
+    for stored in (window, window.half(), window.bfloat16(), window + 5e-7):  # the dtype it was saved in is fine
+        save_file(state | {"mel.window": stored.contiguous()}, path)
+        model = Tiny()
+        load_safetensors_strict(model, path, derived=derived)
+        assert torch.equal(model.proj.weight, state["proj.weight"])
+    save_file(state, path)
+    load_safetensors_strict(Tiny(), path, derived=derived)  # absent: computed anyway, nothing is missing
+
+    wrong = window.clone()
+    wrong[3] += 1e-3
+    for bad, reason in (
+        (wrong, r"mel\.window differs from the value computed from the config \(max abs difference 0\.001"),
+        (torch.full_like(window, float("nan")), r"mel\.window differs"),
+        (torch.hann_window(10), r"mel\.window has shape \(10,\), but the config gives \(8,\)"),
+        (torch.ones(8, dtype=torch.int64), r"mel\.window is stored as torch\.int64"),
+    ):
+        save_file(state | {"mel.window": bad}, path)
+        with pytest.raises(CheckpointError, match=reason):
+            load_safetensors_strict(Tiny(), path, derived=derived)
+    with pytest.raises(CheckpointError, match=r"unexpected keys \[mel\.window\]"):
+        save_file(state | {"mel.window": window}, path)
+        load_safetensors_strict(Tiny(), path)  # not declared derived: an unexpected key as before
+    save_file(state | {"mel.window": window, "mel.fb": torch.zeros(3)}, path)
+    with pytest.raises(CheckpointError, match=r"unexpected keys \[mel\.fb\]"):
+        load_module(Tiny, path, derived=derived)
+
+
 def test_load_module_leaves_other_threads_alone(tmp_path):
     import threading
 

@@ -5,6 +5,10 @@ The goldens under tests/fixtures/parity/ were made by running the reference code
 input for that stage (the LLM on the reference's prompt ids, BiCodec decoding on the reference's tokens, ...), so
 a failure names the stage and module that diverged instead of a symptom further down the pipeline.
 
+Transcripts: the tiny checkpoints above emit byte fragments as text. Their ``emitted_text`` variants (goldens under
+tests/fixtures/parity/transcripts/) emit whole characters, so the reference's STT text, as ``run_stt`` returns it,
+is compared as a string.
+
 Two reference routes exist for audio given to BiCodec: GPAInference passes file paths (soundfile, then
 percentile loudness normalisation), the server passes tensors (peak normalisation to 0.9). Both are recorded;
 ``GPA.bicodec.normalization`` ("percentile" / "peak") selects which one ours follows.
@@ -14,29 +18,37 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from gpa import GPA
 from gpa.audio import load_audio
+from gpa.bicodec import BiCodec
 from gpa.bicodec.preprocess import normalize
+from gpa.errors import CheckpointError
 from gpa.generation import GenerationOptions, generate
 from gpa.glm_tokenizer import TooLongAudio
+from gpa.prompts import text_from_generation
 from gpa.testing import make_tiny_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures" / "parity"
 SPEC = json.loads((FIXTURES / "spec.json").read_text())
 CHECKPOINTS = sorted(p.parent.name for p in FIXTURES.glob("*/checkpoint.json"))
+TEXT_CHECKPOINTS = sorted(p.parent.name for p in (FIXTURES / "transcripts").glob("*/checkpoint.json"))
 ROUTES = {"file": "percentile", "tensor": "peak"}  # reference route -> our BiCodec normalization
 
 
 @dataclass
 class Case:
     name: str
+    directory: Path
     model: GPA
     ref: dict
     arrays: dict[str, np.ndarray]
@@ -55,23 +67,28 @@ def _sha256_tree(root: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module", params=CHECKPOINTS)
-def case(request, tmp_path_factory) -> Case:
-    golden = FIXTURES / request.param
+def _rebuild(golden: Path, tmp: Path) -> tuple[Path, dict]:
+    """The checkpoint the goldens in ``golden`` were made from, checked file by file against their sha256."""
     manifest = json.loads((golden / "checkpoint.json").read_text())
-    ckpt = make_tiny_checkpoint(tmp_path_factory.mktemp(request.param) / "ckpt", **manifest["make_tiny_checkpoint"])
+    ckpt = make_tiny_checkpoint(tmp / "ckpt", **manifest["make_tiny_checkpoint"])
     files = _sha256_tree(ckpt)
     changed = sorted(k for k in files.keys() | manifest["files"].keys() if files.get(k) != manifest["files"].get(k))
     assert not changed, (
         f"make_tiny_checkpoint{manifest['make_tiny_checkpoint']} no longer writes the checkpoint the goldens were "
         f"made from (differing files: {changed}); regenerate the goldens with the reference (tests/fixtures/README.md)"
     )
-    ref = json.loads((golden / "reference.json").read_text())
+    return ckpt, json.loads((golden / "reference.json").read_text())
+
+
+@pytest.fixture(scope="module", params=CHECKPOINTS)
+def case(request, tmp_path_factory) -> Case:
+    golden = FIXTURES / request.param
+    ckpt, ref = _rebuild(golden, tmp_path_factory.mktemp(request.param))
     with np.load(golden / "arrays.npz") as data:
         arrays = dict(data)
     paths = [str(FIXTURES / "inputs" / name) for name in ref["inputs"]]
     model = GPA.from_pretrained(ckpt)
-    return Case(request.param, model, ref, arrays, paths, [load_audio(p) for p in paths])
+    return Case(request.param, ckpt, model, ref, arrays, paths, [load_audio(p) for p in paths])
 
 
 @pytest.fixture
@@ -279,3 +296,85 @@ def test_bicodec_decode(case):
     for k, (wav, (_, _, expected)) in enumerate(zip(batched, pairs, strict=True)):
         err = float(np.abs(wav - expected).max())
         assert err <= 1e-4, _where(case, f"batched BiCodec decode of pair {k}: max abs error {err:.2e}")
+
+
+def test_bicodec_state_saved_by_the_reference_loads(case, tmp_path):
+    """The reference's BiCodec module keeps torchaudio's mel filterbank and window in its state dict. Saved from it
+    (weight norm not yet removed), our checkpoint's weights come back bit for bit plus those two buffers, stored in
+    bicodec_buffers.npz: that file loads and tokenizes the same; with either buffer off by 1e-3 it is refused."""
+    with np.load(FIXTURES / case.name / "bicodec_buffers.npz") as data:
+        buffers = {k: torch.from_numpy(v) for k, v in data.items()}
+    assert sorted(buffers) == ["mel_transformer.mel_scale.fb", "mel_transformer.spectrogram.window"]
+    directory = tmp_path / "BiCodec"
+    shutil.copytree(case.directory / "BiCodec", directory)
+    weights = load_file(directory / "model.safetensors")
+    save_file(weights | buffers, directory / "model.safetensors")
+    codec = BiCodec.from_pretrained(directory)
+    audio = case.audio[:2]
+    assert [[t.tolist() for t in pair] for pair in codec.tokenize(audio)] == [
+        [t.tolist() for t in pair] for pair in case.model.bicodec.tokenize(audio)
+    ], _where(case, "tokens after loading the reference-saved BiCodec state")
+    for key in buffers:
+        bad = buffers[key].clone()
+        bad.view(-1)[bad.numel() // 2] += 1e-3
+        save_file(weights | buffers | {key: bad}, directory / "model.safetensors")
+        with pytest.raises(CheckpointError, match=re.escape(key) + " differs from the value computed from the config"):
+            BiCodec.from_pretrained(directory)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# STT transcripts (gpa/prompts.py text_from_generation, through GPA.transcribe) on text-emitting checkpoints
+
+# Departure (docs/fidelity.md): the reference leaves spelled-out audio tokens in a transcript, we drop them.
+_AUDIO_TOKEN = re.compile(r"<\|(?:glm_semantic|bicodec_global|bicodec_semantic)_\d+\|>")
+
+
+@pytest.fixture(scope="module", params=TEXT_CHECKPOINTS)
+def text_case(request, tmp_path_factory) -> tuple[str, GPA, dict]:
+    ckpt, ref = _rebuild(FIXTURES / "transcripts" / request.param, tmp_path_factory.mktemp(request.param))
+    return request.param, GPA.from_pretrained(ckpt), ref
+
+
+def test_transcript_goldens_have_spaces_and_audio_tokens():
+    """What the transcript goldens exercise together: words after spaces, and spelled-out audio tokens where a
+    generation left text mode (the reference keeps them, we drop them)."""
+    transcripts = [
+        rec["transcript"]
+        for name in TEXT_CHECKPOINTS
+        for rec in json.loads((FIXTURES / "transcripts" / name / "reference.json").read_text())["stt"]
+    ]
+    assert any(re.search(r" [A-Za-z]", t) for t in transcripts)
+    assert any(_AUDIO_TOKEN.search(t) for t in transcripts)
+
+
+def test_stt_transcripts(text_case):
+    """Per input: prompt ids, greedy ids (the checkpoint's repetition penalty applies in both), the transcript
+    decoded from the reference's ids, then GPA.transcribe end to end (all inputs the reference did not truncate,
+    in one batch)."""
+    name, model, ref = text_case
+    options = model.checkpoint_generation["stt"]
+    assert options.repetition_penalty == ref["generation_config"]["repetition_penalty"]
+    whole = []
+    for rec in ref["stt"]:
+        where = f"[{name}] {rec['input']}"
+        path = str(FIXTURES / "inputs" / rec["input"])
+        expected = _AUDIO_TOKEN.sub("", rec["transcript"])
+        if rec["glm_truncated"]:
+            with pytest.raises(TooLongAudio):
+                model.stt_prompt_ids(path)
+        else:
+            assert model.stt_prompt_ids(path) == rec["input_ids"], f"{where}: stt prompt"
+            whole.append((path, expected))
+        out = generate(model.llm, [rec["input_ids"]], options, layout=model.layout, task="stt",
+                       pad_id=model.layout.pad_id)[0]
+        assert out.ids + ([model.layout.im_end] if out.stopped else []) == rec["greedy"], f"{where}: greedy ids"
+        text = text_from_generation(model.tokenizer, model.layout, rec["greedy"])
+        assert text == expected, f"{where}: transcript decoded from the reference's ids"
+    texts = "".join(_AUDIO_TOKEN.sub("", rec["transcript"]) for rec in ref["stt"])
+    for kind, pattern in (("Chinese", r"[\u4e00-\u9fff]"), ("Latin", r"[A-Za-z]"), ("digits", r"\d")):
+        assert re.search(pattern, texts), f"[{name}] the transcript goldens have no {kind}"
+    results = model.transcribe([p for p, _ in whole])
+    for (path, expected), result in zip(whole, results, strict=True):
+        assert result.error is None and len(result.segments) == 1, path
+        assert result.segments[0].text == expected, f"[{name}] {Path(path).name}: GPA.transcribe"
+        assert result.text == expected.strip()

@@ -61,6 +61,11 @@ class MelSpectrogram(nn.Module):
         fb = slaney_filterbank(config.n_fft // 2 + 1, config.mel_fmin, f_max, config.num_mels, config.sample_rate)
         self.register_buffer("fb", fb, persistent=False)
 
+    def torchaudio_buffers(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The buffers under the names torchaudio's ``MelSpectrogram`` module at ``prefix`` stores (persistent
+        there: the reference's BiCodec keeps them in its state dict), for checking a checkpoint that has them."""
+        return {f"{prefix}spectrogram.window": self.window, f"{prefix}mel_scale.fb": self.fb}
+
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         wav = wav.float()
         spec = torch.stft(

@@ -81,7 +81,9 @@ class BiCodec:
         """Load ``directory`` (the ``BiCodec`` folder: config.yaml, model.safetensors, wav2vec2-large-xlsr-53/)."""
         directory = Path(directory)
         config = load_config(directory / CONFIG_FILE)
-        codec = load_module(lambda: BiCodecModel(config), directory / WEIGHTS_FILE)
+        # A state dict saved from the reference's BiCodec also holds its torchaudio mel buffers: checked, then dropped.
+        mel_buffers = MelSpectrogram(config.mel_params).torchaudio_buffers("mel_transformer.")
+        codec = load_module(lambda: BiCodecModel(config), directory / WEIGHTS_FILE, derived=mel_buffers)
         codec = codec.to(device=device, dtype=dtype).eval()
         wav2vec2 = Wav2Vec2Features.from_pretrained(directory / WAV2VEC2_DIR, device=device, dtype=dtype)
         return cls(config, codec, wav2vec2, device=device, dtype=dtype, normalization=normalization)
