@@ -508,7 +508,7 @@ def _containers(node):
 
 def test_ray_version_matches_the_image():
     dockerfile = (ROOT / "cluster" / "Dockerfile").read_text()
-    base_tag = re.search(r"^ARG RAY_IMAGE=rayproject/ray:(\d+\.\d+\.\d+)-py\d+-gpu$", dockerfile, re.M).group(1)
+    base_tag = re.search(r"^ARG RAY_IMAGE=rayproject/ray:(\d+\.\d+\.\d+)-py\d+-cu\d+", dockerfile, re.M).group(1)
     for path in RENDERED:
         for doc in render(path):
             for where, spec in cluster_specs(doc):
@@ -552,3 +552,18 @@ def test_operator_values_switch_on_the_raycronjob_gate():
     gates = {g["name"]: g["enabled"] for g in values["featureGates"]}
     assert gates["RayCronJob"] is True
     assert len(gates) == len(values["featureGates"]), "a gate listed twice"
+
+
+def test_the_docs_tell_how_to_upgrade_the_operators_crds():
+    """Helm installs a chart's crds/ on install only: an upgrade from KubeRay 1.5 leaves RayCronJob undefined."""
+    docs = (ROOT / "docs" / "cluster.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", docs, flags=re.S)
+    (upgrade,) = [b for b in blocks if "helm upgrade" in b]
+    steps = [line.split()[:3] for line in upgrade.replace("\\\n", " ").splitlines() if line.strip()]
+    assert ["helm", "pull", "kuberay/kuberay-operator"] in steps
+    apply = upgrade.index("kubectl apply --server-side")
+    assert "/crds/" in upgrade[apply:].splitlines()[0]
+    assert apply < upgrade.index("helm upgrade"), "CRDs before the operator that needs them"
+    assert "raycronjobs.ray.io" in upgrade
+    values = (KUBE / "kuberay-operator-values.yaml").read_text()
+    assert "helm upgrade` never installs or updates CRDs" in values
