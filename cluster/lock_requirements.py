@@ -6,7 +6,9 @@ at the version installed in this environment. Run it in the environment the test
     python cluster/lock_requirements.py --check   # exit 1, with a diff, if the lock differs from this environment
 
 Local version labels are dropped (``torch 2.13.0+cpu`` in CI locks ``torch==2.13.0``, PyPI's CUDA build of the same
-release, whose own CUDA dependencies are pinned exactly by torch). Test-only packages are not in the lock.
+release, whose own CUDA dependencies are pinned exactly by torch). Test-only packages are not in the lock. Lines
+carry no extras (``ray[data,default]`` is ``ray`` plus what those extras require, each listed), so the file also
+works as a pip constraints file (``pip install -c cluster/requirements.txt ...``).
 """
 
 from __future__ import annotations
@@ -86,8 +88,7 @@ def render_lock(found: dict[str, dict] | None = None) -> str:
     lines = [HEADER.rstrip("\n")]
     for key in sorted(found):
         entry = found[key]
-        extras = f"[{','.join(sorted(entry['extras']))}]" if entry["extras"] else ""
-        lines.append(f"{key}{extras}=={entry['version']}")
+        lines.append(f"{key}=={entry['version']}")  # no extras: what they bring is listed, and pip -c takes it
         lines.append(f"    # via {', '.join(sorted(entry['via']))}")
     return "\n".join(lines) + "\n"
 

@@ -140,8 +140,12 @@ def test_every_dependency_is_pinned_within_the_project_ranges():
         assert name in pins, f"{name} is not pinned in cluster/requirements.txt"
         version = pinned(pins[name])
         assert dependency.specifier.contains(version, prereleases=True), f"{name}=={version} vs {dependency}"
-        assert dependency.extras <= pins[name].extras, f"{name}: extras {dependency.extras - pins[name].extras}"
-    assert {"data", "default"} <= pins["ray"].extras, "ray[default] brings the job server `ray job submit` uses"
+        for extra in dependency.extras:  # what ray[data,default] brings is locked too (default: the job server)
+            for line in importlib.metadata.requires(dependency.name) or []:
+                needed = Requirement(line)
+                if needed.marker and needed.marker.evaluate({"extra": extra}) and \
+                        not needed.marker.evaluate({"extra": ""}):
+                    assert canonicalize_name(needed.name) in pins, f"{name}[{extra}] needs {needed.name}"
 
 
 def _ignored(path: str, patterns: list[str]) -> bool:
