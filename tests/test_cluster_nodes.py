@@ -17,7 +17,7 @@ from test_cluster_manifests import KUBE, OVERLAYS, RENDERED, ROOT, cluster_specs
 # What the node's own DaemonSets (CNI, kube-proxy, logging, the NVIDIA device plugin, ...) may request.
 DAEMONSET_ALLOWANCE = {"cpu": 1.0, "memory_gib": 2.0}
 EVICTION_HARD_GIB = 100 / 1024
-CLOUD_OF_OVERLAY = {"eks": "EKS", "gke": "GKE"}
+INSTANCE_TYPE = "node.kubernetes.io/instance-type"
 
 
 def cpu_reserved(vcpu: int) -> float:
@@ -136,11 +136,14 @@ def test_the_checks_refuse_a_pod_as_big_as_its_node():
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
 def test_each_overlay_selects_the_node_types_of_the_table(overlay):
-    cloud = CLOUD_OF_OVERLAY[overlay.name]
-    wanted = {r["Ray pod"]: r["Node type"] for r in node_shapes() if r["Cloud"] == cloud}
+    """All three groups select (node.kubernetes.io/instance-type) the node types of one cloud's rows."""
+    rows = node_shapes()
     for doc in render(overlay):
         for where, spec in cluster_specs(doc):
             groups = [("head", spec["headGroupSpec"])] + [(g["groupName"], g) for g in spec["workerGroupSpecs"]]
-            for group, body in groups:
-                selector = body["template"]["spec"].get("nodeSelector") or {}
-                assert selector.get("node.kubernetes.io/instance-type") == wanted[group], f"{where} {group}"
+            selected = {group: (body["template"]["spec"].get("nodeSelector") or {}).get(INSTANCE_TYPE)
+                        for group, body in groups}
+            clouds = {r["Cloud"] for r in rows if r["Ray pod"] == "gpu" and r["Node type"] == selected["gpu"]}
+            assert len(clouds) == 1, f"{where}: GPU node type {selected['gpu']!r} is not in the table"
+            wanted = {r["Ray pod"]: r["Node type"] for r in rows if r["Cloud"] in clouds}
+            assert selected == wanted, where
