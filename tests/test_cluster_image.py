@@ -5,6 +5,8 @@ by Ray's own cluster-config validator."""
 from __future__ import annotations
 
 import fnmatch
+import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -18,6 +20,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 try:
     import tomllib
@@ -57,11 +60,19 @@ def pinned(req: Requirement) -> str:
 
 
 def base_image() -> tuple[str, str, str]:
-    """(ray version, python tag, variant) of the default base image."""
+    """(ray version, python tag, CUDA variant) of the default base image."""
     found = dict(instructions(CLUSTER / "Dockerfile"))
-    match = re.fullmatch(r"RAY_IMAGE=rayproject/ray:(\d+\.\d+\.\d+)-(py3\d+)-(gpu|cu\d+)", found["ARG"])
-    assert match, f"base image must be a pinned Ray GPU image, got {found['ARG']!r}"
-    return match.groups()
+    match = re.fullmatch(r"RAY_IMAGE=rayproject/ray:(\d+\.\d+\.\d+)-(py3\d+)-(cu\d+)(@sha256:[0-9a-f]{64})?",
+                         found["ARG"])
+    assert match, f"base image must be a Ray image pinned to a CUDA variant (-cuXYZ, not -gpu), got {found['ARG']!r}"
+    return match.groups()[:3]
+
+
+def load_locker():
+    spec = importlib.util.spec_from_file_location("lock_requirements", CLUSTER / "lock_requirements.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_base_image_is_a_pinned_ray_gpu_image():
@@ -71,6 +82,43 @@ def test_base_image_is_a_pinned_ray_gpu_image():
     requires_python = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
     assert Requirement(f"python{requires_python}").specifier.contains(f"3.{python_tag[3:]}")
     assert pinned(requirements()["ray"]) == ray_version, "pip must not replace the Ray of the base image"
+
+
+def test_the_base_images_cuda_is_the_one_torch_is_built_with():
+    """The tag names CUDA major+minor (cu130 = 13.0); the build compares torch.version.cuda with the base image's
+    CUDA_VERSION, so a lock that moves torch to another CUDA build stops the build instead of failing on a node."""
+    _, _, variant = base_image()
+    cuda = f"{variant[2:-1]}.{variant[-1]}"
+    runs = " && ".join(args for keyword, args in instructions(CLUSTER / "Dockerfile") if keyword == "RUN")
+    assert "pip install --no-cache-dir -r cluster/requirements.txt && python -c" in runs
+    assert "torch.version.cuda == base" in runs and "os.environ['CUDA_VERSION']" in runs
+    docs = (ROOT / "docs" / "cluster.md").read_text()
+    assert f"CUDA {cuda}" in docs and f"-{variant}`" in docs
+    assert re.search(r"driver (?:of the \*\*R)?580", docs) and "580 or newer" in docs, "docs name the driver"
+
+
+def test_the_lock_is_what_the_tests_run_with():
+    """cluster/requirements.txt lists the project's run-time closure at exactly the versions installed here."""
+    _, python_tag, _ = base_image()
+    assert f"py{sys.version_info[0]}{sys.version_info[1]}" == python_tag, "lock from the image's Python version"
+    locker = load_locker()
+    wanted = locker.render_lock()
+    assert (CLUSTER / "requirements.txt").read_text() == wanted, "run: python cluster/lock_requirements.py"
+    pins = requirements()
+    assert "pytest" not in pins and "moto" not in pins, "test-only packages stay out of the image"
+    for name in ("huggingface-hub", "pyarrow", "mlflow", "torch", "aiobotocore", "botocore"):
+        assert pinned(pins[name]) == Version(importlib.metadata.version(name)).public, name
+
+
+def test_the_lock_check_reports_a_drift(tmp_path, monkeypatch, capsys):
+    locker = load_locker()
+    stale = tmp_path / "requirements.txt"
+    stale.write_text(re.sub(r"^pyarrow==\S+$", "pyarrow==25.0.1", locker.render_lock(), flags=re.M))
+    monkeypatch.setattr(locker, "LOCK", stale)
+    assert locker.main(["--check"]) == 1
+    diff = capsys.readouterr().out
+    assert "-pyarrow==25.0.1" in diff and f"+pyarrow=={importlib.metadata.version('pyarrow')}" in diff
+    assert locker.main([]) == 0 and locker.main(["--check"]) == 0
 
 
 def test_hadolint_finds_nothing():
@@ -92,8 +140,12 @@ def test_every_dependency_is_pinned_within_the_project_ranges():
         assert name in pins, f"{name} is not pinned in cluster/requirements.txt"
         version = pinned(pins[name])
         assert dependency.specifier.contains(version, prereleases=True), f"{name}=={version} vs {dependency}"
-        assert dependency.extras <= pins[name].extras, f"{name}: extras {dependency.extras - pins[name].extras}"
-    assert {"data", "default"} <= pins["ray"].extras, "ray[default] brings the job server `ray job submit` uses"
+        for extra in dependency.extras:  # what ray[data,default] brings is locked too (default: the job server)
+            for line in importlib.metadata.requires(dependency.name) or []:
+                needed = Requirement(line)
+                if needed.marker and needed.marker.evaluate({"extra": extra}) and \
+                        not needed.marker.evaluate({"extra": ""}):
+                    assert canonicalize_name(needed.name) in pins, f"{name}[{extra}] needs {needed.name}"
 
 
 def _ignored(path: str, patterns: list[str]) -> bool:
@@ -143,6 +195,29 @@ def test_the_node_local_cache_is_the_same_everywhere():
         assert image_env[key].startswith("/mnt/gpa-cache/")
     ray_up = yaml.safe_load((CLUSTER / "vm" / "ray-up.yaml").read_text())
     assert "--volume /mnt/gpa-cache:/mnt/gpa-cache" in ray_up["docker"]["run_options"]
+
+
+RAY_USER = (1000, 100)  # uid and gid of `ray` in Ray's images (COPY --chown=ray:users)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_ray_up_makes_the_cache_writable_for_the_container_user(tmp_path):
+    """The VM's initialization_commands (run on the host before Docker starts the container) leave the cache's
+    host directory owned by the container's user; Docker alone would create it as root 0755."""
+    config = yaml.safe_load((CLUSTER / "vm" / "ray-up.yaml").read_text())
+    (volume,) = [o for o in config["docker"]["run_options"] if o.startswith("--volume")]
+    host_dir = volume.split()[1].split(":")[0]
+    commands = config["initialization_commands"]
+    assert commands and all(c.startswith("sudo ") for c in commands)
+    host = tmp_path / "host"
+    for _ in range(2):  # every `ray up` runs them again: they must be idempotent
+        for command in commands:
+            argv = [w.replace(host_dir, str(host) + host_dir) for w in shlex.split(command)[1:]]
+            subprocess.run(argv, check=True, timeout=30)
+    made = (host / host_dir.lstrip("/")).stat()
+    assert (made.st_uid, made.st_gid) == RAY_USER
+    assert made.st_mode & 0o700 == 0o700 and made.st_mode & 0o070 == 0o070
+    assert "--chown=ray:users" in (CLUSTER / "Dockerfile").read_text()
 
 
 def test_ray_up_config_validates_with_rays_own_validator():

@@ -3,9 +3,11 @@ server on 127.0.0.1 that stores RayJobs and moves them through KubeRay's states.
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import json
 import threading
+import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -38,14 +40,20 @@ def the_template() -> dict:
 
 
 class FakeKube:
-    """Just enough of the API server: GET/list/POST RayJobs in one namespace. A created RayJob reports
-    Initializing, then Running, then the final state given to the constructor."""
+    """Just enough of the API server: GET/list/POST/DELETE RayJobs in one namespace. A created RayJob reports
+    Initializing, then Running, then the final state given to the constructor (None: it runs forever). ``errors``
+    holds (method, HTTP code) answers to give instead of the next matching requests, in order; a deleted RayJob
+    stays readable for two more GETs (foreground deletion of its cluster), then is gone."""
 
-    def __init__(self, final=("Complete", "SUCCEEDED")):
+    def __init__(self, final=("Complete", "SUCCEEDED"), age_s: float = 0.0):
         self.objects = {"gpa-transcribe-nightly-template": the_template()}
         self.final = final
+        self.age_s = age_s  # created RayJobs look this much older (a run started by an earlier pod)
         self.reads: dict[str, int] = {}
         self.created: list[dict] = []
+        self.deleted: list[tuple[str, dict]] = []
+        self.errors: list[tuple[str, int]] = []
+        self.requests: list[str] = []
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -60,7 +68,18 @@ class FakeKube:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _injected(self, method) -> bool:
+                fake.requests.append(f"{method} {self.path}")
+                for i, (m, code) in enumerate(fake.errors):
+                    if m == method:
+                        del fake.errors[i]
+                        self._send(code, {"kind": "Status", "code": code, "message": f"injected {code}"})
+                        return True
+                return False
+
             def do_GET(self):
+                if self._injected("GET"):
+                    return
                 url = urllib.parse.urlparse(self.path)
                 prefix = f"/apis/ray.io/v1/namespaces/{NAMESPACE}/rayjobs"
                 if url.path == prefix:
@@ -70,12 +89,26 @@ class FakeKube:
                     return self._send(200, {"kind": "RayJobList", "items": items})
                 name = url.path.removeprefix(prefix + "/")
                 if name not in fake.objects:
-                    return self._send(404, {"kind": "Status", "code": 404})
+                    return self._send(404, {"kind": "Status", "code": 404,
+                                            "message": f'rayjobs.ray.io "{name}" not found'})
                 return self._send(200, fake.read(name))
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self._injected("POST"):
+                    return
                 return self._send(201, fake.create(body))
+
+            def do_DELETE(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                if self._injected("DELETE"):
+                    return
+                name = urllib.parse.urlparse(self.path).path.rsplit("/", 1)[-1]
+                if name not in fake.objects:
+                    return self._send(404, {"kind": "Status", "code": 404})
+                fake.deleted.append((name, body))
+                fake.objects[name]["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+                return self._send(200, fake.objects[name])
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -86,17 +119,25 @@ class FakeKube:
         name = body["metadata"]["generateName"] + f"{len(self.created):05d}"
         stored = json.loads(json.dumps(body))
         stored["metadata"]["name"] = name
+        created = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=self.age_s)
+        stored["metadata"]["creationTimestamp"] = created.strftime("%Y-%m-%dT%H:%M:%SZ")
         self.created.append(stored)
         self.objects[name] = stored
         return stored
 
     def read(self, name):
         obj = self.objects[name]
+        if "deletionTimestamp" in obj["metadata"]:
+            n = self.reads[name] = self.reads.get(name, 0) + 1
+            if n >= 2:
+                del self.objects[name]
+            return obj
         if obj in self.created:
             n = self.reads[name] = self.reads.get(name, 0) + 1
+            final = self.final or ("Running", "RUNNING")
             obj["status"] = ({"jobDeploymentStatus": "Initializing"} if n < 2 else
                              {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"} if n < 4 else
-                             {"jobDeploymentStatus": self.final[0], "jobStatus": self.final[1]})
+                             {"jobDeploymentStatus": final[0], "jobStatus": final[1]})
         return obj
 
     def close(self):
@@ -176,3 +217,88 @@ def test_a_failed_run_fails_the_pod(monkeypatch):
 ])
 def test_terminal_states(status, expected):
     assert launcher.run_succeeded({"status": status}) is expected
+
+
+ARGS = ["--template", "gpa-transcribe-nightly-template", "--namespace", NAMESPACE, "--poll-s", "0.01"]
+
+
+@pytest.mark.parametrize("method, code", [("GET", 403), ("GET", 401), ("POST", 422)])
+def test_a_refusal_is_fatal_with_one_clear_line(kube, monkeypatch, capsys, method, code):
+    """4xx: RBAC, credentials or an invalid object; asking again cannot help, so it is not retried."""
+    monkeypatch.setenv("OWNER_JOB_NAME", "gpa-transcribe-nightly-4")
+    monkeypatch.setenv("OWNER_JOB_UID", "uid-4")
+    kube.errors = [(method, code)] * 5
+    code_ = launcher.main([*ARGS, "--wait", "--api-server", kube.url])
+    err = capsys.readouterr().err
+    assert code_ == 2
+    (line,) = err.strip().splitlines()
+    assert f"HTTP {code}" in line and f"injected {code}" in line and "/rayjobs" in line
+    assert len(kube.errors) == 4, "a refused request is asked once"
+    assert kube.created == []
+
+
+def test_a_missing_template_is_fatal(kube, monkeypatch, capsys):
+    monkeypatch.delenv("OWNER_JOB_UID", raising=False)
+    code = launcher.main(["--template", "no-such-template", "--namespace", NAMESPACE, "--api-server", kube.url])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "HTTP 404" in err and "no-such-template" in err and len(err.splitlines()) == 1
+
+
+def test_server_errors_and_timeouts_are_retried(kube, monkeypatch, capsys):
+    monkeypatch.setenv("OWNER_JOB_NAME", "gpa-transcribe-nightly-5")
+    monkeypatch.setenv("OWNER_JOB_UID", "uid-5")
+    kube.errors = [("GET", 503), ("GET", 500), ("POST", 429), ("GET", 504), ("GET", 408)]
+    assert launcher.main([*ARGS, "--wait", "--deadline-s", "60", "--api-server", kube.url]) == 0
+    assert kube.errors == [], "every injected error was met and retried"
+    assert len(kube.created) == 1, "a retried create lists by owner first: one run"
+    out = capsys.readouterr().out
+    assert "API error" in out and "succeeded" in out
+
+
+def test_an_unreachable_api_server_is_retried_until_the_deadline(monkeypatch, capsys):
+    monkeypatch.delenv("OWNER_JOB_UID", raising=False)
+    from jobs_helpers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there: connection refused
+    started = time.monotonic()
+    code = launcher.main([*ARGS, "--wait", "--deadline-s", "0.3", "--api-server", url])
+    assert code == 1 and 0.3 <= time.monotonic() - started < 10
+    assert "kept failing until the deadline" in capsys.readouterr().err
+
+
+def test_a_run_past_its_deadline_is_deleted_and_awaited(monkeypatch, capsys):
+    """A run that never ends: at the deadline the launcher deletes its RayJob (foreground: cluster first) and
+    returns only once it is gone, so the CronJob's Forbid still means one run at a time."""
+    kube = FakeKube(final=None)
+    try:
+        monkeypatch.setenv("OWNER_JOB_NAME", "gpa-transcribe-nightly-6")
+        monkeypatch.setenv("OWNER_JOB_UID", "uid-6")
+        started = time.monotonic()
+        code = launcher.main([*ARGS, "--wait", "--deadline-s", "1", "--api-server", kube.url])
+        elapsed = time.monotonic() - started
+    finally:
+        kube.close()
+    assert code == 1
+    (run,) = kube.created
+    name = run["metadata"]["name"]
+    assert kube.deleted == [(name, {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Foreground"})]
+    assert name not in kube.objects, "returned before the RayJob was gone"
+    assert elapsed < 10
+    out = capsys.readouterr().out
+    assert f"rayjob/{name} deleted: run stopped at its deadline" in out
+
+
+def test_the_deadline_counts_from_the_run_not_from_the_pod(monkeypatch, capsys):
+    """A relaunched pod (the first was evicted) inherits the run's deadline: it counts from the RayJob's
+    creation, so pod retries cannot stretch a run the way KubeRay's own retries stretch activeDeadlineSeconds."""
+    kube = FakeKube(final=None, age_s=3600)
+    try:
+        monkeypatch.setenv("OWNER_JOB_NAME", "gpa-transcribe-nightly-7")
+        monkeypatch.setenv("OWNER_JOB_UID", "uid-7")
+        assert launcher.main([*ARGS, "--api-server", kube.url]) == 0  # the first pod started the run
+        code = launcher.main([*ARGS, "--wait", "--deadline-s", "1800", "--api-server", kube.url])
+    finally:
+        kube.close()
+    assert code == 1 and len(kube.created) == 1
+    assert [name for name, _ in kube.deleted] == [kube.created[0]["metadata"]["name"]]

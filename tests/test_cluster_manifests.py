@@ -31,6 +31,11 @@ RAY_KINDS = ("RayCluster", "RayJob", "RayCronJob")
 DEPLOY_LABEL = "gpa-batch/deploy"
 UNITS = ("cluster", "transcribe", "synthesize", "convert", "nightly-raycronjob", "nightly-cronjob")
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# The longest a run may hold a cluster, retries included (docs/cluster.md): KubeRay restarts a RayJob's
+# activeDeadlineSeconds with each retry, so (backoffLimit + 1) x activeDeadlineSeconds must stay within it.
+RUN_DEADLINE_S = 12 * 3600
+# Secrets the site creates itself (docs/cluster.md shows how); the manifests only refer to them.
+USER_SECRETS = {"gpa-batch-s3-keys"}
 
 
 # --- rendering ---------------------------------------------------------------------------------------------------
@@ -201,8 +206,7 @@ def kuberay_problems(doc: dict) -> list[str]:
             problems.append(f"{where}: activeDeadlineSeconds must be positive")
         if spec.get("backoffLimit", 0) < 0:
             problems.append(f"{where}: negative backoffLimit")
-        if spec.get("deletionStrategy"):
-            problems.append(f"{where}: deletionStrategy needs the RayJobDeletionPolicy feature gate")
+        problems += deletion_strategy_problems(where, spec, in_raycronjob=doc["kind"] == "RayCronJob")
         if not isinstance(yaml.safe_load(spec.get("runtimeEnvYAML") or "{}"), dict):
             problems.append(f"{where}: runtimeEnvYAML is not a YAML mapping")
     for where, spec in cluster_specs(doc):
@@ -228,6 +232,46 @@ def kuberay_problems(doc: dict) -> list[str]:
     return problems
 
 
+def operator_gates() -> dict[str, bool]:
+    values = yaml.safe_load((KUBE / "kuberay-operator-values.yaml").read_text())
+    return {g["name"]: g["enabled"] for g in values["featureGates"]}
+
+
+def deletion_strategy_problems(where: str, spec: dict, in_raycronjob: bool) -> list[str]:
+    """KubeRay's checks of deletionStrategy.deletionRules (RayJobDeletionPolicy feature gate, as of v1.6)."""
+    strategy = spec.get("deletionStrategy")
+    if not strategy:
+        return []
+    problems = []
+    # The one-off RayJobs must run on an operator installed with the chart's defaults; the RayCronJob already
+    # needs our values file, which also switches this gate on.
+    if not in_raycronjob or not operator_gates().get("RayJobDeletionPolicy"):
+        problems.append(f"{where}: deletionStrategy needs the RayJobDeletionPolicy feature gate")
+    rules = strategy.get("deletionRules") or []
+    if ("onSuccess" in strategy or "onFailure" in strategy) and rules:
+        problems.append(f"{where}: onSuccess/onFailure and deletionRules are mutually exclusive")
+    if rules and spec.get("shutdownAfterJobFinishes"):
+        problems.append(f"{where}: deletionRules and shutdownAfterJobFinishes are mutually exclusive")
+    seen, ttls = set(), {}
+    for rule in rules:
+        condition = rule["condition"]
+        if ("jobStatus" in condition) == ("jobDeploymentStatus" in condition):
+            problems.append(f"{where}: a deletion rule needs exactly one of jobStatus, jobDeploymentStatus")
+        key = (condition.get("jobStatus") or condition.get("jobDeploymentStatus"), rule["policy"])
+        if key in seen:
+            problems.append(f"{where}: deletion rule {key} given twice")
+        seen.add(key)
+        ttls.setdefault(key[0], {})[rule["policy"]] = condition.get("ttlSeconds", 0)
+    order = ("DeleteWorkers", "DeleteCluster", "DeleteSelf")
+    for status, by_policy in ttls.items():
+        steps = [by_policy[p] for p in order if p in by_policy]
+        if steps != sorted(steps):
+            problems.append(f"{where}: deletion TTLs for {status} must grow DeleteWorkers -> DeleteCluster -> Self")
+        if "DeleteWorkers" in by_policy and spec.get("rayClusterSpec", {}).get("enableInTreeAutoscaling"):
+            problems.append(f"{where}: DeleteWorkers cannot be used with autoscaling")
+    return problems
+
+
 @pytest.mark.parametrize("path", RENDERED, ids=lambda p: str(p.relative_to(KUBE)))
 def test_kuberay_would_accept_every_object(path):
     problems = [p for doc in render(path) for p in kuberay_problems(doc)]
@@ -243,6 +287,14 @@ def test_kuberay_checks_catch_what_the_operator_refuses():
     assert "ttlSecondsAfterFinished needs shutdownAfterJobFinishes" in found
     assert "at most 47 characters" in found
     assert "minReplicas > maxReplicas" in found
+
+    cron = by_kind(render(KUBE / "base"), "RayCronJob")["gpa-transcribe-nightly"]
+    template = cron["spec"]["jobTemplate"]
+    template["shutdownAfterJobFinishes"] = True
+    template["deletionStrategy"]["deletionRules"][1]["condition"]["ttlSeconds"] = 1  # DeleteSelf before the cluster
+    found = "\n".join(kuberay_problems(cron))
+    assert "mutually exclusive" in found and "must grow" in found
+    assert "feature gate" in "\n".join(deletion_strategy_problems("RayJob/x", template, in_raycronjob=False))
 
 
 # --- the shape of the deployment ---------------------------------------------------------------------------------
@@ -277,10 +329,40 @@ def test_cluster_shape_and_job_lifecycle(path):
     assert env["HF_HOME"].startswith(mounts["gpa-cache"] + "/")
     for doc in docs:
         for where, job in job_specs(doc):
-            assert job["shutdownAfterJobFinishes"] is True, where
-            assert job["ttlSecondsAfterFinished"] > 0, where
-            assert job["activeDeadlineSeconds"] > 0 and job["backoffLimit"] >= 1, where
+            assert cluster_deleted_after_every_end(job), f"{where}: a finished run keeps its cluster"
+            assert job["activeDeadlineSeconds"] > 0, where
+            assert (job.get("backoffLimit", 0) + 1) * job["activeDeadlineSeconds"] <= RUN_DEADLINE_S, \
+                f"{where}: retries can hold the cluster past {RUN_DEADLINE_S} s"
             assert "env_vars" in yaml.safe_load(job["runtimeEnvYAML"]), where
+
+
+def cluster_deleted_after_every_end(job: dict) -> bool:
+    """Whether the RayJob's cluster goes away after the job ends, however it ends."""
+    if job.get("shutdownAfterJobFinishes"):
+        return job.get("ttlSecondsAfterFinished", 0) >= 0
+    rules = (job.get("deletionStrategy") or {}).get("deletionRules") or []
+    covered = {rule["condition"].get("jobStatus") or rule["condition"].get("jobDeploymentStatus")
+               for rule in rules if rule["policy"] in ("DeleteCluster", "DeleteSelf")}
+    return {"SUCCEEDED", "FAILED", "Failed"} <= covered
+
+
+def test_raycronjob_history_is_bounded():
+    """RayCronJob has no history limit: each run's RayJob (with its submitter Job) must delete itself."""
+    cron = by_kind(render(KUBE / "base"), "RayCronJob")["gpa-transcribe-nightly"]
+    rules = cron["spec"]["jobTemplate"]["deletionStrategy"]["deletionRules"]
+    deletes_self = {rule["condition"].get("jobStatus") or rule["condition"].get("jobDeploymentStatus")
+                    for rule in rules if rule["policy"] == "DeleteSelf"}
+    assert deletes_self == {"SUCCEEDED", "FAILED", "Failed"}
+    assert all(rule["condition"]["ttlSeconds"] <= 7 * 86400 for rule in rules)
+    assert cron["spec"]["jobTemplate"]["backoffLimit"] == 0, "one attempt: its deadline is the run's deadline"
+    assert operator_gates()["RayJobDeletionPolicy"] is True
+
+
+def test_the_raycronjob_comment_tells_what_overlapping_runs_do():
+    header = (KUBE / "base" / "nightly-raycronjob.yaml").read_text().split("apiVersion:")[0]
+    text = " ".join(header.replace("#", " ").split())
+    assert "both run" not in text
+    assert "finds the output's lease held" in text and "stops at once" in text
 
 
 @pytest.mark.parametrize("path", RENDERED, ids=lambda p: str(p.relative_to(KUBE)))
@@ -302,7 +384,13 @@ def test_scheduled_runs(path):
     template = by_kind(docs, "RayJob")[template_name]
     assert template["spec"]["suspend"] is True, "the template itself must never run"
     assert template["spec"]["entrypoint"] == raycron["spec"]["jobTemplate"]["entrypoint"]
-    assert job["activeDeadlineSeconds"] > template["spec"]["activeDeadlineSeconds"], "the launcher outlives its run"
+    command = container["command"]
+    deadline_s = float(command[command.index("--deadline-s") + 1])
+    delete_wait_s = float(command[command.index("--delete-wait-s") + 1])
+    assert deadline_s == RUN_DEADLINE_S, "the launcher enforces the run deadline the docs state"
+    spec = template["spec"]
+    assert (spec["backoffLimit"] + 1) * spec["activeDeadlineSeconds"] <= deadline_s
+    assert job["activeDeadlineSeconds"] > deadline_s + delete_wait_s, "the launcher outlives its run's deletion"
     assert len(template_name.removesuffix("-template")) + 1 <= 42, "generateName prefix + 5 chars <= 47"
     (volume,) = pod["volumes"]
     script = by_kind(docs, "ConfigMap")[volume["configMap"]["name"]]["data"]["launch_rayjob.py"]
@@ -311,7 +399,8 @@ def test_scheduled_runs(path):
 
     # RBAC: exactly what the launcher calls, bound to the ServiceAccount the pod runs as.
     role = by_kind(docs, "Role")["gpa-batch-launcher"]
-    assert role["rules"] == [{"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": ["get", "list", "create"]}]
+    assert role["rules"] == [{"apiGroups": ["ray.io"], "resources": ["rayjobs"],
+                              "verbs": ["get", "list", "create", "delete"]}]
     binding = by_kind(docs, "RoleBinding")["gpa-batch-launcher"]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": role["metadata"]["name"]}
@@ -331,6 +420,9 @@ def references(doc: dict) -> set[tuple[str, str]]:
             for key in ("configMapRef", "configMap"):
                 if isinstance(node.get(key), dict) and "name" in node[key]:
                     needed.add(("ConfigMap", node[key]["name"]))
+            for key in ("secretRef", "secretKeyRef", "secret"):
+                if isinstance(node.get(key), dict):
+                    needed.add(("Secret", node[key].get("name") or node[key].get("secretName")))
             for value in node.values():
                 walk(value)
         elif isinstance(node, list):
@@ -357,7 +449,8 @@ def test_each_deploy_unit_is_self_contained(path, unit):
     present = {(d["kind"], d["metadata"]["name"]) for d in selected}
     assert any(d["metadata"]["labels"][DEPLOY_LABEL] == unit for d in selected)
     missing = {ref for d in selected for ref in references(d)} - present
-    assert missing == set()
+    assert {name for kind, name in missing if kind == "Secret"} <= USER_SECRETS
+    assert {(kind, name) for kind, name in missing if kind != "Secret"} == set()
     namespaces = {d["metadata"].get("namespace") for d in selected}
     assert len(namespaces) == 1 and None not in namespaces
 
@@ -390,6 +483,8 @@ def test_overlay_settings_land_where_they_belong():
                 assert gpu["template"]["spec"]["tolerations"] == s["gpu"]["tolerations"], where
                 (cpu,) = [g for g in spec["workerGroupSpecs"] if g["groupName"] == "cpu"]
                 assert (cpu["minReplicas"], cpu["maxReplicas"]) == (s["cpu"]["minWorkers"], s["cpu"]["maxWorkers"])
+                assert cpu["template"]["spec"]["nodeSelector"] == s["cpu"]["nodeSelector"], where
+                assert spec["headGroupSpec"]["template"]["spec"]["nodeSelector"] == s["head"]["nodeSelector"], where
         for kind in ("RayCronJob", "CronJob"):
             assert by_kind(docs, kind)["gpa-transcribe-nightly"]["spec"]["schedule"] == s["schedule"]
         account = by_kind(docs, "ServiceAccount")["gpa-batch"]
@@ -413,7 +508,7 @@ def _containers(node):
 
 def test_ray_version_matches_the_image():
     dockerfile = (ROOT / "cluster" / "Dockerfile").read_text()
-    base_tag = re.search(r"^ARG RAY_IMAGE=rayproject/ray:(\d+\.\d+\.\d+)-py\d+-gpu$", dockerfile, re.M).group(1)
+    base_tag = re.search(r"^ARG RAY_IMAGE=rayproject/ray:(\d+\.\d+\.\d+)-py\d+-cu\d+", dockerfile, re.M).group(1)
     for path in RENDERED:
         for doc in render(path):
             for where, spec in cluster_specs(doc):
@@ -457,3 +552,18 @@ def test_operator_values_switch_on_the_raycronjob_gate():
     gates = {g["name"]: g["enabled"] for g in values["featureGates"]}
     assert gates["RayCronJob"] is True
     assert len(gates) == len(values["featureGates"]), "a gate listed twice"
+
+
+def test_the_docs_tell_how_to_upgrade_the_operators_crds():
+    """Helm installs a chart's crds/ on install only: an upgrade from KubeRay 1.5 leaves RayCronJob undefined."""
+    docs = (ROOT / "docs" / "cluster.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", docs, flags=re.S)
+    (upgrade,) = [b for b in blocks if "helm upgrade" in b]
+    steps = [line.split()[:3] for line in upgrade.replace("\\\n", " ").splitlines() if line.strip()]
+    assert ["helm", "pull", "kuberay/kuberay-operator"] in steps
+    apply = upgrade.index("kubectl apply --server-side")
+    assert "/crds/" in upgrade[apply:].splitlines()[0]
+    assert apply < upgrade.index("helm upgrade"), "CRDs before the operator that needs them"
+    assert "raycronjobs.ray.io" in upgrade
+    values = (KUBE / "kuberay-operator-values.yaml").read_text()
+    assert "helm upgrade` never installs or updates CRDs" in values

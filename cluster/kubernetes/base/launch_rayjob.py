@@ -7,11 +7,19 @@ The new RayJob is a copy of the template's spec with ``suspend: false``, a gener
 (``<template minus -template>-xxxxx``) and the Kubernetes Job running this pod as its owner: deleting old
 Jobs (the CronJob's history limits) deletes their RayJobs and clusters. A retried pod of the same Job finds
 the RayJob it created before (by the owner label) and waits on it instead of starting a second one.
+
+With ``--deadline-s`` the run has one deadline, counted from its RayJob's creation, whatever KubeRay's retries
+do (each retry restarts the RayJob's own activeDeadlineSeconds): past it the RayJob is deleted, and this script
+waits until it (with its cluster) is gone before it exits, so the CronJob never sees two runs at once.
+
+Kubernetes API answers: 4xx (forbidden, not found, invalid) are fatal, reported in one line, exit code 2;
+5xx, 408, 429, timeouts and dropped connections are retried until the deadline.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import ssl
@@ -19,7 +27,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 OWNER_LABEL = "gpa-batch/owner-job-uid"
@@ -28,6 +37,37 @@ TEMPLATE_LABEL = "gpa-batch/template"
 # otherwise treat every run as a leftover of the manifests and delete it.
 DROPPED_LABELS = ("gpa-batch/deploy",)
 TERMINAL_STATES = ("Complete", "Failed", "ValidationFailed")
+RETRIED_HTTP_CODES = (408, 429)  # request timeout, throttled: worth asking again, like any 5xx
+T = TypeVar("T")
+
+
+class APIRefused(Exception):
+    """A 4xx answer from the API server: asking again cannot help (RBAC, a missing template, an invalid object)."""
+
+    def __init__(self, method: str, path: str, code: int, reason: str):
+        super().__init__(f"{method} {path}: HTTP {code} {reason}")
+        self.code = code
+
+
+class DeadlineExceeded(Exception):
+    pass
+
+
+def is_transient(exc: BaseException) -> bool:
+    """An API server hiccup (5xx, throttling, timeout, connection dropped), as opposed to a refusal."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code >= 500 or exc.code in RETRIED_HTTP_CODES
+    return isinstance(exc, (urllib.error.URLError, TimeoutError, ConnectionError))
+
+
+def _refusal_reason(exc: urllib.error.HTTPError) -> str:
+    """The API server's own words from its Status body (e.g. what RBAC denied), else the HTTP reason."""
+    try:
+        status = json.loads(exc.read() or b"{}")
+    except (ValueError, OSError):
+        status = {}
+    message = status.get("message") if isinstance(status, dict) else None
+    return f"{exc.reason}: {message}" if message else str(exc.reason)
 
 
 class KubeAPI:
@@ -57,8 +97,13 @@ class KubeAPI:
         )
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
-        with urllib.request.urlopen(request, context=self.context, timeout=30) as response:
-            return json.load(response)
+        try:
+            with urllib.request.urlopen(request, context=self.context, timeout=30) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as exc:
+            if is_transient(exc):
+                raise
+            raise APIRefused(method, path.split("?")[0], exc.code, _refusal_reason(exc)) from None
 
     def _rayjobs(self) -> str:
         return f"/apis/ray.io/v1/namespaces/{self.namespace}/rayjobs"
@@ -72,6 +117,31 @@ class KubeAPI:
 
     def create_rayjob(self, body: dict) -> dict:
         return self._call("POST", self._rayjobs(), body)
+
+    def delete_rayjob(self, name: str) -> dict:
+        # Foreground: the RayJob stays (with a deletionTimestamp) until its cluster and submitter are gone.
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Foreground"}
+        return self._call("DELETE", f"{self._rayjobs()}/{name}", body)
+
+
+def retrying(call: Callable[[], T], deadline: float, poll_s: float, what: str, log=print) -> T:
+    """``call()``, asked again after transient API errors until ``deadline`` (time.time())."""
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            if time.time() >= deadline:
+                raise DeadlineExceeded(f"{what}: the API server kept failing until the deadline ({exc})") from None
+            log(f"{what}: API error ({exc}); retrying")
+            time.sleep(max(0.0, min(poll_s, deadline - time.time())))
+
+
+def created_at(rayjob: dict) -> float:
+    """The RayJob's creation time (seconds since the epoch): where the run's deadline counts from."""
+    stamp = rayjob["metadata"]["creationTimestamp"]
+    return datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
 def run_from_template(template: dict, owner: dict | None = None) -> dict:
@@ -98,26 +168,21 @@ def run_succeeded(rayjob: dict) -> bool | None:
     return status.get("jobStatus") == "SUCCEEDED"
 
 
-def launch(api: KubeAPI, template_name: str, owner: dict | None) -> str:
-    """Create this run's RayJob (or find the one an earlier attempt of the same Job created); its name."""
+def launch(api: KubeAPI, template_name: str, owner: dict | None) -> dict:
+    """Create this run's RayJob (or find the one an earlier attempt of the same Job created) and return it."""
     if owner:
         existing = api.list_rayjobs(f"{OWNER_LABEL}={owner['uid']}")
         if existing:
-            return existing[0]["metadata"]["name"]
+            return existing[0]
     template = api.get_rayjob(template_name)
-    created = api.create_rayjob(run_from_template(template, owner))
-    return created["metadata"]["name"]
+    return api.create_rayjob(run_from_template(template, owner))
 
 
-def wait(api: KubeAPI, name: str, poll_s: float, log=print) -> bool:
+def wait(api: KubeAPI, name: str, poll_s: float, deadline: float, log=print) -> bool:
+    """Poll the RayJob until it ends (True: succeeded); past ``deadline`` raise DeadlineExceeded."""
     last = None
     while True:
-        try:
-            rayjob = api.get_rayjob(name)
-        except (urllib.error.URLError, TimeoutError) as exc:  # an API server hiccup is not the job failing
-            log(f"{name}: API error while waiting ({exc}); retrying")
-            time.sleep(poll_s)
-            continue
+        rayjob = retrying(lambda: api.get_rayjob(name), deadline, poll_s, name, log)
         status = rayjob.get("status") or {}
         state = (status.get("jobDeploymentStatus"), status.get("jobStatus"))
         if state != last:
@@ -126,13 +191,36 @@ def wait(api: KubeAPI, name: str, poll_s: float, log=print) -> bool:
         done = run_succeeded(rayjob)
         if done is not None:
             return done
-        time.sleep(poll_s)
+        if time.time() >= deadline:
+            raise DeadlineExceeded(f"rayjob/{name} still running at its deadline")
+        time.sleep(max(0.0, min(poll_s, deadline - time.time())))
+
+
+def delete_and_wait(api: KubeAPI, name: str, poll_s: float, timeout_s: float, log=print) -> bool:
+    """Delete the RayJob and wait until the API server no longer has it; False if it outlived ``timeout_s``."""
+    until = time.time() + timeout_s
+    try:
+        retrying(lambda: api.delete_rayjob(name), until, poll_s, f"delete {name}", log)
+        while time.time() < until:
+            retrying(lambda: api.get_rayjob(name), until, poll_s, name, log)
+            time.sleep(poll_s)
+    except APIRefused as exc:
+        if exc.code == 404:
+            return True
+        raise
+    except DeadlineExceeded:
+        pass
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--template", required=True, help="name of the suspended RayJob to copy")
     parser.add_argument("--wait", action="store_true", help="wait for the run; exit 1 unless it succeeded")
+    parser.add_argument("--deadline-s", type=float, default=None,
+                        help="with --wait: delete the run this many seconds after its RayJob was created")
+    parser.add_argument("--delete-wait-s", type=float, default=600.0,
+                        help="how long to wait for a deleted run's RayJob and cluster to disappear")
     parser.add_argument("--poll-s", type=float, default=30.0)
     parser.add_argument("--api-server", help="API server URL (default: in-cluster configuration)")
     parser.add_argument("--namespace", default="default", help="with --api-server")
@@ -142,12 +230,30 @@ def main(argv: list[str] | None = None) -> int:
     owner = None
     if os.environ.get("OWNER_JOB_UID") and os.environ.get("OWNER_JOB_NAME"):
         owner = {"name": os.environ["OWNER_JOB_NAME"], "uid": os.environ["OWNER_JOB_UID"]}
-    name = launch(api, args.template, owner)
-    print(f"rayjob/{name} started from {args.template}", flush=True)
-    if not args.wait:
-        return 0
-    ok = wait(api, name, args.poll_s, log=lambda line: print(line, flush=True))
-    print(f"rayjob/{name} {'succeeded' if ok else 'failed'}", flush=True)
+    log = lambda line: print(line, flush=True)  # noqa: E731
+    budget = args.deadline_s if args.deadline_s is not None else float("inf")
+    try:
+        rayjob = retrying(lambda: launch(api, args.template, owner), time.time() + budget, args.poll_s,
+                          f"start from {args.template}", log)
+        name = rayjob["metadata"]["name"]
+        log(f"rayjob/{name} started from {args.template}")
+        if not args.wait:
+            return 0
+        deadline = created_at(rayjob) + budget if args.deadline_s is not None else budget
+        try:
+            ok = wait(api, name, args.poll_s, deadline, log)
+        except DeadlineExceeded as exc:
+            log(f"{exc}; deleting rayjob/{name} (deadline {args.deadline_s:.0f} s from its creation)")
+            gone = delete_and_wait(api, name, args.poll_s, args.delete_wait_s, log)
+            log(f"rayjob/{name} {'deleted' if gone else 'still being deleted'}: run stopped at its deadline")
+            return 1
+    except APIRefused as exc:
+        print(f"launch_rayjob: the Kubernetes API refused {exc}", file=sys.stderr, flush=True)
+        return 2
+    except DeadlineExceeded as exc:
+        print(f"launch_rayjob: {exc}", file=sys.stderr, flush=True)
+        return 1
+    log(f"rayjob/{name} {'succeeded' if ok else 'failed'}")
     return 0 if ok else 1
 
 
