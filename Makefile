@@ -14,8 +14,8 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet torch==2.13.0 -c cluster/requirements.txt
+	$(BIN)/pip install --quiet -c cluster/requirements.txt -e ".[test]"
 	touch $@
 
 demo: setup

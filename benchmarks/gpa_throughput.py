@@ -1,17 +1,26 @@
-"""Batched vs one-at-a-time throughput of the three GPA tasks, measured side by side in one run.
+"""Throughput of the three GPA tasks through the library, by the protocol of docs/performance.md.
 
-    python benchmarks/gpa_throughput.py                 # tiny random checkpoint on the CPU
-    python benchmarks/gpa_throughput.py --size real     # real shapes (random weights) on a GPU when there is one
-    python benchmarks/gpa_throughput.py --model DIR     # any checkpoint
+    python benchmarks/gpa_throughput.py                       # CPU: tiny checkpoint, batched vs one at a time
+    python benchmarks/gpa_throughput.py --size real --items 1000 --batch-size 256 --dtype bfloat16   # a GPU
+    python benchmarks/gpa_throughput.py --model DIR           # any checkpoint
 
-Prints a table: items/s and audio-seconds/s for each mode, the batched/sequential speed-up, and peak memory
-(process RSS, and CUDA when used). Each item's output does not depend on its batch mates (greedy ASR, per-item
-seeds for sampling), so both modes generate exactly the same tokens and the ratio measures batching alone.
+Clips are speech-like (voiced harmonics with pitch glides, a syllable-rate envelope, pauses and noise) with
+LibriSpeech-like durations (2-35 s, mean ~7 s). Random weights never stop on their own, so lengths are forced:
+ASR generates ceil(3.5 x audio seconds) tokens, TTS 50 semantic tokens per second of target speech for texts of
+10-30 words (at 20 text units a second: ~3-9 s), VC as many tokens as its source has semantic tokens
+(<|im_end|> blocked, a limit per window).
+
+Prints per task: audio seconds per second (the realtime factor; for TTS, of generated speech), items/s, seconds per
+stage, peak GPU memory and the engine; ``--sequential`` also runs the items one at a time for the batched/sequential
+ratio. ``--out`` writes the figures as JSON (benchmarks/results/<date>-<device>.json by default on a GPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import platform
 import resource
 import sys
 import tempfile
@@ -23,87 +32,151 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gpa import profiling  # noqa: E402
+from gpa.generation import resolve_engine  # noqa: E402
 from gpa.model import GPA  # noqa: E402
 from gpa.options import ConvertOptions, SynthesizeOptions, TranscribeOptions  # noqa: E402
 from gpa.testing import make_tiny_checkpoint  # noqa: E402
 
+SAMPLE_RATE = 16000
+ASR_TOKENS_PER_SECOND = 3.5
+SEMANTIC_PER_SECOND = 50
+TEXT_UNITS_PER_SECOND = 20  # speaking rate in gpa.chunking.text_units: 10-30 words of WORDS -> ~3-9 s of speech
+WORDS = ("the morning train left the station while rain fell on quiet streets and people hurried home after a "
+         "long day of work numbers like seven twelve and forty appeared on the old board near the gate").split()
 
-def clips(n: int, seed: int = 0) -> list[tuple[np.ndarray, int]]:
+
+def durations(n: int, rng: np.random.Generator, low: float = 2.0, high: float = 35.0) -> np.ndarray:
+    """LibriSpeech-like: a gamma distribution of mean ~7 s, clipped to [low, high]."""
+    return np.clip(rng.gamma(2.2, 3.2, size=n), low, high)
+
+
+def speech_like(seconds: float, rng: np.random.Generator) -> np.ndarray:
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    pitch = rng.uniform(90, 220) * (1 + 0.15 * np.sin(2 * np.pi * rng.uniform(0.2, 0.6) * t))
+    phase = 2 * np.pi * np.cumsum(pitch) / SAMPLE_RATE
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 6))
+    syllables = np.clip(np.sin(2 * np.pi * rng.uniform(3, 5) * t + rng.uniform(0, 6)), 0, None) ** 0.7
+    pauses = (np.sin(2 * np.pi * rng.uniform(0.15, 0.35) * t + rng.uniform(0, 6)) > -0.7).astype(float)
+    wave = 0.25 * voiced * syllables * pauses + 0.01 * rng.standard_normal(t.shape)
+    return wave.astype(np.float32)
+
+
+def workload(items: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        seconds = rng.uniform(2.0, 8.0)
-        t = np.arange(int(seconds * 16000)) / 16000
-        wave = np.sin(2 * np.pi * rng.uniform(90, 220) * t) * np.clip(np.sin(2 * np.pi * 3 * t), 0, None)
-        out.append(((0.3 * wave + 0.01 * rng.normal(size=t.shape)).astype(np.float32), 16000))
-    return out
+    asr = [speech_like(s, rng) for s in durations(items, rng)]
+    vc = [speech_like(s, rng) for s in durations(items, rng, high=10.0)]  # one window each
+    texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(10, 31)))).capitalize() + "." for _ in range(items)]
+    return {"asr": asr, "vc": vc, "texts": texts, "reference": speech_like(6.0, rng)}
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def run(label, fn, items, batch_size, audio_seconds):
+def run_task(name, fn, batches, seconds_of, synchronize) -> dict:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    for first in range(0, len(items), batch_size):
-        results = fn(items[first : first + batch_size])
-        bad = [r.error for r in results if not r.ok]
-        if bad:
-            raise RuntimeError(f"{label}: {bad[0]!r}")
+    produced, count = 0.0, 0
+    with profiling.record(synchronize=synchronize) as stages:
+        for batch in batches:
+            results = fn(batch)
+            failed = [r.error for r in results if not r.ok]
+            if failed:
+                raise RuntimeError(f"{name}: {failed[0]!r}")
+            produced += sum(seconds_of(item, r) for item, r in zip(batch, results, strict=True))
+            count += len(batch)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    cuda_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan")
-    return {"items_s": len(items) / elapsed, "audio_s": audio_seconds / elapsed, "seconds": elapsed, "cuda_mb": cuda_mb}
+    return {
+        "items": count, "seconds": round(elapsed, 3), "items_per_s": round(count / elapsed, 3),
+        "audio_seconds": round(produced, 1), "realtime_factor": round(produced / elapsed, 1),
+        "stages_s": {k: round(v, 3) for k, v in sorted(stages.items())},
+        "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else None,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint (default: a random one of --size)")
     parser.add_argument("--size", default="tiny", choices=["tiny", "tiny-alt", "real"])
-    parser.add_argument("--items", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--items", type=int, default=24, help="items per task")
+    parser.add_argument("--batch-size", type=int, default=8, help="items per library call")
+    parser.add_argument("--tasks", default="asr,tts,vc")
+    parser.add_argument("--engine", default="auto", choices=["auto", "reference", "static"])
+    parser.add_argument("--sequential", action="store_true", help="also run one item at a time (the ratio)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads on the CPU (tiny models lose more to thread sync than they gain)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on the CPU")
+    parser.add_argument("--no-stage-sync", dest="stage_sync", action="store_false",
+                        help="do not synchronise the GPU around stages (stage times then blur, totals are exact)")
+    parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    tasks = args.tasks.split(",")
 
     with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
         source = args.model or make_tiny_checkpoint(Path(tmp) / "ckpt", seed=0, size=args.size)
+        generated_s = time.perf_counter() - start
         dtype = getattr(torch, args.dtype) if args.dtype else None
+        start = time.perf_counter()
         model = GPA.from_pretrained(source, device=args.device, dtype=dtype)
-        audios = clips(args.items)
-        ref = audios[0]
-        speaker = model.speaker(ref)
-        seconds = sum(len(a) / 16000 for a, _ in audios)
-        texts = [f"Sentence number {i} of the benchmark, long enough to matter." for i in range(args.items)]
-        # each timed call gets at most --batch-size items; GPA must not split them into smaller batches itself
-        common = {"max_new_tokens": args.new_tokens, "batch_size": args.batch_size}
-        tasks = {
-            "transcribe": (lambda b: model.transcribe(b, TranscribeOptions(**common)), audios, seconds),
-            "synthesize": (lambda b: model.synthesize(b, [speaker] * len(b), SynthesizeOptions(**common)), texts,
-                           None),
-            "convert": (lambda b: model.convert(b, [speaker] * len(b), ConvertOptions(**common)), audios, seconds),
+        load_s = time.perf_counter() - start
+        data = workload(args.items)
+        speaker = model.speaker((data["reference"], SAMPLE_RATE))
+        engine = resolve_engine(model.llm, args.engine)
+        forced = {"engine": args.engine, "batch_size": args.batch_size}
+        asr_options = TranscribeOptions(max_new_tokens=512, min_new_tokens=512,
+                                        max_new_tokens_per_second=ASR_TOKENS_PER_SECOND, **forced)
+        vc_options = ConvertOptions(max_new_tokens=512, min_new_tokens=512, constrained=True,
+                                    max_new_tokens_per_second=SEMANTIC_PER_SECOND, **forced)
+        tts_options = SynthesizeOptions(max_new_tokens=512, min_new_tokens=512, constrained=True,
+                                        max_new_tokens_per_unit=SEMANTIC_PER_SECOND / TEXT_UNITS_PER_SECOND, **forced)
+        runs = {
+            "asr": (lambda b: model.transcribe([(a, SAMPLE_RATE) for a in b], asr_options), data["asr"],
+                    lambda item, r: len(item) / SAMPLE_RATE),
+            "tts": (lambda b: model.synthesize(b, [speaker] * len(b), tts_options), data["texts"],
+                    lambda item, r: len(r.audio) / r.sample_rate),
+            "vc": (lambda b: model.convert([(a, SAMPLE_RATE) for a in b], [speaker] * len(b), vc_options),
+                   data["vc"], lambda item, r: len(r.audio) / r.sample_rate),
         }
-        print(f"device={args.device} dtype={dtype or torch.float32} size={args.size if not args.model else 'given'} "
-              f"items={args.items} batch={args.batch_size} new_tokens<={args.new_tokens} threads={args.threads}")
-        print(f"{'task':<11} {'mode':<11} {'items/s':>9} {'audio s/s':>10} {'speed-up':>9} {'cuda MB':>9}")
-        for name, (fn, items, audio_seconds) in tasks.items():
-            fn(items[:2])  # warm-up
-            seq = run(name, fn, items, 1, audio_seconds or 0.0)
-            bat = run(name, fn, items, args.batch_size, audio_seconds or 0.0)
-            for mode, r in (("sequential", seq), ("batched", bat)):
-                speed = f"{bat['items_s'] / seq['items_s']:.2f}x" if mode == "batched" else ""
-                audio = f"{r['audio_s']:.1f}" if audio_seconds else "-"
-                cuda = f"{r['cuda_mb']:.0f}" if torch.cuda.is_available() else "-"
-                print(f"{name:<11} {mode:<11} {r['items_s']:>9.2f} {audio:>10} {speed:>9} {cuda:>9}")
-        print(f"peak process RSS: {peak_rss_mb():.0f} MB")
+        device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+        report = {
+            "date": datetime.date.today().isoformat(), "device": device_name, "torch": torch.__version__,
+            "dtype": str(dtype or torch.float32), "engine": engine, "checkpoint": args.model or f"random {args.size}",
+            "items_per_task": args.items, "batch_size": args.batch_size,
+            "checkpoint_generation_s": round(generated_s, 1), "model_load_s": round(load_s, 1), "tasks": {},
+        }
+        print(f"device={device_name} dtype={report['dtype']} engine={engine} checkpoint={report['checkpoint']} "
+              f"items={args.items} batch={args.batch_size}")
+        print(f"{'task':<5} {'mode':<11} {'items/s':>9} {'RTFx':>9} {'speed-up':>9} {'cuda MB':>9}  stages (s)")
+        for name in tasks:
+            fn, items, seconds_of = runs[name]
+            fn(items[:2])  # warm-up: kernels, graphs, arena
+            batches = [items[i : i + args.batch_size] for i in range(0, len(items), args.batch_size)]
+            figures = {"batched": run_task(name, fn, batches, seconds_of, args.stage_sync)}
+            if args.sequential:
+                figures["sequential"] = run_task(name, fn, [[x] for x in items], seconds_of, args.stage_sync)
+                figures["speed_up"] = round(figures["batched"]["items_per_s"] / figures["sequential"]["items_per_s"], 2)
+            report["tasks"][name] = figures
+            for mode in ("sequential", "batched"):
+                if mode not in figures:
+                    continue
+                r = figures[mode]
+                speed = f"{figures['speed_up']:.2f}x" if mode == "batched" and "speed_up" in figures else ""
+                stages = " ".join(f"{k}={v:.2f}" for k, v in r["stages_s"].items())
+                cuda = r["peak_cuda_mb"] if r["peak_cuda_mb"] is not None else "-"
+                print(f"{name:<5} {mode:<11} {r['items_per_s']:>9.2f} {r['realtime_factor']:>9.1f} {speed:>9} "
+                      f"{cuda:>9}  {stages}")
+        report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        out = args.out
+        if out is None and args.device.startswith("cuda"):
+            slug = "".join(c if c.isalnum() else "-" for c in device_name).strip("-").lower()
+            out = f"benchmarks/results/{report['date']}-{slug}.json"
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps(report, indent=1) + "\n")
+            print(f"wrote {out}")
 
 
 if __name__ == "__main__":

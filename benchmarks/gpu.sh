@@ -1,24 +1,23 @@
 #!/usr/bin/env bash
-# The benchmarks on one GPU in one go: the pipeline against in-process GPA on the same clips, GPA's batched vs
-# one-at-a-time throughput, then where a model's start goes (docs/jobs.md, "On a GPU": the first two tables were
-# measured with BATCH=32, the later ones with the default 64).
+# The GPU benchmarks in one go (docs/performance.md): the library's throughput by the protocol (real-size random
+# checkpoint, 1,000 clips, batch 256, bfloat16, static engine), then optionally the job against in-process GPA.
 #
-#   bash benchmarks/gpu.sh                         # a real-size random checkpoint (generated once, ~4 GB)
-#   CHECKPOINT=/models/gpa N=1000 BATCH=32 bash benchmarks/gpu.sh
-#   BENCHES="pipeline model_start" UNBUCKETED=0 N=1000 bash benchmarks/gpu.sh   # fits ~9 minutes of an H100
+#   bash benchmarks/gpu.sh                              # gpa_throughput on a real-size random checkpoint
+#   BENCHES="gpa_throughput pipeline" N=4000 bash benchmarks/gpu.sh
+#   CHECKPOINT=/models/gpa bash benchmarks/gpu.sh
 #
-# On an H100 (2026-11-26): the random checkpoint ~35 s; pipeline at N=1000 ~6.5 min without its unbucketed run (which
-# adds ~2 min); model_start ~1.5 min; gpa_throughput not timed there (its one-at-a-time half is the slow one).
-# Needs the project's dependencies with a CUDA build of torch (pip install -e . after torch). Tables go to stdout
-# and to $RESULTS (default ./gpu-results): pipeline.txt, gpa_throughput.txt, model_start.txt (logs beside them).
+# gpa_throughput writes benchmarks/results/<date>-<device>.json (commit it); every table also goes to $RESULTS.
+# Needs the project's dependencies with a CUDA build of torch. On a device image without soundfile, soxr or PyAV,
+# install their wheels first (docs/performance.md, "Running it on a lent GPU").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 RESULTS=${RESULTS:-gpu-results}
-N=${N:-200}
-BATCH=${BATCH:-64}  # the job's default on a GPU
-BENCHES=${BENCHES:-pipeline gpa_throughput model_start}
-UNBUCKETED=${UNBUCKETED:-1}  # 0: skip the pipeline run without bucketing windows
+ITEMS=${ITEMS:-1000}
+N=${N:-4000}
+BATCH=${BATCH:-256}
+BENCHES=${BENCHES:-gpa_throughput}
+export PYTHONUNBUFFERED=1
 mkdir -p "$RESULTS"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$RESULTS/gpu.txt"
 if [ -z "${CHECKPOINT:-}" ]; then
@@ -29,16 +28,15 @@ fi
 bench() {  # name, then the command; one failing benchmark does not stop the others
   local name=$1; shift
   case " $BENCHES " in *" $name "*) ;; *) return 0 ;; esac
-  if "$@" > "$RESULTS/$name.txt" 2> "$RESULTS/$name.log"; then
-    cat "$RESULTS/$name.txt"
+  if "$@" > >(tee "$RESULTS/$name.txt") 2> "$RESULTS/$name.log"; then
+    :
   else
     echo "$name failed; the end of $RESULTS/$name.log:"; tail -n 40 "$RESULTS/$name.log"; return 1
   fi
 }
 status=0
-bench pipeline $PY benchmarks/pipeline.py --model "$CHECKPOINT" --n "$N" --actors 1 --gpus-per-actor 1 \
-  --batch-size "$BATCH" $([ "$UNBUCKETED" = 0 ] && echo --no-unbucketed) || status=1
 bench gpa_throughput $PY benchmarks/gpa_throughput.py --model "$CHECKPOINT" --device cuda --dtype bfloat16 \
-  --items "$BATCH" --batch-size "$BATCH" || status=1
-bench model_start $PY benchmarks/model_start.py --model "$CHECKPOINT" --device cuda --runs 3 || status=1
+  --items "$ITEMS" --batch-size "$BATCH" ${ENGINE:+--engine "$ENGINE"} || status=1
+bench pipeline $PY benchmarks/pipeline.py --model "$CHECKPOINT" --n "$N" --actors 1 --gpus-per-actor 1 \
+  --batch-size "$BATCH" --no-unbucketed || status=1
 exit $status

@@ -1,0 +1,26 @@
+"""The throughput benchmark runs by its protocol on the CPU and writes its figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpa_throughput_writes_every_task_with_its_stages(tmp_path):
+    out = tmp_path / "figures.json"
+    done = subprocess.run([sys.executable, "benchmarks/gpa_throughput.py", "--items", "3", "--batch-size", "3",
+                           "--engine", "static", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["engine"] == "static" and set(report["tasks"]) == {"asr", "tts", "vc"}
+    for name, figures in report["tasks"].items():
+        batched = figures["batched"]
+        assert batched["items"] == 3 and batched["realtime_factor"] > 0, name
+        assert {"prefill", "decode steps"} <= set(batched["stages_s"]), name
+    assert "detokenize" in report["tasks"]["tts"]["batched"]["stages_s"]
+    assert "GLM encode" in report["tasks"]["asr"]["batched"]["stages_s"]
