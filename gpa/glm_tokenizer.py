@@ -398,9 +398,9 @@ class GLMSpeechTokenizer:
         self.encoder = encoder.eval()
         self.config = encoder.config
         self.batch_size = batch_size
-        # "bfloat16": the encoder under bf16 autocast (the log-mel and the codebook search stay float32)
-        self.precision = check_precision(precision)
         self.device = encoder.conv1.weight.device
+        # "bfloat16": the encoder under bf16 autocast (the log-mel and the codebook search stay float32)
+        self.precision = check_precision(precision, self.device)
         self.dtype = encoder.conv1.weight.dtype
         self.filters = mel_filters(self.config.num_mel_bins, self.config.n_fft, self.sample_rate).to(self.device)
 

@@ -80,13 +80,13 @@ class GPA:
 
         ``dtype`` applies to the LLM and the GLM tokenizer's weights (float32 by default; bfloat16 is the usual choice
         on a GPU). BiCodec's weights stay float32. ``encoder_precision="bfloat16"`` runs the GLM tokenizer, wav2vec2
-        and BiCodec's encoders under bf16 autocast (a GPU speed-up); float32, the default, is exact. The quantizers
+        and BiCodec's encoders under bf16 autocast (CUDA only); float32, the default, is exact. The quantizers
         pick nearest codes in float32 either way, but from rounded features, so tokens can differ: measure the
         agreement (benchmarks/encoder_agreement.py) before relying on it.
         """
-        check_precision(encoder_precision)
-        directory = resolve_checkpoint(source, cache_dir)
         device = torch.device(device)
+        check_precision(encoder_precision, device)
+        directory = resolve_checkpoint(source, cache_dir)
         dtype = dtype or torch.float32
         # hashing reads every file again (seconds for the full-size checkpoint): overlap it with building the models
         digest = _in_background(content_hash, directory)

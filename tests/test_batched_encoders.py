@@ -20,7 +20,7 @@ from gpa.bicodec import write_random_checkpoint as write_bicodec
 from gpa.bicodec.wav2vec2 import Wav2Vec2Features
 from gpa.glm_tokenizer import GLMSpeechTokenizer
 from gpa.glm_tokenizer import write_random_checkpoint as write_glm
-from gpa.inference import encoder_precision, length_batches
+from gpa.inference import length_batches
 from gpa.model import GPA
 from gpa.testing import speech_like
 
@@ -135,6 +135,10 @@ def test_wav2vec2_masks_padding(codecs, size):
     torch.testing.assert_close(masked, alone, rtol=1e-5, atol=1e-5)
     unmasked = w2v(_padded([long, short]))[1, :frames]  # padding leaks through the positional conv and attention
     assert (unmasked - alone).abs().max() > 1e-2
+    # the conv front end batched (what a GPU runs): valid frames see only their own samples
+    front_end = w2v.model.feature_extractor
+    batched = front_end(_padded([long, short]))[1, :, :frames]
+    torch.testing.assert_close(batched, front_end(torch.from_numpy(short)[None])[0], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -178,30 +182,42 @@ def test_length_batches():
     assert length_batches([], 4) == []
 
 
-def test_bfloat16_precision_runs_and_quantizers_stay_float32(codecs, glms):
+def test_bfloat16_is_refused_off_cuda(codecs, glms, tiny_checkpoint):
+    # on a CPU, oneDNN's bf16 grouped convolutions are wrong (wav2vec2's positional convolution): refused
     codec, glm = codecs["tiny"], glms["tiny"]
-    audios = clips(7, [16000, 4481, 1600])
-    with pytest.raises(ValueError, match="precision"):
-        BiCodec(codec.config, codec.codec, codec.wav2vec2, precision="float16")
-    try:
-        codec.precision = glm.precision = "bfloat16"
-        for (g, s), audio in zip(codec.tokenize(audios), audios, strict=True):
-            assert g.shape == (codec.num_global_tokens,) and s.shape == (codec.wav2vec2.num_frames(len(audio)),)
-        assert [len(t) for t in glm.tokenize(audios)] == [glm.num_tokens(len(a)) for a in audios]
-    finally:
-        codec.precision = glm.precision = "float32"
-    # nearest-code search ignores autocast: bf16 rounding of the distances would move near-ties
-    latents = torch.randn(4, codec.config.quantizer.input_dim, 200, generator=torch.Generator().manual_seed(1))
-    exact = codec.codec.quantizer.tokenize(latents)
-    with encoder_precision("bfloat16", torch.device("cpu")):
-        np.testing.assert_array_equal(codec.codec.quantizer.tokenize(latents), exact)
-
-
-def test_gpa_encoder_precision_option(tiny_checkpoint):
-    model = GPA.from_pretrained(tiny_checkpoint, encoder_precision="bfloat16")
-    assert model.glm.precision == model.bicodec.precision == "bfloat16"
-    with pytest.raises(ValueError, match="precision"):
+    with pytest.raises(ValueError, match="precision 'bfloat16' needs a CUDA device"):
+        BiCodec(codec.config, codec.codec, codec.wav2vec2, precision="bfloat16")
+    with pytest.raises(ValueError, match="precision 'bfloat16' needs a CUDA device"):
+        GLMSpeechTokenizer(glm.encoder, precision="bfloat16")
+    with pytest.raises(ValueError, match="precision 'bfloat16' needs a CUDA device"):
+        GPA.from_pretrained(tiny_checkpoint, encoder_precision="bfloat16")
+    with pytest.raises(ValueError, match="must be one of"):
         GPA.from_pretrained(tiny_checkpoint, encoder_precision="fp8")
+    try:  # set afterwards, it is refused at the next call
+        codec.precision = "bfloat16"
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            codec.semantic_tokens(clips(7, [16000]))
+    finally:
+        codec.precision = "float32"
+    with pytest.raises(SystemExit):
+        encoder_agreement.main(["--clips", "1", "--precision", "bfloat16", "--device", "cpu"])
+
+
+def test_quantizers_search_in_float32_under_autocast(codecs, glms):
+    # bf16 rounding of the distances would move near-ties; the searches leave autocast
+    codec = codecs["tiny"].codec
+    gen = torch.Generator().manual_seed(1)
+    latents = torch.randn(4, codec.config.quantizer.input_dim, 200, generator=gen)
+    speaker = torch.randn(4, codec.config.speaker_encoder.token_num, codec.config.speaker_encoder.latent_dim,
+                          generator=gen)
+    glm = glms["tiny"].encoder
+    hidden = torch.randn(4, 50, glm.config.d_model, generator=gen)
+    exact = [codec.quantizer.tokenize(latents), codec.speaker_encoder.quantizer.tokenize(speaker), glm.quantize(hidden)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rounded = [codec.quantizer.tokenize(latents), codec.speaker_encoder.quantizer.tokenize(speaker),
+                   glm.quantize(hidden)]
+    for a, b in zip(exact, rounded, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_agreement_script_float32_is_exact(capsys):

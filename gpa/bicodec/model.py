@@ -65,7 +65,7 @@ class BiCodec:
         self.normalization: Normalization = normalization or ("percentile" if config.volume_normalize else "none")
         self.batch_size = batch_size
         # "bfloat16": wav2vec2 and the encoders under bf16 autocast (mel and nearest-code searches stay float32)
-        self.precision = check_precision(precision)
+        self.precision = check_precision(precision, self.device)
         self.sample_rate = config.sample_rate
         self.samples_per_semantic_token = config.samples_per_semantic_token
         self.semantic_codebook_size = config.quantizer.codebook_size
