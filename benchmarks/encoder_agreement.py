@@ -30,9 +30,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpa.bicodec import BiCodec  # noqa: E402
+from gpa.bicodec import write_random_checkpoint as write_random_bicodec  # noqa: E402
 from gpa.glm_tokenizer import GLMSpeechTokenizer  # noqa: E402
+from gpa.glm_tokenizer import write_random_checkpoint as write_random_glm  # noqa: E402
 from gpa.inference import PRECISIONS, check_precision  # noqa: E402
-from gpa.testing import make_tiny_checkpoint, speech_like_clips  # noqa: E402
+from gpa.testing import speech_like_clips  # noqa: E402
 
 
 def _timed(fn: Callable[[], list[np.ndarray]], device: torch.device, repeats: int) -> tuple[list[np.ndarray], float]:
@@ -93,6 +95,13 @@ def measure(glm: GLMSpeechTokenizer, bicodec: BiCodec, clips: Sequence[np.ndarra
     return result
 
 
+def _random_encoders(directory: Path, size: str) -> Path:
+    """The two encoders of ``make_tiny_checkpoint(directory, seed=0, size=size)``, without its LLM."""
+    write_random_glm(directory / "glm-4-voice-tokenizer", seed=1, size=size)
+    write_random_bicodec(directory / "BiCodec", seed=2, size=size)
+    return directory
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint directory (default: a random one of --size)")
@@ -114,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         parser.error(str(exc))
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        source = Path(args.model) if args.model else make_tiny_checkpoint(Path(tmp) / "ckpt", seed=0, size=args.size)
+        source = Path(args.model) if args.model else _random_encoders(Path(tmp), args.size)
         glm = GLMSpeechTokenizer.from_pretrained(source / "glm-4-voice-tokenizer", device=args.device)
         bicodec = BiCodec.from_pretrained(source / "BiCodec", device=args.device)
     clips = speech_like_clips(args.clips, args.seed, min_s=args.min_s, max_s=args.max_s)

@@ -79,8 +79,8 @@ def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
 
 def length_batches(lengths: Sequence[int], batch_size: int, max_padding: float = 0.25) -> list[list[int]]:
     """Indices of ``lengths`` in batches of at most ``batch_size``, longest first. A batch closes early rather than
-    pad more than ``max_padding`` of its content (padded size = items x longest): padding is work that buys
-    nothing on a CPU and little on a GPU."""
+    pad more than ``max_padding`` of its content (padded size = items x longest): padded frames are computed and
+    thrown away."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []

@@ -133,7 +133,7 @@ class BiCodec:
         features, each item's own number of frames)."""
         for idx in length_batches([w.shape[0] for w in wavs], self.batch_size):
             lengths = [wavs[i].shape[0] for i in idx]
-            batch = torch.zeros(len(idx), lengths[0], dtype=torch.float32)
+            batch = torch.zeros(len(idx), max(lengths), dtype=torch.float32)
             for row, i in enumerate(idx):
                 batch[row, : lengths[row]] = torch.from_numpy(self.wav2vec2.normalize(wavs[i]))
             with encoder_precision(self.precision, self.device):
