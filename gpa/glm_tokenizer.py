@@ -31,7 +31,14 @@ from torch.nn import functional as F
 
 from .checkpoint import find_safetensors, load_module
 from .errors import AudioError, CheckpointError, EmptyAudio, NonFiniteAudio, TooLongAudio
-from .inference import inference_mode
+from .inference import (
+    Precision,
+    check_precision,
+    encoder_precision,
+    full_precision,
+    inference_mode,
+    length_batches,
+)
 
 SAMPLE_RATE = 16000
 # conv1 has stride 1 and conv2 stride 2 in every Whisper encoder.
@@ -372,8 +379,9 @@ class WhisperVQEncoder(nn.Module):
         whatever the model dtype, with the reference's expression ``|c|^2 + |x|^2 - 2 x.c``."""
         flat = x.reshape(-1, x.shape[-1]).float()
         codebook = self.codebook.weight.float()
-        distances = torch.addmm((codebook**2).sum(1) + (flat**2).sum(1, keepdim=True), flat, codebook.t(),
-                                beta=1.0, alpha=-2.0)
+        with full_precision(x.device):
+            distances = torch.addmm((codebook**2).sum(1) + (flat**2).sum(1, keepdim=True), flat, codebook.t(),
+                                    beta=1.0, alpha=-2.0)
         return torch.min(distances, dim=1).indices.reshape(x.shape[:2])
 
 
@@ -386,22 +394,25 @@ class GLMSpeechTokenizer:
 
     sample_rate: int = SAMPLE_RATE
 
-    def __init__(self, encoder: WhisperVQEncoder, *, batch_size: int = 32):
+    def __init__(self, encoder: WhisperVQEncoder, *, batch_size: int = 32, precision: Precision = "float32"):
         self.encoder = encoder.eval()
         self.config = encoder.config
         self.batch_size = batch_size
         self.device = encoder.conv1.weight.device
+        # "bfloat16": the encoder under bf16 autocast (the log-mel and the codebook search stay float32)
+        self.precision = check_precision(precision, self.device)
         self.dtype = encoder.conv1.weight.dtype
         self.filters = mel_filters(self.config.num_mel_bins, self.config.n_fft, self.sample_rate).to(self.device)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu",
-                        dtype: torch.dtype = torch.float32, batch_size: int = 32) -> GLMSpeechTokenizer:
+                        dtype: torch.dtype = torch.float32, batch_size: int = 32,
+                        precision: Precision = "float32") -> GLMSpeechTokenizer:
         """``directory``: the ``glm-4-voice-tokenizer`` folder (config.json, preprocessor_config.json,
         model.safetensors)."""
         config = GLMTokenizerConfig.from_dir(directory)
         encoder = load_module(lambda: WhisperVQEncoder(config), find_safetensors(directory))
-        return cls(encoder.to(device=device, dtype=dtype), batch_size=batch_size)
+        return cls(encoder.to(device=device, dtype=dtype), batch_size=batch_size, precision=precision)
 
     @property
     def samples_per_token(self) -> int:
@@ -434,8 +445,7 @@ class GLMSpeechTokenizer:
 
     def _batches(self, audios: list[np.ndarray]) -> list[list[int]]:
         # Longest first, so each batch pads little; results do not depend on the grouping.
-        order = sorted(range(len(audios)), key=lambda i: -audios[i].size)
-        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        return length_batches([a.size for a in audios], self.batch_size)
 
     def _features(self, audios: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Batched features: log-mel ``[B, n_mels, frames]`` and frame validity ``[B, frames]``."""
@@ -472,7 +482,9 @@ class GLMSpeechTokenizer:
         out: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(audios)
         for batch in self._batches(audios):
             mel, frame_mask = self._features([audios[i] for i in batch])
-            tokens = self.encoder(mel.to(self.dtype), frame_mask).cpu().numpy().astype(np.int64)
+            with encoder_precision(self.precision, self.device):
+                tokens = self.encoder(mel.to(self.dtype), frame_mask)
+            tokens = tokens.cpu().numpy().astype(np.int64)
             for row, i in enumerate(batch):
                 out[i] = tokens[row, : self.num_tokens(audios[i].size)].copy()
         return out

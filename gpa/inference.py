@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Literal, get_args
 
 import torch
 
@@ -45,3 +46,52 @@ def inference_mode() -> Iterator[None]:
     """``torch.inference_mode()`` with cuDNN attention turned off; usable as a decorator too."""
     with torch.inference_mode(), _without_cudnn_attention():
         yield
+
+
+# Arithmetic of the encoders (GLM tokenizer, wav2vec2, BiCodec): "float32" is exact and the default; "bfloat16"
+# runs matrix products and convolutions under bf16 autocast (weights stay float32) for speed on a GPU. Nearest-code
+# selection always runs in float32, but the features it compares are rounded, so tokens can differ from the
+# float32 ones: how often is measured (benchmarks/encoder_agreement.py), not assumed.
+Precision = Literal["float32", "bfloat16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+
+def check_precision(precision: str, device: str | torch.device | None = None) -> Precision:
+    """``precision`` if it is one of :data:`PRECISIONS` and usable on ``device``, else ValueError."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"encoder precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "bfloat16" and device is not None and torch.device(device).type != "cuda":
+        # oneDNN's bf16 grouped convolutions return wrong values on CPUs without native bf16 (wav2vec2's
+        # positional convolution: relative error 1.1 against float32, PyTorch 2.13), so tokens would be garbage.
+        raise ValueError(f"encoder precision 'bfloat16' needs a CUDA device, not {torch.device(device).type}")
+    return precision  # type: ignore[return-value]
+
+
+def encoder_precision(precision: Precision, device: torch.device) -> contextlib.AbstractContextManager:
+    """The arithmetic context of an encoder forward pass (autocast is per thread: other threads are unaffected)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=check_precision(precision, device) == "bfloat16")
+
+
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """Float32 arithmetic inside an :func:`encoder_precision` block (spectrograms, nearest-code distances)."""
+    return torch.autocast(device.type, enabled=False)
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, max_padding: float = 0.25) -> list[list[int]]:
+    """Indices of ``lengths`` in batches of at most ``batch_size``, longest first. A batch closes early rather than
+    pad more than ``max_padding`` of its content (padded size = items x longest): padded frames are computed and
+    thrown away."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    content = 0
+    for i in order:
+        padded = (len(current) + 1) * (lengths[current[0]] if current else lengths[i])
+        if current and (len(current) >= batch_size or padded > (1 + max_padding) * (content + lengths[i])):
+            batches.append(current)
+            current, content = [], 0
+        current.append(i)
+        content += lengths[i]
+    if current:
+        batches.append(current)
+    return batches

@@ -26,6 +26,7 @@ from .chunking import crossfade_join, join_texts, split_audio, split_text, text_
 from .errors import EmptyGeneration, GPAError, InvalidText, TooShortAudio
 from .generation import generate
 from .glm_tokenizer import GLMSpeechTokenizer
+from .inference import Precision, check_precision
 from .llm import load_llm
 from .options import ConvertOptions, GenerationOptions, SynthesizeOptions, TranscribeOptions
 from .profiling import stage
@@ -75,20 +76,27 @@ class GPA:
         dtype: torch.dtype | None = None,
         cache_dir: str | os.PathLike | None = None,
         trust_remote_code: bool = False,
+        encoder_precision: Precision = "float32",
     ) -> GPA:
         """Load a checkpoint in the official layout from a directory, an ``s3://`` prefix or a Hugging Face id.
 
-        ``dtype`` applies to the LLM and the GLM tokenizer (float32 by default; bfloat16 is the usual choice on a
-        GPU). BiCodec always runs in float32: its quantizers pick nearest codes and fp16 flips near-ties.
+        ``dtype`` applies to the LLM and the GLM tokenizer's weights (float32 by default; bfloat16 is the usual choice
+        on a GPU). BiCodec's weights stay float32. ``encoder_precision="bfloat16"`` runs the GLM tokenizer, wav2vec2
+        and BiCodec's encoders under bf16 autocast (CUDA only); float32, the default, is exact. The quantizers
+        pick nearest codes in float32 either way, but from rounded features, so tokens can differ: measure the
+        agreement (benchmarks/encoder_agreement.py) before relying on it.
         """
-        directory = resolve_checkpoint(source, cache_dir)
         device = torch.device(device)
+        check_precision(encoder_precision, device)
+        directory = resolve_checkpoint(source, cache_dir)
         dtype = dtype or torch.float32
         # hashing reads every file again (seconds for the full-size checkpoint): overlap it with building the models
         digest = _in_background(content_hash, directory)
         try:
-            glm = GLMSpeechTokenizer.from_pretrained(directory / "glm-4-voice-tokenizer", device=device, dtype=dtype)
-            bicodec = BiCodec.from_pretrained(directory / "BiCodec", device=device, dtype=torch.float32)
+            glm = GLMSpeechTokenizer.from_pretrained(directory / "glm-4-voice-tokenizer", device=device, dtype=dtype,
+                                                     precision=encoder_precision)
+            bicodec = BiCodec.from_pretrained(directory / "BiCodec", device=device, dtype=torch.float32,
+                                              precision=encoder_precision)
             llm, tokenizer = load_llm(directory, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
             return cls.from_parts(llm, tokenizer, glm, bicodec, source=source, content_hash=digest.result())
         except BaseException:

@@ -24,9 +24,10 @@ class BiCodecModel(nn.Module):
         self.postnet = Decoder(config.postnet)
         self.decoder = WaveGenerator(config.decoder)
 
-    def semantic_tokens(self, features: torch.Tensor) -> torch.Tensor:
-        """wav2vec2 features (batch, frames, channels) -> (batch, tokens)."""
-        return self.quantizer.tokenize(self.encoder(features.transpose(1, 2)))
+    def semantic_tokens(self, features: torch.Tensor, lengths: list[int] | None = None) -> torch.Tensor:
+        """wav2vec2 features (batch, frames, channels) -> (batch, tokens); ``lengths``: each item's own frames
+        (tokens past an item's ``encoder.output_length`` are padding)."""
+        return self.quantizer.tokenize(self.encoder(features.transpose(1, 2), lengths))
 
     def decode(self, semantic_tokens: torch.Tensor, global_tokens: torch.Tensor) -> torch.Tensor:
         """(batch, tokens) and (batch, num_quantizers, token_num) -> waveform (batch, samples)."""

@@ -26,10 +26,33 @@ class Encoder(nn.Module):
             )
         )
         self.project = nn.Linear(dim, config.out_channels)
+        self.sample_ratios = tuple(config.sample_ratios)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample(self.encoder(x))
+    def output_length(self, frames: int) -> int:
+        """Output frames for ``frames`` input frames (each downsampling block keeps whole windows)."""
+        for ratio in self.sample_ratios:
+            frames //= ratio
+        return frames
+
+    def forward(self, x: torch.Tensor, lengths: list[int] | None = None) -> torch.Tensor:
+        """``lengths``: each item's own number of input frames (the rest is padding); None: every row is whole.
+        Output frames past an item's ``output_length`` are padding."""
+        if lengths is None:
+            return self.project(self.downsample(self.encoder(x))).transpose(1, 2)
+        x = self.encoder(x, mask=_frame_mask(lengths, x))
+        for (sampling, backbone), ratio in zip(self.downsample, self.sample_ratios, strict=True):
+            mask = _frame_mask(lengths, x.transpose(1, 2))
+            x = sampling(x, mask)
+            lengths = [n // ratio for n in lengths]
+            x = backbone(x, mask=_frame_mask(lengths, x))
         return self.project(x).transpose(1, 2)
+
+
+def _frame_mask(lengths: list[int], x: torch.Tensor) -> torch.Tensor:
+    """(batch, 1, time) in ``x``'s dtype, 1 on each item's first ``lengths[i]`` frames; ``x`` is (batch, C, time)."""
+    frames = torch.arange(x.shape[-1], device=x.device)
+    lengths_t = torch.tensor(lengths, device=x.device)
+    return (frames[None, None, :] < lengths_t[:, None, None]).to(x.dtype)
 
 
 class Decoder(nn.Module):

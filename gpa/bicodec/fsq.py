@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from ..inference import full_precision
+
 
 class ResidualFSQ(nn.Module):
     def __init__(self, levels: tuple[int, ...], num_quantizers: int, dim: int):
@@ -51,7 +53,9 @@ class ResidualFSQ(nn.Module):
 
     def tokenize(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, tokens, dim) -> (batch, num_quantizers, tokens) indices. Quantization runs in float32."""
-        residual = self.project_in(x).float()
+        with full_precision(x.device):
+            proj_dtype = self.project_in.weight.dtype if isinstance(self.project_in, nn.Linear) else x.dtype
+            residual = self.project_in(x.to(proj_dtype)).float()
         all_indices = []
         for scale in self.scales.float():
             codes, indices = self._quantize(residual / scale)

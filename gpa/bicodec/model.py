@@ -1,14 +1,15 @@
 """The BiCodec front: 16 kHz waveforms <-> (global, semantic) tokens.
 
-Batching: items are only ever batched with items of the same length (waveform samples when tokenizing,
-semantic tokens when decoding; speaker reference clips always have the same length), so no padding enters
-any convolution, normalisation or attention and each item gets exactly what it would get alone.
+Batching never changes an item's result. Tokenizing batches waveforms of any length (longest first, a batch cut
+where its padding would pass a quarter of it): wav2vec2 and the feature encoder take each item's own length and
+keep padding out of every convolution, normalisation and attention (see their modules); speaker reference clips
+all have the same length. Decoding batches only semantic sequences of equal length.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 
 from ..checkpoint import load_module
 from ..errors import EmptyAudio, NonFiniteAudio, TooShortAudio
-from ..inference import inference_mode
+from ..inference import Precision, check_precision, encoder_precision, inference_mode, length_batches
 from .codec import BiCodecModel
 from .config import BiCodecConfig, load_config
 from .mel import MelSpectrogram
@@ -48,6 +49,8 @@ class BiCodec:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         normalization: Normalization | None = None,
+        batch_size: int = 16,
+        precision: Precision = "float32",
     ):
         self.config = config
         self.codec = codec
@@ -60,7 +63,9 @@ class BiCodec:
         # by loud percentiles when it reads a file itself -- its offline inference and training data path,
         # hence the default -- and peak-normalises tensors handed to it (its server path): "peak".
         self.normalization: Normalization = normalization or ("percentile" if config.volume_normalize else "none")
-        self.batch_size = 16
+        self.batch_size = batch_size
+        # "bfloat16": wav2vec2 and the encoders under bf16 autocast (mel and nearest-code searches stay float32)
+        self.precision = check_precision(precision, self.device)
         self.sample_rate = config.sample_rate
         self.samples_per_semantic_token = config.samples_per_semantic_token
         self.semantic_codebook_size = config.quantizer.codebook_size
@@ -77,6 +82,8 @@ class BiCodec:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         normalization: Normalization | None = None,
+        batch_size: int = 16,
+        precision: Precision = "float32",
     ) -> BiCodec:
         """Load ``directory`` (the ``BiCodec`` folder: config.yaml, model.safetensors, wav2vec2-large-xlsr-53/)."""
         directory = Path(directory)
@@ -86,7 +93,8 @@ class BiCodec:
         codec = load_module(lambda: BiCodecModel(config), directory / WEIGHTS_FILE, derived=mel_buffers)
         codec = codec.to(device=device, dtype=dtype).eval()
         wav2vec2 = Wav2Vec2Features.from_pretrained(directory / WAV2VEC2_DIR, device=device, dtype=dtype)
-        return cls(config, codec, wav2vec2, device=device, dtype=dtype, normalization=normalization)
+        return cls(config, codec, wav2vec2, device=device, dtype=dtype, normalization=normalization,
+                   batch_size=batch_size, precision=precision)
 
     # ----------------------------------------------------------------- preprocessing
 
@@ -122,25 +130,28 @@ class BiCodec:
             n += 1
         return n
 
-    def _batched(self, wavs: list[np.ndarray], fn: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
-        """Run ``fn`` over same-length batches of prepared waveforms; per-item results in input order."""
-        out: list[torch.Tensor | None] = [None] * len(wavs)
-        for idx in _groups_by_length([w.shape[0] for w in wavs], self.batch_size):
-            batch = torch.from_numpy(np.stack([self.wav2vec2.normalize(wavs[i]) for i in idx])).to(self.device)
-            result = fn(batch)
-            for j, i in enumerate(idx):
-                out[i] = result[j]
-        return out  # type: ignore[return-value]
+    def _wav2vec2_batches(self, wavs: list[np.ndarray]) -> Iterator[tuple[list[int], torch.Tensor, list[int]]]:
+        """wav2vec2 features of prepared waveforms, batch by batch: (input indices, (batch, frames, hidden)
+        features, each item's own number of frames)."""
+        for idx in length_batches([w.shape[0] for w in wavs], self.batch_size):
+            lengths = [wavs[i].shape[0] for i in idx]
+            batch = torch.zeros(len(idx), max(lengths), dtype=torch.float32)
+            for row, i in enumerate(idx):
+                batch[row, : lengths[row]] = torch.from_numpy(self.wav2vec2.normalize(wavs[i]))
+            with encoder_precision(self.precision, self.device):
+                features = self.wav2vec2(batch.to(self.device), lengths)
+            yield idx, features, [self.wav2vec2.num_frames(n) for n in lengths]
 
     @inference_mode()
     def _semantic(self, wavs: list[np.ndarray]) -> list[np.ndarray]:
         for wav in wavs:
             self._check_semantic_length(wav)
-
-        def run(batch: torch.Tensor) -> torch.Tensor:
-            return self.codec.semantic_tokens(self.wav2vec2(batch).to(self.dtype))
-
-        tokens = [t.long().cpu().numpy() for t in self._batched(wavs, run)]
+        tokens: list[np.ndarray] = [np.zeros(0, np.int64)] * len(wavs)
+        for idx, features, frames in self._wav2vec2_batches(wavs):
+            with encoder_precision(self.precision, self.device):
+                batch_tokens = self.codec.semantic_tokens(features.to(self.dtype), frames)
+            for row, i in enumerate(idx):
+                tokens[i] = batch_tokens[row, : self.codec.encoder.output_length(frames[row])].long().cpu().numpy()
         for wav, t in zip(wavs, tokens, strict=True):
             if t.shape[0] == 0:
                 raise TooShortAudio(f"audio of {wav.shape[0]} samples yields no BiCodec semantic token")
@@ -157,7 +168,8 @@ class BiCodec:
         for start in range(0, len(clips), self.batch_size):
             batch = torch.from_numpy(np.stack(clips[start : start + self.batch_size])).to(self.device)
             mel = self.mel_transform(batch).to(self.dtype)
-            tok, emb = self.codec.speaker_encoder.tokenize_and_embed(mel)
+            with encoder_precision(self.precision, self.device):
+                tok, emb = self.codec.speaker_encoder.tokenize_and_embed(mel)
             tokens += [t.reshape(-1).long().cpu().numpy() for t in tok]
             embeddings.append(emb.float().cpu().numpy())
         dim = self.speaker_embedding_dim
@@ -193,8 +205,12 @@ class BiCodec:
         wavs = [self._prepare(a) if preprocess else np.asarray(a, np.float32) for a in audios]
         for wav in wavs:
             self._check_semantic_length(wav)
+        out: list[torch.Tensor] = [torch.zeros(0)] * len(wavs)
         with inference_mode():
-            return [f.float().cpu() for f in self._batched(wavs, self.wav2vec2)]
+            for idx, features, frames in self._wav2vec2_batches(wavs):
+                for row, i in enumerate(idx):
+                    out[i] = features[row, : frames[row]].float().cpu()
+        return out
 
     def mel(self, audios: Sequence[np.ndarray], *, preprocess: bool = True) -> list[torch.Tensor]:
         """(num_mels, frames) float32 linear-magnitude mel per waveform (CPU).

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..inference import full_precision
 from .config import QuantizerConfig
 from .layers import WNConv1d
 
@@ -26,18 +27,21 @@ class FactorizedVectorQuantize(nn.Module):
         self.register_buffer("cluster_size", torch.zeros(config.codebook_size))
 
     def tokenize(self, z: torch.Tensor) -> torch.Tensor:
-        """(batch, input_dim, frames) -> (batch, frames) int64 code indices."""
-        latents = self.in_project(z)
-        batch = latents.shape[0]
-        encodings = F.normalize(latents.transpose(1, 2).reshape(-1, latents.shape[1]))
-        codebook = F.normalize(self.codebook.weight)
-        # Squared euclidean distance of unit vectors (= 2 - 2 cos); same expression as the reference so that
-        # near-ties resolve identically.
-        dist = (
-            encodings.pow(2).sum(1, keepdim=True)
-            - 2 * encodings @ codebook.t()
-            + codebook.pow(2).sum(1, keepdim=True).t()
-        )
+        """(batch, input_dim, frames) -> (batch, frames) int64 code indices, picked in float32 whatever the
+        model dtype or autocast."""
+        with full_precision(z.device):
+            weight_dtype = self.codebook.weight.dtype
+            latents = self.in_project(z.to(weight_dtype)).float()
+            batch = latents.shape[0]
+            encodings = F.normalize(latents.transpose(1, 2).reshape(-1, latents.shape[1]))
+            codebook = F.normalize(self.codebook.weight.float())
+            # Squared euclidean distance of unit vectors (= 2 - 2 cos); same expression as the reference so that
+            # near-ties resolve identically.
+            dist = (
+                encodings.pow(2).sum(1, keepdim=True)
+                - 2 * encodings @ codebook.t()
+                + codebook.pow(2).sum(1, keepdim=True).t()
+            )
         return (-dist).max(1).indices.reshape(batch, -1)
 
     def detokenize(self, indices: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,9 @@
 """Vocos-style ConvNeXt backbone (optionally speaker-conditioned via adaptive LayerNorm) and the
-up/down-sampling block used between backbones."""
+up/down-sampling block used between backbones.
+
+``mask`` (batch, 1, time), 1 on an item's own frames and 0 on padding: padded frames are zeroed before every
+convolution over time, which then sees exactly the zero padding it sees for the item alone.
+"""
 
 from __future__ import annotations
 
@@ -35,10 +39,11 @@ class ConvNeXtBlock(nn.Module):
         self.pwconv2 = nn.Linear(intermediate_dim, dim)
         self.gamma = nn.Parameter(torch.full((dim,), layer_scale))
 
-    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         # x: (batch, dim, time)
         residual = x
-        x = self.dwconv(x).transpose(1, 2)
+        x = self.dwconv(x if mask is None else x * mask).transpose(1, 2)
         x = self.norm(x, condition) if isinstance(self.norm, AdaLayerNorm) else self.norm(x)
         x = self.pwconv2(self.act(self.pwconv1(x)))
         return residual + (self.gamma * x).transpose(1, 2)
@@ -57,12 +62,13 @@ class VocosBackbone(nn.Module):
         )
         self.final_layer_norm = nn.LayerNorm(dim, eps=LN_EPS)
 
-    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.embed(x).transpose(1, 2)
+    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.embed(x if mask is None else x * mask).transpose(1, 2)
         x = self.norm(x, condition) if isinstance(self.norm, AdaLayerNorm) else self.norm(x)
         x = x.transpose(1, 2)
         for block in self.convnext:
-            x = block(x, condition)
+            x = block(x, condition, mask)
         return self.final_layer_norm(x.transpose(1, 2))
 
 
@@ -90,8 +96,8 @@ class SamplingBlock(nn.Module):
                 nn.Conv1d(dim, dim, kernel_size=2 * r, stride=r, padding=r // 2 + r % 2, groups=groups),
             )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.transpose(1, 2)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x.transpose(1, 2) if mask is None else x.transpose(1, 2) * mask
         if self.upsample_scale > 1:
             repeated = x.repeat_interleave(self.upsample_scale, dim=2)
             merged = repeated + self.de_conv_upsampler(x)
