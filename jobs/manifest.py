@@ -41,7 +41,7 @@ from gpa.storage import NotARegularFile, filesystem, is_transient, open_local
 from . import schema as S
 from . import storage
 
-CANONICAL = tuple(n for n in S.INPUT.names if n != "size_bytes")
+CANONICAL = tuple(n for n in S.INPUT.names if n not in S.LISTING_ONLY)
 
 # which GPA training ``task`` values each job takes
 # manifest conventions (--convention); auto: decided per file by detect_convention
@@ -487,8 +487,17 @@ def list_audio_files(prefix: str, pattern: str) -> list[dict[str, Any]]:
     rows = []
     for path, info in matches:
         relative = path[len(base):].lstrip("/")
-        rows.append({"id": relative, "audio": f"{scheme}{path}", "size_bytes": info.get("size")})
+        rows.append({"id": relative, "audio": f"{scheme}{path}", "size_bytes": info.get("size"),
+                     "input_version": file_version(info)})
     return rows
+
+
+def file_version(info: dict[str, Any]) -> str:
+    """What a listing knows of a file's content without reading it: its size and ETag (object stores) or
+    modification time (file systems). A file rewritten in place gets another version, so a rerun redoes it."""
+    tag = info.get("ETag") or info.get("etag")
+    stamp = f"etag={str(tag).strip(chr(34))}" if tag else f"mtime={info.get('mtime') or info.get('LastModified')}"
+    return f"size={info.get('size')} {stamp}"
 
 
 # --- conventions -----------------------------------------------------------------------------------------------

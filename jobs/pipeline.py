@@ -178,7 +178,9 @@ class _Plan:
 def _plan(config: JobConfig, inputs: InputRows, store: OutputStore) -> _Plan:
     """What this run does: the input rows without a committed row (and, with --retry-errors, the failed ones)."""
     wanted = Counter(inputs.table.column("id").to_pylist() + [e["id"] for e in inputs.errors])
-    done, redo = resume_plan(store.index(), config.retry_errors, wanted)
+    versions = {i: v for i, v in zip(inputs.table.column("id").to_pylist(),
+                                     inputs.table.column("input_version").to_pylist(), strict=True) if v is not None}
+    done, redo = resume_plan(store.index(), config.retry_errors, wanted, versions)
     finished = done - redo
     todo = inputs.table
     if finished:

@@ -112,6 +112,7 @@ def _common(row: dict, config, params: dict | None, model_info: dict) -> dict:
         "model_source": model_info.get("source"), "model_hash": model_info.get("hash"),
         "params": _params(params, row.get("seed")) if params is not None else None, "seed": row.get("seed"),
         "duration_s": row.get("duration_s"), "run_id": model_info.get("run_id"),
+        "input_version": row.get("input_version"),
     }
 
 
