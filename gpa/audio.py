@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -21,10 +22,13 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .errors import EmptyAudio, NonFiniteAudio, StorageUnavailable, TooLongAudio, UnreadableAudio
-from .storage import is_transient, read_bytes, redact_uri, scrub
+from .errors import EmptyAudio, InvalidSegment, NonFiniteAudio, StorageUnavailable, TooLongAudio, UnreadableAudio
+from .storage import FileTooLarge, NotARegularFile, is_transient, read_bytes, redact_uri, scrub
 
 SAMPLE_RATE = 16000
+# the most bytes read for one audio input (a 10-hour 16 kHz 16-bit mono WAV is 1.15 GB): a stray huge file, or a
+# device that never ends, is refused rather than read into memory
+MAX_INPUT_BYTES = 2 * 2**30
 
 AudioInput = Union[str, os.PathLike, bytes, tuple]  # noqa: UP007 (a runtime alias)
 """A path or URI, the encoded bytes of a file, or ``(samples, sample_rate)`` with samples shaped (n,) or (n, ch)."""
@@ -40,14 +44,18 @@ def load_audio(
     start_s: float | None = None,
     end_s: float | None = None,
     max_duration_s: float | None = None,
+    max_bytes: int | None = MAX_INPUT_BYTES,
 ) -> np.ndarray:
     """Decode ``src`` to a 1-D float32 array at ``sample_rate``, optionally cut to ``[start_s, end_s)`` seconds.
 
     ``max_duration_s`` refuses longer audio with :class:`TooLongAudio` (its ``duration_s`` says how long): a
     whole WAV or FLAC file before it is decoded, by its header (a 10-hour stereo WAV decodes to ~12 GB of floats),
     other formats as they decode (what is past the limit is counted, not kept), a segment once cut. Raises
-    :class:`UnreadableAudio`, :class:`EmptyAudio` or :class:`NonFiniteAudio` too (all with a ``kind``).
+    :class:`UnreadableAudio`, :class:`EmptyAudio` or :class:`NonFiniteAudio` too (all with a ``kind``), and
+    :class:`InvalidSegment` for a start or end that is not a finite number. A path or URI is read only up to
+    ``max_bytes`` and only when it is a regular file (:func:`read_audio_file`).
     """
+    _check_times(start_s, end_s)
     name = "audio"
     if isinstance(src, tuple):
         if len(src) != 2:
@@ -56,7 +64,7 @@ def load_audio(
         if samples.ndim == 2 and samples.shape[0] < samples.shape[1] and samples.shape[0] <= 8:
             samples = samples.T  # accept (channels, n) as torch/torchaudio users pass it
     else:
-        data, name = _read(src)
+        data, name = _read(src, max_bytes)
         if start_s is not None or end_s is not None:  # sought, or decoded only as far as it ends
             samples, source_rate = EncodedAudio(data, name=name, sample_rate=sample_rate).segment(
                 start_s, end_s, max_duration_s)
@@ -462,11 +470,24 @@ def _count_packets(data: bytes) -> None:
 def _segment_frames(start_s: float | None, end_s: float | None, rate: int,
                     frames: int | None) -> tuple[int, int | None]:
     """A segment's first and last frame, within ``frames`` when known (``last`` None: to the end, unknown)."""
+    _check_times(start_s, end_s)
     first = int(round(max(start_s or 0.0, 0.0) * rate))
     last = None if end_s is None or end_s < 0 else int(round(end_s * rate))
     if frames is not None:
         first, last = min(frames, first), frames if last is None else min(frames, last)
     return first, None if last is None else max(first, last)
+
+
+def _check_times(start_s: float | None, end_s: float | None) -> None:
+    for what, value in (("start_s", start_s), ("end_s", end_s)):
+        if value is None:
+            continue
+        try:
+            finite = math.isfinite(value) and not isinstance(value, bool)
+        except TypeError:
+            finite = False
+        if not finite:
+            raise InvalidSegment(f"{what} must be a finite number of seconds, got {str(value)[:40]!r}")
 
 
 def _check_segment(name: str, first: int, last: int, rate: int, max_duration_s: float | None) -> None:
@@ -522,13 +543,18 @@ def _pyav_duration(container) -> float | None:
     return None
 
 
-def read_audio_file(uri: str | os.PathLike) -> bytes:
-    """The bytes of an audio file (local path or URI). Raises :class:`UnreadableAudio` when it cannot be read
-    (missing, a directory, forbidden, an invalid name) and :class:`StorageUnavailable`, its transient subclass,
-    when its store cannot be reached: a batch job retries those rows on its next run."""
+def read_audio_file(uri: str | os.PathLike, max_bytes: int | None = MAX_INPUT_BYTES) -> bytes:
+    """The bytes of an audio file (local path or URI), at most ``max_bytes`` of them. Raises
+    :class:`UnreadableAudio` when it cannot be read (missing, a directory, a FIFO, device or socket, larger than
+    ``max_bytes``, forbidden, an invalid name) and :class:`StorageUnavailable`, its transient subclass, when its
+    store cannot be reached: a batch job retries those rows on its next run."""
     name = redact_uri(os.fspath(uri))
     try:
-        return read_bytes(uri)
+        return read_bytes(uri, max_bytes)
+    except FileTooLarge:
+        raise UnreadableAudio(f"{name}: larger than the input size limit ({max_bytes} bytes)") from None
+    except NotARegularFile as exc:  # never opened for reading: a FIFO would block, a device never end
+        raise UnreadableAudio(f"{name}: {exc.strerror}") from None
     except Exception as exc:
         if is_transient(exc):  # first: an unreachable HTTP server is reported as "not found" (see is_transient)
             raise StorageUnavailable(f"{name}: storage unavailable ({type(exc).__name__}); try again later") from None
@@ -541,11 +567,11 @@ def read_audio_file(uri: str | os.PathLike) -> bytes:
         raise UnreadableAudio(f"{name}: cannot read ({type(exc).__name__}: {scrub(str(exc), 200)})") from None
 
 
-def _read(src) -> tuple[bytes, str]:
+def _read(src, max_bytes: int | None) -> tuple[bytes, str]:
     if isinstance(src, (bytes, bytearray, memoryview)):
         return bytes(src), "<bytes>"
     if isinstance(src, (str, os.PathLike)):
-        return read_audio_file(src), redact_uri(os.fspath(src))
+        return read_audio_file(src, max_bytes), redact_uri(os.fspath(src))
     raise UnreadableAudio(f"unsupported audio input of type {type(src).__name__}")
 
 

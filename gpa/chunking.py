@@ -11,6 +11,8 @@ import unicodedata
 
 import numpy as np
 
+from .errors import InvalidText
+
 FRAME_S = 0.02  # energy is measured on 20 ms frames
 
 
@@ -81,6 +83,42 @@ def text_units(text: str) -> int:
     """Rough speaking length of ``text``: one unit per Latin character, three per CJK character (which each carry
     a syllable)."""
     return sum(3 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+_JOINERS = frozenset("\u200c\u200d")  # ZWNJ and ZWJ: they change how a word of some scripts is written and read
+
+
+def clean_text(text: str, max_chars: int) -> str:
+    """Text as the model should see it: control characters become spaces; format (Cf: zero-width spaces,
+    direction marks, ...), private-use (Co) and surrogate (Cs) code points go, except ZWJ/ZWNJ between two
+    characters of a word; whitespace runs collapse. :class:`InvalidText` when nothing speakable (no letter or
+    digit) is left, or when what is left is longer than ``max_chars``."""
+    if not isinstance(text, str):
+        raise InvalidText(f"text must be a string, got {type(text).__name__}")
+    kept = []
+    for i, c in enumerate(text):
+        category = unicodedata.category(c)
+        if category == "Cc":
+            kept.append(" ")
+        elif category not in ("Cf", "Co", "Cs"):
+            kept.append(c)
+        elif c in _JOINERS and 0 < i < len(text) - 1 and _in_word(text[i - 1]) and _in_word(text[i + 1]):
+            kept.append(c)
+    cleaned = " ".join("".join(kept).split())
+    if not cleaned:
+        raise InvalidText("text is empty")
+    if not any(unicodedata.category(c)[0] in "LN" for c in cleaned):
+        raise InvalidText("text has nothing to speak (no letter or digit once control and format characters "
+                          "are removed)")
+    if len(cleaned) > max_chars:
+        raise InvalidText(
+            f"text has {len(cleaned)} characters; the limit is {max_chars} (SynthesizeOptions.max_text_chars)"
+        )
+    return cleaned
+
+
+def _in_word(c: str) -> bool:
+    return unicodedata.category(c)[0] in "LMN"
 
 
 def split_text(text: str, max_units: int) -> list[str]:

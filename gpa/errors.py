@@ -59,6 +59,12 @@ class TooLongAudio(AudioError, ValueError):
         return cls(f"{what} is {seconds:.1f} s; the limit is {limit_s:g} s", duration_s=seconds)
 
 
+class InvalidSegment(AudioError, ValueError):
+    """A segment's start or end is not a finite number of seconds (NaN, infinite, not a number)."""
+
+    kind = "invalid_segment"
+
+
 class InvalidText(GPAError):
     """Text input is empty or cannot be tokenized."""
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import os
 import threading
-import unicodedata
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from . import prompts
 from .audio import SAMPLE_RATE, AudioInput, load_audio
 from .bicodec import BiCodec
 from .checkpoint import content_hash, resolve_checkpoint
-from .chunking import crossfade_join, join_texts, split_audio, split_text, text_units
+from .chunking import clean_text, crossfade_join, join_texts, split_audio, split_text, text_units
 from .errors import EmptyGeneration, GPAError, InvalidText, TooShortAudio
 from .generation import generate
 from .glm_tokenizer import GLMSpeechTokenizer
@@ -395,21 +394,6 @@ class GPA:
                 continue
             audio = crossfade_join([w for _, w in sorted(parts, key=lambda p: p[0])], SAMPLE_RATE, crossfade_s)
             result.audio = (audio - audio.mean()).astype(np.float32)  # DC removal, as the reference does
-
-
-def clean_text(text: str, max_chars: int) -> str:
-    """Text as the model should see it: control characters become spaces, whitespace runs collapse."""
-    if not isinstance(text, str):
-        raise InvalidText(f"text must be a string, got {type(text).__name__}")
-    cleaned = "".join(" " if unicodedata.category(c) in ("Cc", "Cs") else c for c in text)
-    cleaned = " ".join(cleaned.split())
-    if not cleaned:
-        raise InvalidText("text is empty")
-    if len(cleaned) > max_chars:
-        raise InvalidText(
-            f"text has {len(cleaned)} characters; the limit is {max_chars} (SynthesizeOptions.max_text_chars)"
-        )
-    return cleaned
 
 
 def _lengthen_short_tail(ranges: list[tuple[int, int]], min_samples: int, align: int) -> list[tuple[int, int]]:

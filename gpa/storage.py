@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import re
+import stat
 import sys
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -78,14 +79,63 @@ def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def read_bytes(uri: str | os.PathLike) -> bytes:
+class NotARegularFile(OSError):
+    """A local path that names a FIFO, a device or a socket: reading one could block forever (a FIFO nobody
+    writes to) or never end (``/dev/zero``), so nothing is read from it."""
+
+
+class FileTooLarge(OSError):
+    """A file or object larger than the reader's ``max_bytes``."""
+
+
+def open_local(path: str | os.PathLike):
+    """A local file opened for binary reading, only when it is a regular file (:class:`NotARegularFile`,
+    ``IsADirectoryError`` otherwise). Opened without blocking and checked on the open descriptor: a FIFO neither
+    blocks the open nor can take the file's place between a check and the open."""
+    path = os.fspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a socket (or a FIFO on a system that refuses it without a writer)
+            raise NotARegularFile(errno.ENXIO, "not a regular file", path) from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) \
+                else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+            raise NotARegularFile(errno.EINVAL, f"not a regular file ({kind})", path)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_bytes(uri: str | os.PathLike, max_bytes: int | None = None) -> bytes:
+    """The bytes of a local regular file (see :func:`open_local`) or of an object; with ``max_bytes``, at most
+    that many are read and a larger one raises :class:`FileTooLarge` (an object's size is checked before any byte
+    is fetched)."""
     uri = os.fspath(uri)
     if not is_uri(uri):
-        with open(uri.removeprefix("file://"), "rb") as f:
-            return f.read()
+        with open_local(uri.removeprefix("file://")) as f:
+            return _bounded_read(f, uri, max_bytes, None)
     fs, path = filesystem(uri)
     with fs.open(path, "rb") as f:
+        return _bounded_read(f, uri, max_bytes, getattr(f, "size", None))
+
+
+def _bounded_read(f, uri: str, max_bytes: int | None, size: int | None) -> bytes:
+    if max_bytes is None:
         return f.read()
+    if size is not None and size > max_bytes:
+        raise FileTooLarge(errno.EFBIG, f"{size} bytes, over the limit of {max_bytes}", redact_uri(uri))
+    data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise FileTooLarge(errno.EFBIG, f"over the limit of {max_bytes} bytes", redact_uri(uri))
+    return data
 
 
 _TRANSIENT_ERRNOS = {errno.EBUSY, errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED,

@@ -7,6 +7,7 @@ locally for the duration of the job. Flags override the ``--config`` YAML file, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from typing import Any
@@ -52,6 +53,14 @@ def _add_job_arguments(p: argparse.ArgumentParser) -> None:
     io.add_argument("--config", help="YAML file with any of these settings (flags win)")
     io.add_argument("--glob", help="list files matching this pattern under --input (e.g. '**/*.mp3')")
     io.add_argument("--format", dest="input_format", choices=("auto", "jsonl", "csv", "parquet"))
+    io.add_argument("--convention", choices=("auto", "canonical", "gpa", "nemo"),
+                    help="the manifest's field names: ours (canonical), GPA's training JSONL, NeMo's; default auto: "
+                    "what most of its first 100 rows follow")
+    io.add_argument("--skip-other-tasks", action="store_true",
+                    help="GPA training manifests: leave out (and count) rows of other jobs' tasks instead of making "
+                    "them error rows")
+    io.add_argument("--allow-empty", action="store_true",
+                    help="accept an input without rows (an empty, complete job) instead of refusing it")
     io.add_argument("--field-map", action="append", metavar="OURS=THEIRS",
                     help="map manifest columns to ours, e.g. id=utt_id,audio=path (repeatable)")
     io.add_argument("--reference", help="reference voice for rows without ref_audio (synthesize, convert)")
@@ -96,6 +105,8 @@ def _add_job_arguments(p: argparse.ArgumentParser) -> None:
     task.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other task option (repeatable)")
     task.add_argument("--max-duration-s", type=float, help="longer audio becomes an error row (default 3600)")
     task.add_argument("--max-text-chars", type=int, help="longer text becomes an error row (default 20000)")
+    task.add_argument("--max-input-mb", type=float,
+                      help="larger audio files become error rows without being read (default 2048)")
     task.add_argument("--no-quality", dest="quality", action="store_false",
                       help="skip round-trip ASR and speaker similarity")
     task.add_argument("--keep-max-cer", type=float, help="synthesize quality gate: max CER (default 0.5)")
@@ -210,8 +221,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     started = False
     try:
-        started = ensure_ray()
-        result = run_job(config, progress=getattr(args, "progress", None))
+        with _interrupt_on_termination():
+            try:
+                started = ensure_ray()
+                result = run_job(config, progress=getattr(args, "progress", None))
+            finally:
+                if started:
+                    shutdown_ray()
     except (InputError, JobError) as exc:
         print(f"gpa-batch {config.job}: {exc}", file=sys.stderr)
         return 1
@@ -219,15 +235,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpa-batch {config.job}: interrupted; finished parts are kept and rerunning the same command "
               "resumes the job", file=sys.stderr)
         return 130
-    finally:
-        if started:
-            shutdown_ray()
     if getattr(args, "print_json", False):
         print(json.dumps(summary_dict(result), indent=1, default=str))
     else:
         print(format_summary(result))
     # the store was unreachable for some rows: a scheduler that retries failed jobs reruns it (EX_TEMPFAIL)
     return EXIT_RETRY if result.extra.get("storage_unavailable") else 0
+
+
+@contextlib.contextmanager
+def _interrupt_on_termination():
+    """SIGTERM and SIGHUP (a scheduler stopping the job, a closed terminal) end the run as Ctrl-C does: the run
+    gives its output up, and Ray and its temporary directory are removed (the default action would kill the
+    process before any of that)."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def job_main(job: str) -> None:

@@ -25,6 +25,9 @@ class JobConfig:
     # input
     glob: str | None = None  # list files under --input instead of reading a manifest
     input_format: str = "auto"  # auto | jsonl | csv | parquet
+    convention: str = "auto"  # auto | canonical | gpa | nemo (jobs.manifest.CONVENTIONS)
+    skip_other_tasks: bool = False  # GPA training manifests: leave other jobs' rows out (else they are error rows)
+    allow_empty: bool = False  # an input without rows ends as an empty, complete job instead of being refused
     field_map: dict[str, str] = field(default_factory=dict)  # our field -> the manifest's column
     reference: str | None = None  # default reference audio for rows without one (synthesize, convert)
     limit: int | None = None  # process at most this many pending rows (the rest stay pending)
@@ -49,6 +52,7 @@ class JobConfig:
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # TranscribeOptions / SynthesizeOptions / ConvertOptions
     max_duration_s: float = 3600.0  # longer inputs become error rows (too_long_audio)
+    max_input_mb: float = 2048.0  # larger audio files (and references) become error rows, unread (unreadable_audio)
     max_text_chars: int = 20_000
     quality: bool = True  # synthesize: round-trip ASR + speaker similarity; convert: similarities
     keep_max_cer: float = 0.5
@@ -105,6 +109,11 @@ class JobConfig:
             raise ValueError("--audio-storage must be inline or objects")
         if self.input_format not in ("auto", "jsonl", "csv", "parquet"):
             raise ValueError("--format must be auto, jsonl, csv or parquet")
+        if self.convention not in ("auto", "canonical", "gpa", "nemo"):
+            raise ValueError("--convention must be auto, canonical, gpa or nemo")
+        if isinstance(self.max_input_mb, bool) or not isinstance(self.max_input_mb, numbers.Real) \
+                or not self.max_input_mb > 0 or not math.isfinite(self.max_input_mb):
+            raise ValueError(f"--max-input-mb must be a number above 0, got {self.max_input_mb!r}")
 
     def for_cluster(self, cluster_gpus: float, cluster_cpus: float | None = None) -> JobConfig:
         """This config with the defaults that depend on the cluster filled in: GPUs per actor (1 when the cluster
@@ -130,6 +139,10 @@ class JobConfig:
     def model_dtype(self, device: str) -> str:
         """The model's dtype on ``device``: ``dtype`` when given, else bfloat16 on CUDA and float32 on a CPU."""
         return self.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+
+    @property
+    def max_input_bytes(self) -> int:
+        return int(self.max_input_mb * 2**20)
 
     @property
     def window_rows(self) -> int:

@@ -34,14 +34,19 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 
-from gpa.storage import filesystem, is_transient
+from gpa.chunking import clean_text
+from gpa.errors import InvalidText
+from gpa.storage import NotARegularFile, filesystem, is_transient, open_local
 
 from . import schema as S
 from . import storage
 
-CANONICAL = tuple(n for n in S.INPUT.names if n != "size_bytes")
+CANONICAL = tuple(n for n in S.INPUT.names if n not in S.LISTING_ONLY)
 
 # which GPA training ``task`` values each job takes
+# manifest conventions (--convention); auto: decided per file by detect_convention
+CONVENTIONS = ("auto", "canonical", "gpa", "nemo")
+
 GPA_TASKS = {"transcribe": ("stt", "asr", ""), "synthesize": ("tts-a", "tts"), "convert": ("vc",)}
 
 # valid rows are kept as Python dicts only this many at a time, then as Arrow columns: an archive of millions of
@@ -85,15 +90,23 @@ def load_inputs(
     field_map: dict[str, str] | None = None,
     reference: str | None = None,
     max_text_chars: int = 20_000,
+    convention: str = "auto",
+    skip_other_tasks: bool = False,
+    allow_empty: bool = False,
 ) -> InputRows:
     """Read, normalise and validate the input rows of ``job`` (see module docstring), streaming the manifest."""
     uri = storage.normalize(uri)
+    if convention not in CONVENTIONS:
+        raise InputError(f"unknown manifest convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
     if glob:
         raw, convention, base = iter(list_audio_files(uri, glob)), "listing", uri
     else:
         records = read_records(uri, input_format)
         head = list(itertools.islice(records, 100))
-        convention = detect_convention(head, field_map or {})
+        if field_map:
+            convention = "field_map"
+        elif convention == "auto":
+            convention = detect_convention(head)
         raw = (_canonical(r, convention, field_map or {}) for r in itertools.chain(head, records))
         base = storage.parent(uri)
     out = InputRows(convention=convention, source=storage.redact_uri(uri))
@@ -101,9 +114,9 @@ def load_inputs(
     chunk: list[dict[str, Any]] = []
     tables: list[pa.Table] = []
     for line, row in enumerate(raw, start=1):
-        if "__parse_error__" in row:
+        if isinstance(row, BadRecord):
             out.errors.append({"id": _unique_line_id(line, seen), "error_kind": "invalid_manifest_row",
-                               "error": row["__parse_error__"]})
+                               "error": row.reason})
             continue
         task = row.pop("__task__", None)
         for key in ("audio", "ref_audio"):  # ids derive from paths as written, before they are resolved
@@ -112,9 +125,13 @@ def load_inputs(
         row_id = _derive_id(job, row, line)
         if task is not None and str(task).strip().lower() not in GPA_TASKS[job]:
             if any(str(task).strip().lower() in names for names in GPA_TASKS.values()):
-                out.skipped_other_task += 1  # another job's row in a mixed training manifest
-                continue
-            problem = ("invalid_row", f"unknown task {str(task)[:40]!r}")
+                if skip_other_tasks:  # asked for: another job's row in a mixed training manifest, counted
+                    out.skipped_other_task += 1
+                    continue
+                problem = ("other_task", f"task {str(task).strip()!r} belongs to another job; pass "
+                                         "--skip-other-tasks to leave such rows out")
+            else:
+                problem = ("invalid_row", f"unknown task {str(task)[:40]!r}")
         if row_id in seen:
             problem = ("duplicate_id", "another input row has the same id; only the first one is processed")
         seen.add(row_id)
@@ -139,6 +156,10 @@ def load_inputs(
             chunk = []
     tables.append(S.rows_to_table(chunk, S.INPUT))
     out.table = pa.concat_tables(tables).combine_chunks()
+    if not out.total and not out.skipped_other_task and not allow_empty:
+        # a job of no rows would end "complete": an empty upload must not pass for a finished one
+        raise InputError(f"{out.source} holds no rows (an empty manifest, or a header only); pass --allow-empty "
+                         "to accept an empty input")
     return out
 
 
@@ -155,38 +176,248 @@ def _unique_line_id(line: int, seen: set[str]) -> str:
 
 # --- reading ---------------------------------------------------------------------------------------------------
 
+# Limits of one manifest record (docs/jobs.md, "Manifest limits"). A record past one of them becomes its own
+# invalid_manifest_row; the records around it are read as usual.
+MAX_RECORD_BYTES = 8 * 2**20  # a JSONL line or a CSV line (longer ones are skipped as they stream, never held)
+MAX_NESTING = 32  # JSON arrays/objects within a record (a row is flat; deeper is never a real manifest)
+MAX_INT_DIGITS = 100  # digits of a JSON integer (a seed has at most 19)
+MAX_ARRAY_BYTES = 64 * 2**20  # a whole-document JSON array is parsed at once, so only up to this size
 
-def read_records(uri: str, input_format: str = "auto") -> Iterator[dict[str, Any]]:
-    """The manifest's rows as dicts, in file order, read as a stream. Unparseable JSON lines become
-    ``{"__parse_error__": ...}``; a manifest that cannot be read at all raises :class:`InputError`."""
+
+@dataclass(frozen=True)
+class BadRecord:
+    """A manifest record that could not be read as a row, and why (``line N: ...``). A type of its own, not a
+    marker key: no field of a user's record can pass for it."""
+
+    reason: str
+
+
+class RecordTooLong(Exception):
+    """A line longer than :data:`MAX_RECORD_BYTES` (raised once per such line by :class:`_Lines`)."""
+
+
+def read_records(uri: str, input_format: str = "auto") -> Iterator[dict[str, Any] | BadRecord]:
+    """The manifest's records in file order, read as a stream: a dict per row, a :class:`BadRecord` for each one
+    that cannot be parsed (each record is judged on its own); a manifest that cannot be read at all raises
+    :class:`InputError`."""
     fmt = input_format if input_format != "auto" else _format_from_name(uri)
     with _open_input(uri) as f:
+        if fmt not in ("parquet", "csv", "jsonl"):
+            raise InputError(f"cannot tell the format of {storage.redact_uri(uri)}; pass --format "
+                             "jsonl|csv|parquet")
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
             source = io.BytesIO(f.read()) if isinstance(f, gzip.GzipFile) else f  # Parquet needs cheap seeks
             for batch in pq.ParquetFile(source).iter_batches(batch_size=_CHUNK_ROWS):
-                yield from (_jsonable_row(r) for r in batch.to_pylist())
+                yield from (_parquet_row(r) for r in batch.to_pylist())
         elif fmt == "csv":
-            delimiter = "\t" if uri.removesuffix(".gz").endswith(".tsv") else ","
-            # undecodable bytes are kept as surrogates so that only the rows holding them fail (see _validate)
-            text = io.TextIOWrapper(f, encoding="utf-8-sig", errors="surrogateescape", newline="")
-            for r in csv.DictReader(text, delimiter=delimiter):
-                yield {k: (v if v != "" else None) for k, v in r.items() if k is not None}
-        elif fmt == "jsonl":
-            first = True
-            for line in f:  # split on "\n" only (see _parse_line)
-                if first and line.startswith(codecs.BOM_UTF8):
-                    line = line[len(codecs.BOM_UTF8):]
-                if not line.strip():
-                    continue
-                if first and line.lstrip().startswith(b"["):  # a JSON array of objects, not JSON lines
-                    yield from _json_array(uri, line + f.read())
-                    return
-                first = False
-                yield _parse_line(line)
+            yield from _csv_records(f, "\t" if uri.removesuffix(".gz").endswith(".tsv") else ",")
         else:
-            raise InputError(f"cannot tell the format of {storage.redact_uri(uri)}; pass --format jsonl|csv|parquet")
+            yield from _jsonl_records(f)
+
+
+class _Lines:
+    """The ``\\n``-separated lines of a binary stream, each at most ``limit`` bytes. A longer line raises
+    :class:`RecordTooLong` once (its bytes are skipped as they stream) and the iteration goes on after it, which a
+    generator could not do. ``number`` is the 1-based number of the line last returned or skipped. With
+    ``decode``, lines come as text (UTF-8, a leading BOM dropped, undecodable bytes kept as surrogate escapes so
+    that only the rows holding them fail)."""
+
+    _CHUNK = 2**20
+
+    def __init__(self, f, limit: int, *, head: bytes = b"", number: int = 0, decode: bool = False):
+        self.f, self.limit, self.decode = f, limit, decode
+        self.buffer = bytearray(head)
+        self.number = number
+        self.scanned = 0  # bytes of the buffer known to hold no newline
+        self.eof = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while True:
+            end = self.buffer.find(b"\n", self.scanned)
+            if end >= 0 or (self.eof and self.buffer):
+                end = len(self.buffer) - 1 if end < 0 else end
+                line = bytes(self.buffer[: end + 1])
+                del self.buffer[: end + 1]
+                self.scanned = 0
+                self.number += 1
+                if len(line) > self.limit:
+                    raise RecordTooLong(self.number)
+                return self._text(line) if self.decode else line
+            if self.eof:
+                raise StopIteration
+            self.scanned = len(self.buffer)
+            if len(self.buffer) > self.limit:  # drop what is read of this line, then the rest up to its end
+                self._skip_line()
+                raise RecordTooLong(self.number)
+            chunk = self.f.read(self._CHUNK)
+            if chunk:
+                self.buffer += chunk
+            else:
+                self.eof = True
+
+    def _skip_line(self) -> None:
+        self.buffer.clear()
+        self.number += 1
+        while True:
+            chunk = self.f.read(self._CHUNK)
+            if not chunk:
+                self.eof = True
+                break
+            end = chunk.find(b"\n")
+            if end >= 0:
+                self.buffer += chunk[end + 1:]
+                break
+        self.scanned = 0
+
+    def _text(self, line: bytes) -> str:
+        if self.number == 1 and line.startswith(codecs.BOM_UTF8):
+            line = line[len(codecs.BOM_UTF8):]
+        return line.decode("utf-8", "surrogateescape")
+
+
+def _too_long(line: int) -> BadRecord:
+    return BadRecord(f"line {line}: longer than {MAX_RECORD_BYTES} bytes (the limit of one manifest record)")
+
+
+def _jsonl_records(f) -> Iterator[dict[str, Any] | BadRecord]:
+    """JSON lines; or one JSON array of objects, when the whole file parses as one (a first line starting with
+    ``[`` alone does not make it one: that line may be a bad record of a JSONL file)."""
+    lines = _Lines(f, MAX_RECORD_BYTES)
+    first = True
+    while True:
+        try:
+            line = next(lines)
+        except StopIteration:
+            return
+        except RecordTooLong as exc:
+            first = False
+            yield _too_long(exc.args[0])
+            continue
+        if first and line.startswith(codecs.BOM_UTF8):
+            line = line[len(codecs.BOM_UTF8):]
+        if not line.strip():
+            continue
+        if first and line.lstrip().startswith(b"["):
+            number = lines.number - 1
+            data = line + bytes(lines.buffer)
+            data += f.read(max(0, MAX_ARRAY_BYTES + 1 - len(data)))  # up to the limit and one byte past it
+            items = _json_array(data) if len(data) <= MAX_ARRAY_BYTES else None
+            if items is not None:
+                yield from items
+                return
+            # not one array: the same bytes again, as JSON lines (the first of them a bad record)
+            lines = _Lines(f, MAX_RECORD_BYTES, head=data, number=number)
+            first = False
+            continue
+        first = False
+        yield _parse_line(line, lines.number)
+
+
+def _json_array(data: bytes) -> list[dict[str, Any] | BadRecord] | None:
+    """The records of a JSON array document, or None when ``data`` is not one."""
+    try:
+        items = _loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(items, list):
+        return None
+    records: list[dict[str, Any] | BadRecord] = []
+    for n, item in enumerate(items, start=1):
+        problem = None if isinstance(item, dict) else "not a JSON object"
+        problem = problem or _nesting_problem(item)
+        records.append(BadRecord(f"array item {n}: {problem}") if problem else item)
+    return records
+
+
+def _parse_line(line: bytes, number: int) -> dict[str, Any] | BadRecord:
+    """One JSONL record. Lines are split on ``\\n`` only: JSON strings may hold other line separators (U+2028,
+    U+0085, ...) that ``str.splitlines`` would cut at. Whatever is wrong with a line makes it one bad record."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return BadRecord(f"line {number}: not valid UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1})")
+    try:
+        value = _loads(text)
+    except json.JSONDecodeError as exc:
+        return BadRecord(f"line {number}: not valid JSON: {exc.msg} at column {exc.colno}")
+    except RecursionError:
+        return BadRecord(f"line {number}: nested deeper than {MAX_NESTING} levels")
+    except ValueError as exc:  # from _bounded_int
+        return BadRecord(f"line {number}: {exc}")
+    if not isinstance(value, dict):
+        return BadRecord(f"line {number}: a manifest line must be a JSON object")
+    problem = _nesting_problem(value)
+    return BadRecord(f"line {number}: {problem}") if problem else value
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text, parse_int=_bounded_int)
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits) - digits.startswith("-") > MAX_INT_DIGITS:
+        raise ValueError(f"an integer has more than {MAX_INT_DIGITS} digits")
+    return int(digits)
+
+
+def _nesting_problem(value: Any) -> str | None:
+    """Why ``value`` is nested too deep to be a row (None when it is not), found without recursion."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return f"nested deeper than {MAX_NESTING} levels"
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, (dict, list)))
+    return None
+
+
+def _csv_records(f, delimiter: str) -> Iterator[dict[str, Any] | BadRecord]:
+    """CSV/TSV rows under the header line. A row with more cells than the header is a bad record (its extra
+    cells would otherwise vanish); a short row's missing cells are empty."""
+    lines = _Lines(f, MAX_RECORD_BYTES, decode=True)
+    reader = csv.reader(lines, delimiter=delimiter)
+    header: list[str] | None = None
+    while True:
+        limit = csv.field_size_limit(MAX_RECORD_BYTES)  # one cell may fill a whole record
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except RecordTooLong as exc:
+            if header is None:
+                raise InputError(f"the CSV header line is longer than {MAX_RECORD_BYTES} bytes") from None
+            yield _too_long(exc.args[0])
+            continue
+        except csv.Error as exc:
+            if header is None:
+                raise InputError(f"the CSV header line cannot be read ({exc})") from None
+            yield BadRecord(f"line {lines.number}: not valid CSV ({exc})")
+            continue
+        finally:
+            csv.field_size_limit(limit)
+        if not cells:  # a blank line
+            continue
+        if header is None:
+            header = cells
+            continue
+        if len(cells) > len(header):
+            yield BadRecord(f"line {lines.number}: {len(cells)} cells, the header has {len(header)}")
+            continue
+        row = dict(zip(header, cells, strict=False))
+        yield {k: (row.get(k) or None) for k in header}
+
+
+def _parquet_row(row: dict) -> dict:
+    # bytes that are not UTF-8 are kept as surrogate escapes: validation makes such a row invalid_row, as in CSV
+    return {k: (v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v) for k, v in row.items()}
 
 
 @contextlib.contextmanager
@@ -195,8 +426,13 @@ def _open_input(uri: str):
     :class:`InputError` that says why, without credentials."""
     name = storage.redact_uri(uri)
     try:
-        fs, path = filesystem(uri)
-        raw = fs.open(path, "rb")
+        if storage.is_uri(uri):
+            fs, path = filesystem(uri)
+            raw = fs.open(path, "rb")
+        else:  # a FIFO or a device would hang or never end the read
+            raw = open_local(uri)
+    except NotARegularFile as exc:
+        raise InputError(f"{name}: {exc.strerror}; a manifest must be a file") from None
     except FileNotFoundError as exc:
         if is_transient(exc):  # fsspec's HTTP filesystem says "not found" for a server it cannot reach
             raise InputError(_read_failure(name, exc)) from None
@@ -219,31 +455,6 @@ def _read_failure(name: str, exc: Exception) -> str:
     return f"{name}: {reason} ({type(exc).__name__}: {storage.scrub(str(exc), 200)})"
 
 
-def _json_array(uri: str, data: bytes) -> list[dict[str, Any]]:
-    try:
-        items = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not valid UTF-8"
-        raise InputError(f"{storage.redact_uri(uri)}: not valid JSON ({reason})") from None
-    if not isinstance(items, list):
-        raise InputError(f"{storage.redact_uri(uri)}: a JSON manifest must be an array of objects")
-    return [r if isinstance(r, dict) else {"__parse_error__": "not a JSON object"} for r in items]
-
-
-def _parse_line(line: bytes) -> dict[str, Any]:
-    """One JSONL record. Lines are split on ``\\n`` only: JSON strings may hold other line separators (U+2028,
-    U+0085, ...) that ``str.splitlines`` would cut at. A line that is not UTF-8 or not JSON is one bad row."""
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return {"__parse_error__": f"not valid UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1})"}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return {"__parse_error__": f"not valid JSON: {exc.msg} at column {exc.colno}"}
-    return value if isinstance(value, dict) else {"__parse_error__": "a manifest line must be a JSON object"}
-
-
 def _format_from_name(uri: str) -> str:
     name = uri.lower().removesuffix(".gz")
     if name.endswith((".jsonl", ".ndjson", ".json")):
@@ -253,10 +464,6 @@ def _format_from_name(uri: str) -> str:
     if name.endswith((".parquet", ".pq")):
         return "parquet"
     return "unknown"
-
-
-def _jsonable_row(row: dict) -> dict:
-    return {k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else v) for k, v in row.items()}
 
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".mp4", ".wma", ".aiff")
@@ -280,29 +487,37 @@ def list_audio_files(prefix: str, pattern: str) -> list[dict[str, Any]]:
     rows = []
     for path, info in matches:
         relative = path[len(base):].lstrip("/")
-        rows.append({"id": relative, "audio": f"{scheme}{path}", "size_bytes": info.get("size")})
+        rows.append({"id": relative, "audio": f"{scheme}{path}", "size_bytes": info.get("size"),
+                     "input_version": file_version(info)})
     return rows
+
+
+def file_version(info: dict[str, Any]) -> str:
+    """What a listing knows of a file's content without reading it: its size and ETag (object stores) or
+    modification time (file systems). A file rewritten in place gets another version, so a rerun redoes it."""
+    tag = info.get("ETag") or info.get("etag")
+    stamp = f"etag={str(tag).strip(chr(34))}" if tag else f"mtime={info.get('mtime') or info.get('LastModified')}"
+    return f"size={info.get('size')} {stamp}"
 
 
 # --- conventions -----------------------------------------------------------------------------------------------
 
 
-def detect_convention(records: list[dict[str, Any]], field_map: dict[str, str]) -> str:
-    columns: set[str] = set()
-    for r in records[:100]:
-        columns.update(k for k in r if k != "__parse_error__")
-    if field_map:
-        return "field_map"
-    if "audio_filepath" in columns:
-        return "nemo"
-    if "task" in columns or ({"begin_time", "end_time"} <= columns and "vc_audio" in columns):
-        return "gpa"
+def detect_convention(records: list[dict[str, Any] | BadRecord]) -> str:
+    """The convention most of ``records`` (a manifest's first rows) follow, by the keys each row has: NeMo's rows
+    have ``audio_filepath``, GPA's training rows ``task``. A convention needs more than half the rows, so one odd
+    row cannot flip a file; anything else reads as ours (canonical). ``--convention`` overrides it."""
+    rows = [r for r in records if isinstance(r, dict)]
+    for convention, key in (("nemo", "audio_filepath"), ("gpa", "task")):
+        if rows and sum(key in r for r in rows) * 2 > len(rows):
+            return convention
     return "canonical"
 
 
-def _canonical(record: dict[str, Any], convention: str, field_map: dict[str, str]) -> dict[str, Any]:
-    if "__parse_error__" in record:
-        return dict(record)
+def _canonical(record: dict[str, Any] | BadRecord, convention: str,
+               field_map: dict[str, str]) -> dict[str, Any] | BadRecord:
+    if isinstance(record, BadRecord):
+        return record
     if convention == "nemo":
         row = {"id": record.get("id"), "audio": record.get("audio_filepath"), "text": record.get("text"),
                "duration_hint": record.get("duration"), "seed": record.get("seed")}
@@ -341,14 +556,14 @@ def _validate(job: str, row: dict[str, Any], reference: str | None, max_text_cha
         if problem:
             return "invalid_row", f"{key}: {problem}"
     raw_id = row.get("id")
-    if raw_id is not None and not isinstance(raw_id, (str, int)):
+    if raw_id is not None and not _is_id(raw_id):
         return "invalid_row", f"id must be a string or an integer, got {type(raw_id).__name__}"
     if isinstance(raw_id, str) and not raw_id.strip():
         return "invalid_row", "id is empty"
     for key in ("audio", "ref_audio", "text", "ref_id", "source_id"):
         value = row.get(key)
         if value is not None and not isinstance(value, str):
-            if key in ("ref_id", "source_id") and isinstance(value, int):
+            if key in ("ref_id", "source_id") and _is_id(value):
                 row[key] = str(value)
                 continue
             return "invalid_row", f"{key} must be a string, got {type(value).__name__}"
@@ -386,7 +601,16 @@ def _validate(job: str, row: dict[str, Any], reference: str | None, max_text_cha
             return "invalid_text", "text is empty"
         if len(text) > max_text_chars:
             return "invalid_text", f"text has {len(text)} characters; the limit is {max_text_chars} (--max-text-chars)"
+        try:  # what the model would refuse: the one cleaning rule, gpa's
+            clean_text(text, max_text_chars)
+        except InvalidText as exc:
+            return "invalid_text", str(exc)
     return None
+
+
+def _is_id(value: Any) -> bool:
+    """Ids are strings or integers; a bool is not one (``True`` would become the id ``"True"``)."""
+    return isinstance(value, (str, int)) and not isinstance(value, bool)
 
 
 def _is_unicode(text: str) -> bool:
@@ -468,7 +692,7 @@ def _derive_id(job: str, row: dict[str, Any], line: int) -> str:
 
 def _id_from_row(job: str, row: dict[str, Any], line: int) -> str:
     raw_id = row.get("id")
-    if isinstance(raw_id, (str, int)) and str(raw_id).strip():
+    if _is_id(raw_id) and str(raw_id).strip():
         return str(raw_id)
     if raw_id is not None:  # an id of the wrong type or empty: name the row by its line
         return f"line:{line}"

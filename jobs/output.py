@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import schema as S
 from . import storage
 
 FORMAT = "gpa-batch-output/1"
@@ -103,10 +104,22 @@ def read_parquet(uri: str, columns: list[str] | None = None) -> pa.Table:
     if columns is None:
         return pq.read_table(io.BytesIO(storage.read_bytes(uri)))
     if not storage.is_uri(uri):
-        return pq.ParquetFile(uri).read(columns=columns)
+        return _read_columns(pq.ParquetFile(uri), columns)
     fs, path = storage.filesystem(uri)
     with fs.open(path, "rb", block_size=2**18) as f:  # ranged reads, without fetching megabytes ahead
-        return pq.ParquetFile(f).read(columns=columns)
+        return _read_columns(pq.ParquetFile(f), columns)
+
+
+def _read_columns(part: pq.ParquetFile, columns: list[str]) -> pa.Table:
+    """``columns`` of a part; a column that parts written by earlier versions lack (``input_version``) reads as
+    nulls of its type."""
+    names = part.schema_arrow.names
+    table = part.read(columns=[c for c in columns if c in names])
+    for name in columns:
+        if name not in names:
+            kind = next((f.type for f in S.COMMON if f.name == name), pa.string())
+            table = table.append_column(pa.field(name, kind), pa.nulls(table.num_rows, kind))
+    return table.select(columns)
 
 
 @dataclass
@@ -162,11 +175,11 @@ class OutputStore:
         return pa.concat_tables([read_parquet(f, columns) for f in files], promote_options="permissive")
 
     def index(self) -> pa.Table:
-        """``id, status, error_kind`` of every committed row (what resume decides on)."""
-        table = self.read(["id", "status", "error_kind"])
+        """``id, status, error_kind, input_version`` of every committed row (what resume decides on)."""
+        table = self.read(["id", "status", "error_kind", "input_version"])
         if table is None:
-            return pa.table({"id": pa.array([], pa.string()), "status": pa.array([], pa.string()),
-                             "error_kind": pa.array([], pa.string())})
+            return pa.table({name: pa.array([], pa.string())
+                             for name in ("id", "status", "error_kind", "input_version")})
         return table
 
     # --- staging ---------------------------------------------------------------------------------------------
@@ -418,7 +431,8 @@ def _final_name(record: dict) -> str:
     return record["part"]  # part names already carry the run id and are unique
 
 
-def resume_plan(index: pa.Table, retry_errors: bool, wanted: Counter | None = None) -> tuple[set[str], set[str]]:
+def resume_plan(index: pa.Table, retry_errors: bool, wanted: Counter | None = None,
+                versions: dict[str, str] | None = None) -> tuple[set[str], set[str]]:
     """(ids already done, ids to redo) from the committed ``index``.
 
     Done: every id with a committed row. Redo: ids whose rows failed for a transient reason (the store was
@@ -427,7 +441,9 @@ def resume_plan(index: pa.Table, retry_errors: bool, wanted: Counter | None = No
     row, except: with ``wanted`` (how many input rows each id has), ids whose committed rows do not stand one for
     one for their input rows, with the first one's result among them. A run stopped after staging its validation
     errors commits a duplicate's ``duplicate_id`` row without the first row's result, and a manifest can gain or
-    lose duplicates; all the rows of such an id are redone, and supersede the committed ones.
+    lose duplicates; all the rows of such an id are redone, and supersede the committed ones. With ``versions``
+    (id -> the version a listing saw its file at), ids whose committed row was made from another version of the
+    file (rewritten in place since) are redone too; a row without a version (an earlier release's) is kept.
     """
     ids = index.column("id").to_pylist()
     statuses = index.column("status").to_pylist()
@@ -441,6 +457,10 @@ def resume_plan(index: pa.Table, retry_errors: bool, wanted: Counter | None = No
         committed = Counter(ids)
         with_result = {i for i, k in zip(ids, kinds, strict=True) if k != "duplicate_id"}
         redo |= {i for i, n in committed.items() if i in wanted and (n != wanted[i] or i not in with_result)}
+    if versions:
+        made_from = index.column("input_version").to_pylist() if "input_version" in index.column_names \
+            else [None] * len(ids)
+        redo |= {i for i, v in zip(ids, made_from, strict=True) if v is not None and versions.get(i, v) != v}
     return done, redo
 
 

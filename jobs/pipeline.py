@@ -102,7 +102,8 @@ def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
         store.check_ours()
     inputs = load_inputs(config.job, config.input, glob=config.glob, input_format=config.input_format,
                          field_map=config.field_map, reference=config.reference,
-                         max_text_chars=config.max_text_chars)
+                         max_text_chars=config.max_text_chars, convention=config.convention,
+                         skip_other_tasks=config.skip_other_tasks, allow_empty=config.allow_empty)
     # only now, with everything checked, does this run touch the output (the default MLflow store lives there)
     tracking = JobTracking(tracking_uri=config.mlflow_uri, output=store.uri,
                            experiment=config.experiment or f"gpa-batch-{config.job}",
@@ -177,7 +178,9 @@ class _Plan:
 def _plan(config: JobConfig, inputs: InputRows, store: OutputStore) -> _Plan:
     """What this run does: the input rows without a committed row (and, with --retry-errors, the failed ones)."""
     wanted = Counter(inputs.table.column("id").to_pylist() + [e["id"] for e in inputs.errors])
-    done, redo = resume_plan(store.index(), config.retry_errors, wanted)
+    versions = {i: v for i, v in zip(inputs.table.column("id").to_pylist(),
+                                     inputs.table.column("input_version").to_pylist(), strict=True) if v is not None}
+    done, redo = resume_plan(store.index(), config.retry_errors, wanted, versions)
     finished = done - redo
     todo = inputs.table
     if finished:
@@ -313,7 +316,8 @@ def _run_pipeline(config: JobConfig, rows: pa.Table, run_id: str, params: dict, 
     cpu_args = {"num_cpus": config.cpus_per_task, "memory": config.memory_per_task_mb * 2**20}
     ds = ray.data.from_blocks(blocks)  # block metadata computed here, not by a remote task per block
     ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=window, zero_copy_batch=True,
-                        fn_kwargs={"job": config.job, "max_duration_s": config.max_duration_s}, **cpu_args)
+                        fn_kwargs={"job": config.job, "max_duration_s": config.max_duration_s,
+                                   "max_bytes": config.max_input_bytes}, **cpu_args)
     ds = ds.map_batches(
         GPAStage, fn_constructor_kwargs={"config": cfg}, batch_format="pyarrow", batch_size=window,
         compute=ray.data.ActorPoolStrategy(min_size=config.actors[0], max_size=config.actors[1]),
@@ -430,20 +434,39 @@ def _interactive() -> bool:
 
 
 _LOCAL_RAY_DIR: list[str] = []
+_RAY_DIR_PREFIX = "gpa-batch-ray-"
+_OWNER_FILE = "gpa-batch-owner.pid"
 
 
 def ensure_ray(num_cpus: int | None = None) -> bool:
-    """Connect to ``RAY_ADDRESS`` when set, else start a local Ray. Returns True when this call started it."""
+    """Connect to ``RAY_ADDRESS`` when set, else start a local Ray in a temporary directory of its own (removed by
+    :func:`shutdown_ray`, at exit too; one left by a killed run is removed by the next start). Returns True when
+    this call started it; a failure to start or connect is a :class:`JobError` of one line."""
+    import atexit
+
     import ray
 
     if ray.is_initialized():
         return False
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
-    else:
-        temp = tempfile.mkdtemp(prefix="gpa-batch-ray-")
-        _LOCAL_RAY_DIR.append(temp)
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, _temp_dir=temp)
+    try:
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        else:
+            _remove_orphaned_ray_dirs()
+            temp = tempfile.mkdtemp(prefix=_RAY_DIR_PREFIX)
+            _LOCAL_RAY_DIR.append(temp)
+            with open(os.path.join(temp, _OWNER_FILE), "w") as f:
+                f.write(str(os.getpid()))
+            atexit.register(shutdown_ray)  # an exit that skips the caller's finally (sys.exit in a library, ...)
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, _temp_dir=temp)
+    except Exception as exc:
+        shutdown_ray()
+        where = os.environ.get("RAY_ADDRESS") or "a local Ray"
+        hint = "" if os.environ.get("RAY_ADDRESS") else (
+            f"; Ray's socket paths under {tempfile.gettempdir()} must stay short (set TMPDIR to a short path)"
+            if len(tempfile.gettempdir()) > 40 else "")
+        raise JobError(f"could not start or connect to {storage.redact_uri(where)} ({_root_cause(exc)}){hint}") \
+            from None
     return True
 
 
@@ -456,6 +479,22 @@ def shutdown_ray() -> None:
     ray.shutdown()
     while _LOCAL_RAY_DIR:
         shutil.rmtree(_LOCAL_RAY_DIR.pop(), ignore_errors=True)
+
+
+def _remove_orphaned_ray_dirs() -> None:
+    """Remove the temporary directories of local Rays whose owner process is gone (a run killed with SIGKILL, which
+    no handler sees). A directory without an owner file is left alone: it may be another run's, just made."""
+    import glob
+    import shutil
+
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), _RAY_DIR_PREFIX + "*")):
+        try:
+            with open(os.path.join(path, _OWNER_FILE)) as f:
+                owner = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if owner != os.getpid() and not os.path.exists(f"/proc/{owner}"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 # --- driver-side rows, params, artifacts -----------------------------------------------------------------------

@@ -19,13 +19,15 @@ TIMINGS = pa.struct([("decode_s", pa.float64()), ("model_s", pa.float64()), ("en
 SEGMENT = pa.struct([("start", pa.float64()), ("end", pa.float64()), ("text", pa.string())])
 TOKENS = pa.list_(pa.int32())
 
-# the canonical input fields every manifest convention is mapped to (see jobs/manifest.py), and the size of the
-# audio file when the planner knows it (from a listing or a local stat; not a manifest field)
+# the canonical input fields every manifest convention is mapped to (see jobs/manifest.py); then, not manifest
+# fields, the size of the audio file when the planner knows it (from a listing or a local stat) and the version a
+# listing saw the file at (its size and ETag or mtime: a rerun redoes a file changed since)
 INPUT = pa.schema([
     ("id", pa.string()), ("audio", pa.string()), ("text", pa.string()), ("ref_audio", pa.string()),
     ("ref_id", pa.string()), ("source_id", pa.string()), ("begin_time", pa.float64()), ("end_time", pa.float64()),
-    ("seed", pa.int64()), ("duration_hint", pa.float64()), ("size_bytes", pa.int64()),
+    ("seed", pa.int64()), ("duration_hint", pa.float64()), ("size_bytes", pa.int64()), ("input_version", pa.string()),
 ])
+LISTING_ONLY = ("size_bytes", "input_version")
 
 COMMON = [
     pa.field("id", pa.string(), nullable=False),
@@ -39,6 +41,7 @@ COMMON = [
     pa.field("duration_s", pa.float64()),
     pa.field("timings", TIMINGS),
     pa.field("run_id", pa.string()),
+    pa.field("input_version", pa.string()),  # --glob: the file's size and ETag/mtime as listed (else null)
 ]
 
 TRANSCRIBE = [

@@ -51,11 +51,12 @@ class _LastFile:
     audio = None  # gpa.audio.EncodedAudio
 
 
-def decode_batch(batch: pa.Table, job: str, max_duration_s: float) -> pa.Table:
+def decode_batch(batch: pa.Table, job: str, max_duration_s: float, max_bytes: int | None = None) -> pa.Table:
     """Fetch and decode each row's audio to 16 kHz mono, cut its segment, measure its duration."""
-    from gpa.audio import SAMPLE_RATE, EncodedAudio, load_audio, read_audio_file
+    from gpa.audio import MAX_INPUT_BYTES, SAMPLE_RATE, EncodedAudio, load_audio, read_audio_file
     from gpa.errors import GPAError, TooLongAudio, UnreadableAudio
 
+    max_bytes = MAX_INPUT_BYTES if max_bytes is None else max_bytes
     task = TASKS[job]
     rows = batch.to_pylist()
     wavs: list[np.ndarray | None] = [None] * len(rows)
@@ -69,11 +70,11 @@ def decode_batch(batch: pa.Table, job: str, max_duration_s: float) -> pa.Table:
                 if begin is not None and end is not None and end - begin > max_duration_s:  # before fetching
                     raise TooLongAudio.over_limit("the segment", end - begin, max_duration_s)
                 if begin is None and end is None:
-                    wav = load_audio(row["audio"], max_duration_s=max_duration_s)
+                    wav = load_audio(row["audio"], max_duration_s=max_duration_s, max_bytes=max_bytes)
                 else:
                     if _LastFile.uri != row["audio"]:
                         _LastFile.uri, _LastFile.audio = None, None
-                        _LastFile.audio = EncodedAudio(read_audio_file(row["audio"]), name=name)
+                        _LastFile.audio = EncodedAudio(read_audio_file(row["audio"], max_bytes), name=name)
                         _LastFile.uri = row["audio"]
                     segment = _LastFile.audio.segment(begin, end, max_duration_s)
                     wav = load_audio(segment, max_duration_s=max_duration_s)
@@ -111,7 +112,8 @@ class GPAStage:
         dtype = getattr(torch, self.config.model_dtype(device))
         self.model = GPA.from_pretrained(self.config.model, device=device, dtype=dtype, cache_dir=self.config.cache_dir)
         self.options = self.task.options(self.config)
-        self.speakers = SpeakerCache(max_duration_s=self.config.max_duration_s)
+        self.speakers = SpeakerCache(max_duration_s=self.config.max_duration_s,
+                                     max_bytes=self.config.max_input_bytes)
         self.source = storage.redact_uri(str(self.model.source or self.config.model))
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -10,7 +10,8 @@ def summary_dict(result: JobResult) -> dict:
     tracking = result.tracking
     return {
         "job": result.job, "run_id": result.run_id, "input": result.input, "output": storage.redact_uri(result.output),
-        "input_rows": result.input_rows, "skipped_other_task": result.skipped_other_task,
+        "input_rows": result.input_rows, "convention": result.extra.get("convention"),
+        "skipped_other_task": result.skipped_other_task,
         "already_done": result.already_done, "processed": result.processed, "counts": result.counts,
         "committed_rows": result.committed_rows, "committed": result.committed,
         "rows_not_in_input": result.extra.get("rows_not_in_input", 0), "complete": result.complete,
@@ -26,9 +27,10 @@ def format_summary(result: JobResult) -> str:
     kinds = ", ".join(f"{k}: {v}" for k, v in sorted(c.items()) if k not in ("ok", "error"))
     lines = [
         f"gpa-batch {result.job}  run {result.run_id}  ({result.wall_s:.1f} s)",
-        f"  input           {result.input}",
+        f"  input           {result.input}  ({result.extra.get('convention')} convention)",
         f"  input rows      {result.input_rows}"
-        + (f"  (+{result.skipped_other_task} rows for other tasks, left out)" if result.skipped_other_task else ""),
+        + (f"  (+{result.skipped_other_task} rows of other tasks, left out: --skip-other-tasks)"
+           if result.skipped_other_task else ""),
         f"  this run        {result.processed} rows: {c.get('ok', 0)} ok, {c.get('error', 0)} error"
         + (f" ({kinds})" if kinds else "")
         + (f"; {result.already_done} already done" if result.already_done else ""),

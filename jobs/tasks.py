@@ -112,6 +112,7 @@ def _common(row: dict, config, params: dict | None, model_info: dict) -> dict:
         "model_source": model_info.get("source"), "model_hash": model_info.get("hash"),
         "params": _params(params, row.get("seed")) if params is not None else None, "seed": row.get("seed"),
         "duration_s": row.get("duration_s"), "run_id": model_info.get("run_id"),
+        "input_version": row.get("input_version"),
     }
 
 
@@ -263,9 +264,11 @@ class SpeakerCache:
     """Speakers (global tokens + embedding) per reference, computed once per actor and reused across batches:
     a TTS corpus typically has thousands of rows per reference voice."""
 
-    def __init__(self, capacity: int = 4096, max_duration_s: float | None = None):
+    def __init__(self, capacity: int = 4096, max_duration_s: float | None = None, max_bytes: int | None = None):
         self.capacity = capacity
-        self.max_duration_s = max_duration_s  # a reference is decoded whole: the same guard as the job's audio
+        # a reference is decoded whole: the same guards as the job's audio
+        self.max_duration_s = max_duration_s
+        self.max_bytes = max_bytes
         self._cache: dict[str, Any] = {}
 
     def resolve(self, model, rows: list[dict], field: str = "ref_audio") -> list:
@@ -282,7 +285,8 @@ class SpeakerCache:
             key = row[field]
             if key not in self._cache and key not in failed:
                 try:
-                    samples = load_audio(key, max_duration_s=self.max_duration_s)  # outage: retried next run
+                    # an outage is retried next run
+                    samples = load_audio(key, max_duration_s=self.max_duration_s, max_bytes=self.max_bytes)
                     self._cache[key] = model.speaker((samples, S.SAMPLE_RATE))
                 except GPAError as exc:
                     failed[key] = exc

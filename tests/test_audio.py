@@ -421,3 +421,54 @@ def test_max_duration_refuses_long_audio_before_decoding_it(tmp_path, monkeypatc
     with pytest.raises(TooLongAudio, match="the segment is 4.0 s"):
         load_audio(str(path), start_s=1.0, end_s=5.0, max_duration_s=3.0)
     assert len(load_audio(str(path), start_s=1.0, end_s=3.5, max_duration_s=3.0)) == 40000
+
+
+def test_only_regular_files_are_read_and_reads_are_bounded(tmp_path):
+    import os
+    import socket
+    import time
+
+    from gpa.audio import read_audio_file
+
+    os.mkfifo(tmp_path / "pipe.wav")  # nobody writes to it: a plain open would block forever
+    started = time.monotonic()
+    with pytest.raises(UnreadableAudio, match=r"pipe\.wav: not a regular file \(a FIFO\)"):
+        load_audio(str(tmp_path / "pipe.wav"))
+    assert time.monotonic() - started < 5
+    with pytest.raises(UnreadableAudio, match=r"/dev/zero: not a regular file \(a device\)"):
+        load_audio("/dev/zero")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(tmp_path / "sock.wav"))
+        with pytest.raises(UnreadableAudio, match=r"sock\.wav: not a regular file"):
+            load_audio(str(tmp_path / "sock.wav"))
+    data = encoded(tone(1.0), 16000, "WAV", "PCM_16")
+    (tmp_path / "a.wav").write_bytes(data)
+    assert read_audio_file(tmp_path / "a.wav", max_bytes=len(data)) == data
+    with pytest.raises(UnreadableAudio, match=r"larger than the input size limit \(1000 bytes\)"):
+        load_audio(str(tmp_path / "a.wav"), max_bytes=1000)
+
+
+def test_a_bounded_read_of_an_object_checks_its_size_first(s3_bucket):
+    import boto3
+
+    from gpa.audio import read_audio_file
+
+    data = encoded(tone(1.0), 16000, "WAV", "PCM_16")
+    boto3.client("s3").put_object(Bucket=s3_bucket, Key="a.wav", Body=data)
+    assert read_audio_file(f"s3://{s3_bucket}/a.wav", max_bytes=len(data)) == data
+    with pytest.raises(UnreadableAudio, match="larger than the input size limit"):
+        read_audio_file(f"s3://{s3_bucket}/a.wav", max_bytes=len(data) - 1)
+
+
+@pytest.mark.parametrize("start,end", [(float("nan"), None), (0.0, float("inf")), (float("-inf"), 1.0), ("x", None)])
+def test_segment_times_that_are_not_finite_are_a_typed_error(start, end):
+    from gpa.errors import InvalidSegment
+
+    data = encoded(tone(1.0), 16000, "WAV", "PCM_16")
+    with pytest.raises(InvalidSegment, match="must be a finite number of seconds") as caught:
+        load_audio(data, start_s=start, end_s=end)
+    assert caught.value.kind == "invalid_segment"
+    with pytest.raises(InvalidSegment):
+        EncodedAudio(data).segment(start, end)
+    with pytest.raises(InvalidSegment):
+        load_audio((tone(1.0), 16000), start_s=start, end_s=end)

@@ -249,3 +249,61 @@ def test_options_the_job_sets_itself_are_refused_as_options():
     with pytest.raises(JobError, match="max_text_chars"):
         task_params(JobConfig(job="transcribe", options={"max_text_chars": 5}, **base))
     assert task_params(JobConfig(job="synthesize", max_text_chars=5, **base))["max_text_chars"] == 5
+
+
+def test_manifest_flags_fill_the_job_config():
+    c = config(["transcribe", "--input", "m.jsonl", "--output", "/tmp/o", "--model", "m", "--convention", "nemo",
+                "--skip-other-tasks", "--allow-empty", "--max-input-mb", "10"])
+    assert (c.convention, c.skip_other_tasks, c.allow_empty, c.max_input_bytes) == ("nemo", True, True, 10 * 2**20)
+    with pytest.raises(SystemExit):
+        config(["transcribe", "--input", "m", "--output", "o", "--model", "m", "--convention", "kaldi"])
+    with pytest.raises(ValueError, match="--max-input-mb must be a number above 0"):
+        config(["transcribe", "--input", "m", "--output", "o", "--model", "m", "--max-input-mb", "0"])
+
+
+def test_a_ray_that_cannot_start_is_one_line_and_leaves_no_directory(tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    from jobs.cli import main
+
+    long_tmp = tmp_path / ("d" * 120)  # too long for the AF_UNIX socket paths Ray makes under it
+    long_tmp.mkdir()
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(long_tmp))
+    (tmp_path / "m.jsonl").write_text('{"id": "a", "audio": "a.wav"}\n')
+    code = main(["transcribe", "--input", str(tmp_path / "m.jsonl"), "--output", str(tmp_path / "out"),
+                 "--model", str(tmp_path / "model")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "Traceback" not in err[0]
+    assert err[0].startswith("gpa-batch transcribe: could not start or connect to a local Ray (")
+    assert "set TMPDIR to a short path" in err[0] and list(long_tmp.iterdir()) == []
+
+
+def test_orphaned_ray_directories_of_dead_runs_are_removed(tmp_path, monkeypatch):
+    import tempfile
+
+    from jobs import pipeline
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for name, owner in (("gpa-batch-ray-dead", dead.pid), ("gpa-batch-ray-alive", os.getpid()),
+                        ("gpa-batch-ray-new", None), ("other-dir", dead.pid)):
+        (tmp_path / name / "session").mkdir(parents=True)
+        if owner is not None:
+            (tmp_path / name / "gpa-batch-owner.pid").write_text(str(owner))
+    pipeline._remove_orphaned_ray_dirs()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpa-batch-ray-alive", "gpa-batch-ray-new", "other-dir"]
+
+
+def test_sigterm_ends_a_cli_run_as_ctrl_c_does():
+    import signal
+    import time
+
+    from jobs.cli import _interrupt_on_termination
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"), _interrupt_on_termination():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this at once
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the CLI run's only

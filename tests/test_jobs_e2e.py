@@ -387,3 +387,45 @@ def test_demo_prints_counts_matching_the_example_manifest(ray_address, tmp_path)
     assert "RANDOM weights" in out and "--model AutoArk-AI/GPA" in out
     assert (tmp_path / "demo" / "transcribe" / "_SUCCESS").exists()
     assert "mlflow          sqlite:///" in out
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_listed_file_rewritten_in_place_is_redone(where, ray_address, tiny_checkpoint, mlflow_uri, tmp_path,
+                                                     s3_bucket):
+    """--glob runs compare each file's listed version (size and ETag or mtime) with the one its row was made
+    from: a file overwritten under the same name is transcribed again, the others are not."""
+    names = ("espeak_weather.flac", "espeak_numbers.flac")
+    if where == "local":
+        archive = tmp_path / "archive"
+        archive.mkdir()
+        for name in names:
+            shutil.copy(AUDIO / name, archive / name)
+        prefix = str(archive)
+
+        def rewrite(name: str, source: str) -> None:
+            shutil.copy(AUDIO / source, archive / name)
+            os.utime(archive / name, (time.time() + 5, time.time() + 5))  # a coarse clock still sees a change
+    else:
+        import boto3
+
+        s3 = boto3.client("s3")
+        for name in names:
+            s3.put_object(Bucket=s3_bucket, Key=f"archive/{name}", Body=(AUDIO / name).read_bytes())
+        prefix = f"s3://{s3_bucket}/archive/"
+
+        def rewrite(name: str, source: str) -> None:
+            s3.put_object(Bucket=s3_bucket, Key=f"archive/{name}", Body=(AUDIO / source).read_bytes())
+    config = small_config("transcribe", prefix, tmp_path / "out", tiny_checkpoint, mlflow_uri, glob="*.flac")
+    first = run_job(config)
+    assert first.processed == 2 and first.complete
+    versions = {r["id"]: r["input_version"] for r in committed(tmp_path / "out")}
+    assert all(v and v.startswith("size=") for v in versions.values())
+    assert run_job(config).processed == 0  # nothing changed: nothing redone
+    rewrite("espeak_numbers.flac", "espeak_short.flac")
+    again = run_job(config)
+    assert again.processed == 1 and again.already_done == 1 and again.complete
+    rows = {r["id"]: r for r in committed(tmp_path / "out")}
+    assert len(rows) == 2 and rows["espeak_weather.flac"]["input_version"] == versions["espeak_weather.flac"]
+    assert rows["espeak_numbers.flac"]["input_version"] != versions["espeak_numbers.flac"]
+    assert rows["espeak_numbers.flac"]["duration_s"] == pytest.approx(sf.info(AUDIO / "espeak_short.flac").duration,
+                                                                      abs=0.01)

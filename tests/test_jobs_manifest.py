@@ -27,7 +27,7 @@ def test_examples_read_with_relative_paths_resolved():
 
 
 def test_gpa_training_jsonl_segments_and_task_filter():
-    got = load_inputs("transcribe", str(EXAMPLES / "transcribe_gpa.jsonl"))
+    got = load_inputs("transcribe", str(EXAMPLES / "transcribe_gpa.jsonl"), skip_other_tasks=True)
     assert got.convention == "gpa"
     assert got.skipped_other_task == 1  # the tts-a row belongs to the synthesize job
     first, second, whole = got.rows
@@ -35,9 +35,16 @@ def test_gpa_training_jsonl_segments_and_task_filter():
     assert (second["begin_time"], second["end_time"]) == (4.0, None)  # -1: to the end of the file
     assert (whole["begin_time"], whole["end_time"]) == (None, None)  # -1/-1: the whole file
     assert first["id"] == "audio/jfk.flac@0.000-4.000" and whole["id"] == "audio/espeak_weather.flac"
-    tts = load_inputs("synthesize", str(EXAMPLES / "transcribe_gpa.jsonl"))
+    tts = load_inputs("synthesize", str(EXAMPLES / "transcribe_gpa.jsonl"), skip_other_tasks=True)
     assert [r["ref_audio"] for r in tts.rows] == [str(EXAMPLES / "audio" / "espeak_library.flac")]
     assert tts.skipped_other_task == 3
+
+
+def test_rows_of_another_task_are_error_rows_unless_filtering_is_asked_for():
+    got = load_inputs("transcribe", str(EXAMPLES / "transcribe_gpa.jsonl"))
+    assert got.skipped_other_task == 0 and got.total == 4 and len(got.rows) == 3
+    (error,) = got.errors
+    assert error["error_kind"] == "other_task" and "--skip-other-tasks" in error["error"]
 
 
 def test_nemo_manifest_duration_and_offset():
@@ -312,3 +319,146 @@ def test_a_manifest_that_breaks_off_is_an_input_error(tmp_path):
     (tmp_path / "m.jsonl.gz").write_bytes(data[: len(data) // 2])  # truncated upload
     with pytest.raises(InputError, match=r"m\.jsonl\.gz: cannot read it \(EOFError"):
         load_inputs("transcribe", str(tmp_path / "m.jsonl.gz"))
+
+
+# --- hostile manifests: each record is judged on its own --------------------------------------------------------
+
+
+def _kinds(got) -> list[tuple[str, str]]:
+    return sorted((e["id"], e["error_kind"]) for e in got.errors)
+
+
+@pytest.mark.parametrize("first", [b"[1, 2, 3]", b'[{"id": "cut", "audio": "a.wav"', b"[]"])
+def test_a_first_line_like_a_json_array_is_one_bad_record(tmp_path, first):
+    rows = b"".join(json.dumps({"id": f"r{i}", "audio": "a.wav"}).encode() + b"\n" for i in range(3))
+    (tmp_path / "m.jsonl").write_bytes(first + b"\n" + rows)
+    got = load_inputs("transcribe", str(tmp_path / "m.jsonl"))
+    assert [r["id"] for r in got.rows] == ["r0", "r1", "r2"]
+    assert _kinds(got) == [("line:1", "invalid_manifest_row")] and got.errors[0]["error"].startswith("line 1: ")
+
+
+def test_a_whole_file_json_array_is_still_read_as_one(tmp_path):
+    items = [{"id": "a", "audio": "a.wav"}, 7, {"id": "b", "audio": "b.wav"}]
+    (tmp_path / "m.json").write_text(json.dumps(items, indent=2))
+    got = load_inputs("transcribe", str(tmp_path / "m.json"))
+    assert [r["id"] for r in got.rows] == ["a", "b"]
+    assert _kinds(got) == [("line:2", "invalid_manifest_row")] and "not a JSON object" in got.errors[0]["error"]
+
+
+def test_deep_nesting_huge_integers_and_long_lines_are_bad_records(tmp_path, monkeypatch):
+    import jobs.manifest as M
+
+    monkeypatch.setattr(M, "MAX_RECORD_BYTES", 100_000)
+    lines = [
+        b'{"id": "deep", "audio": "a.wav", "x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",  # over the line limit
+        b'{"id": "deep2", "audio": "a.wav", "x": ' + b"[" * 5_000 + b"]" * 5_000 + b"}",  # RecursionError
+        b'{"id": "deep3", "audio": "a.wav", "x": ' + b"[" * 40 + b"]" * 40 + b"}",  # past MAX_NESTING
+        b'{"id": "digits", "audio": "a.wav", "seed": ' + b"9" * 5_000 + b"}",
+        b'{"id": "long", "audio": "a.wav", "text": "' + b"x" * 300_000,  # no newline until the end of the file?
+        json.dumps({"id": "after", "audio": "a.wav"}).encode(),
+    ]
+    (tmp_path / "m.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    got = load_inputs("transcribe", str(tmp_path / "m.jsonl"))
+    assert [r["id"] for r in got.rows] == ["after"]
+    assert _kinds(got) == [(f"line:{n}", "invalid_manifest_row") for n in (1, 2, 3, 4, 5)]
+    reasons = [e["error"] for e in got.errors]
+    assert "longer than 100000 bytes" in reasons[0] and "longer than 100000 bytes" in reasons[4]
+    assert "nested deeper than 32 levels" in reasons[1] and "nested deeper than 32 levels" in reasons[2]
+    assert "more than 100 digits" in reasons[3]
+
+
+def test_csv_cells_and_ragged_rows_are_judged_row_by_row(tmp_path, monkeypatch):
+    import jobs.manifest as M
+
+    big = "word " * 200_000  # a 1 MB cell: over csv's default field limit (131072), within a record's
+    ref = str(EXAMPLES / "audio" / "jfk.flac")
+    body = f'id,text,ref_audio\nbig,"{big}",{ref}\nok,hello there,{ref}\nragged,hi,{ref},extra,cells\nshort,hi\n'
+    (tmp_path / "m.csv").write_text(body)
+    got = load_inputs("synthesize", str(tmp_path / "m.csv"))
+    assert [r["id"] for r in got.rows] == ["ok"]
+    assert _kinds(got) == [("big", "invalid_text"), ("line:3", "invalid_manifest_row"), ("short", "missing_field")]
+    assert "line 4: 5 cells, the header has 3" in next(e["error"] for e in got.errors if e["id"] == "line:3")
+    monkeypatch.setattr(M, "MAX_RECORD_BYTES", 500_000)  # now the cell is past the record's limit
+    got = load_inputs("synthesize", str(tmp_path / "m.csv"))
+    assert [r["id"] for r in got.rows] == ["ok"] and ("line:1", "invalid_manifest_row") in _kinds(got)
+    assert got.total == 4
+
+
+def test_conventions_follow_the_rows_and_one_row_cannot_flip_them(tmp_path):
+    ref = str(EXAMPLES / "audio" / "jfk.flac")
+    rows = [{"id": f"t{i}", "text": "hello", "ref_audio": ref} for i in range(3)]
+    with_task = write_jsonl(tmp_path / "task.jsonl", [{**rows[0], "task": "stt"}, *rows[1:]])
+    got = load_inputs("synthesize", str(with_task))
+    assert got.convention == "canonical" and [r["id"] for r in got.rows] == ["t0", "t1", "t2"]
+    audio_rows = [{"id": f"a{i}", "audio": "a.wav"} for i in range(3)]
+    one_nemo = write_jsonl(tmp_path / "nemo.jsonl", [{**audio_rows[0], "audio_filepath": "b.wav"}, *audio_rows[1:]])
+    got = load_inputs("transcribe", str(one_nemo))
+    assert got.convention == "canonical" and got.errors == [] and len(got.rows) == 3
+    forced = load_inputs("transcribe", str(one_nemo), convention="nemo")  # explicit: rows without it fail
+    assert forced.convention == "nemo" and _kinds(forced) == [("a1", "missing_field"), ("a2", "missing_field")]
+    with pytest.raises(InputError, match="convention"):
+        load_inputs("transcribe", str(one_nemo), convention="kaldi")
+
+
+def test_ids_are_strings_or_integers_and_markers_are_not_fields(tmp_path):
+    manifest = write_jsonl(tmp_path / "m.jsonl", [
+        {"id": True, "audio": "a.wav"}, {"id": 1.5, "audio": "b.wav"}, {"id": 3, "audio": "c.wav"},
+        {"id": "marker", "audio": "d.wav", "__parse_error__": "not mine", "__task__": "tts"},
+        {"id": "ref-bool", "audio": "e.wav", "ref_id": False},
+    ])
+    got = load_inputs("transcribe", str(manifest))
+    assert [r["id"] for r in got.rows] == ["3", "marker"]
+    assert _kinds(got) == [("line:1", "invalid_row"), ("line:2", "invalid_row"), ("ref-bool", "invalid_row")]
+
+
+def test_undecodable_parquet_ids_are_invalid_rows_not_merged(tmp_path):
+    table = pa.table({"id": pa.array([b"\xff-a", b"\xfe-a", b"ok"], pa.binary()), "audio": ["a.wav"] * 3})
+    pq.write_table(table, tmp_path / "m.parquet")
+    got = load_inputs("transcribe", str(tmp_path / "m.parquet"))
+    assert [r["id"] for r in got.rows] == ["ok"]
+    assert _kinds(got) == [("line:1", "invalid_row"), ("line:2", "invalid_row")]
+    assert all("id is not valid Unicode" in e["error"] for e in got.errors)
+
+
+def test_texts_with_nothing_speakable_are_invalid_text(tmp_path):
+    ref = str(EXAMPLES / "audio" / "jfk.flac")
+    texts = {"controls": "\x00\x07\x1b\x7f", "format": "\u200b\u200e\u2060\ufeff", "mixed": "\x00 \u200b\x1b\t",
+             "private": "\ue000\uf8ff", "speakable": "Hi\u200b there\x07", "zwnj": "می\u200cخواهم"}
+    manifest = write_jsonl(tmp_path / "m.jsonl", [{"id": k, "text": v, "ref_audio": ref} for k, v in texts.items()])
+    got = load_inputs("synthesize", str(manifest))
+    assert [r["id"] for r in got.rows] == ["speakable", "zwnj"]
+    assert _kinds(got) == [(k, "invalid_text") for k in ("controls", "format", "mixed", "private")]
+
+
+def test_clean_text_keeps_joiners_inside_words_only():
+    from gpa.errors import InvalidText
+    from gpa.model import clean_text
+
+    assert clean_text("می\u200cخواهم", 100) == "می\u200cخواهم"  # ZWNJ inside a Persian word stays
+    assert clean_text("\u200dword\u200d", 100) == "word"  # at a word's edge it goes
+    assert clean_text("in\u00advisible\u200b  text\x00x", 100) == "invisible text x"
+    with pytest.raises(InvalidText, match="nothing to speak"):
+        clean_text("\u200b?!\u200e", 100)
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n", "id,audio\n", "parquet"])
+def test_empty_inputs_are_refused_unless_allowed(tmp_path, content):
+    if content == "parquet":
+        path = tmp_path / "m.parquet"
+        pq.write_table(pa.table({"id": pa.array([], pa.string()), "audio": pa.array([], pa.string())}), path)
+    else:
+        path = tmp_path / ("m.csv" if content.startswith("id") else "m.jsonl")
+        path.write_text(content)
+    with pytest.raises(InputError, match="holds no rows .*--allow-empty"):
+        load_inputs("transcribe", str(path))
+    assert load_inputs("transcribe", str(path), allow_empty=True).total == 0
+
+
+def test_only_regular_files_are_read_as_manifests(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "m.jsonl")  # nobody writes to it: opening it for reading would block
+    with pytest.raises(InputError, match="not a regular file \\(a FIFO\\)"):
+        load_inputs("transcribe", str(tmp_path / "m.jsonl"))
+    with pytest.raises(InputError, match="not a regular file \\(a device\\)"):
+        load_inputs("transcribe", "/dev/zero", input_format="jsonl")

@@ -48,6 +48,7 @@ class Manifest:
     path: Path
     cases: list[Case]
     config: dict = field(default_factory=dict)  # job settings the run uses
+    header: bytes = b""  # a CSV manifest's header line (not a record)
 
     @property
     def rows(self) -> int:
@@ -259,6 +260,8 @@ def text_cases(d: Path, reference: str) -> list[Case]:
         one("text_control_chars", "text with NUL, BEL and an ANSI escape", "Hello\x00 there\x07 \x1b[31mfriend.",
             None, keep_text=True),
         one("text_only_control_chars", "text of control characters only", "\x00\x07\x1b", "invalid_text"),
+        one("text_only_format_chars", "NUL BEL ESC DEL and the invisible ZWSP and LRM (category Cf)",
+            "\x00\x07\x1b\x7f\u200b\u200e", "invalid_text"),
         one("text_emoji", "emoji", "Good morning 👋🏽 🎉 — see you soon!", None, keep_text=True),
         one("text_rtl", "right-to-left scripts (Arabic, Hebrew)", "مرحبا بالعالم. שלום עולם.", None,
             keep_text=True),
@@ -269,6 +272,60 @@ def text_cases(d: Path, reference: str) -> list[Case]:
         one("ref_unreadable", "a reference that is not audio", "Hello.", "unreadable_audio",
             ref=str(d / "ref_text.wav")),
         one("ref_too_short", "a 1-sample reference", "Hello.", "too_short_audio", ref=str(d / "ref_one_sample.wav")),
+    ]
+
+
+def hostile_cases(d: Path, ok_audio: str) -> list[Case]:
+    """Records that used to stop a whole job, be dropped, hang it or change their identity; this manifest's first
+    line must stay the JSON array."""
+    fifo = d / "fifo.wav"
+    if not fifo.exists():
+        os.mkfifo(fifo)  # nobody ever writes to it: opening it for reading would block
+
+    def ok(row_id, **extra):
+        return line({"id": row_id, "audio": ok_audio, **extra})
+
+    return [
+        Case("array_first_line", "a first line that is a JSON array (`[1, 2, 3]`), JSON lines after it",
+             [b"[1, 2, 3]"], ["invalid_manifest_row"], [None]),
+        Case("nested_200k", "a line nested 200,000 levels deep", [b'{"id": "deep", "x": ' + b"[" * 200_000
+                                                                   + b"]" * 200_000 + b"}"],
+             ["invalid_manifest_row"], [None]),
+        Case("integer_5000_digits", "a seed of 5,000 digits", [ok("digits").replace(b"}", b', "seed": '
+                                                                  + b"9" * 5000 + b"}")],
+             ["invalid_manifest_row"], [None]),
+        Case("line_over_8mib", "a 9 MiB line (the limit of one record is 8 MiB)",
+             [ok("huge", text="x" * (9 * 2**20))], ["invalid_manifest_row"], [None]),
+        Case("id_bool", 'an id `true`', [line({"id": True, "audio": ok_audio})], ["invalid_row"], [None]),
+        Case("field_named_like_a_marker", "a user field named `__parse_error__`",
+             [ok("marker", __parse_error__="mine")], [None], ["marker"]),
+        Case("one_row_with_task", "one row of many with a GPA `task` key", [ok("with-task", task="tts")], [None],
+             ["with-task"]),
+        Case("one_row_with_audio_filepath", "one row of many with NeMo's `audio_filepath`",
+             [ok("with-nemo-key", audio_filepath="elsewhere.wav")], [None], ["with-nemo-key"]),
+        Case("audio_fifo", "audio that is a FIFO nobody writes to", [line({"id": "fifo", "audio": "audio/fifo.wav"})],
+             ["unreadable_audio"], ["fifo"]),
+        Case("audio_dev_zero", "audio `/dev/zero` (endless)", [line({"id": "zero", "audio": "/dev/zero"})],
+             ["unreadable_audio"], ["zero"]),
+        Case("plain_rows", "ordinary rows, so that no convention can win by numbers", [ok(f"plain-{i}")
+                                                                                        for i in range(4)],
+             [None] * 4, [f"plain-{i}" for i in range(4)]),
+    ]
+
+
+def hostile_csv_cases(reference: str) -> list[Case]:
+    """CSV records of a synthesize run (header ``id,text,ref_audio``)."""
+    def row(*cells: str) -> bytes:
+        return ",".join(cells).encode()
+
+    return [
+        Case("csv_cell_1mb", "a 1 MB text cell (csv's default field limit is 131,072)",
+             [row("big", '"' + "word " * 200_000 + '"', reference)], ["invalid_text"], ["big"]),
+        Case("csv_ragged_row", "a row with 2 cells more than the header",
+             [row("ragged", "Hello there.", reference, "extra", "cells")], ["invalid_manifest_row"], [None]),
+        Case("csv_format_chars_text", "a text of ZWSP and LRM only", [row("invisible", "\u200b\u200e", reference)],
+             ["invalid_text"], ["invisible"]),
+        Case("csv_ok_row", "an ordinary row", [row("fine", "Hello there.", reference)], [None], ["fine"]),
     ]
 
 
@@ -285,9 +342,12 @@ def build_corpus(directory: Path, *, s3_bucket: str = "gpa-corpus", long_file: P
         Manifest("malformed", "transcribe", directory / "malformed.jsonl", malformed_cases(ok_audio)),
         Manifest("synthesize", "synthesize", directory / "synthesize.jsonl",
                  text_cases(audio_dir, str(audio_dir / "flac_named.wav"))),
+        Manifest("hostile", "transcribe", directory / "hostile.jsonl", hostile_cases(audio_dir, ok_audio)),
+        Manifest("hostile_csv", "synthesize", directory / "hostile_csv.csv",
+                 hostile_csv_cases(str(audio_dir / "flac_named.wav")), header=b"id,text,ref_audio\n"),
     ]
     for m in manifests:
-        m.path.write_bytes(b"".join(ln + b"\n" for case in m.cases for ln in case.lines))
+        m.path.write_bytes(m.header + b"".join(ln + b"\n" for case in m.cases for ln in case.lines))
     expected = {f"{m.name}.{kind}": rows for m in manifests for kind, rows in m.expected().items()}
     (directory / "expected.json").write_text(json.dumps(expected, indent=1))
     return manifests

@@ -73,3 +73,17 @@ def test_text_and_reference_corpus(corpus, ray_runtime, tiny_checkpoint, mlflow_
 
 def test_malformed_corpus(corpus, ray_runtime, tiny_checkpoint, mlflow_uri, tmp_path):
     run_manifest(corpus["malformed"], tiny_checkpoint, mlflow_uri, tmp_path / "out")
+
+
+def test_hostile_manifest_corpus(corpus, ray_runtime, tiny_checkpoint, mlflow_uri, tmp_path):
+    """Records that once stopped the job, were dropped, hung it or changed identity: one row each, no hang."""
+    import time
+
+    started = time.monotonic()
+    result, _ = run_manifest(corpus["hostile"], tiny_checkpoint, mlflow_uri, tmp_path / "out")
+    assert result.extra["convention"] == "canonical" and time.monotonic() - started < 300
+
+
+def test_hostile_csv_corpus(corpus, ray_runtime, tiny_checkpoint, mlflow_uri, tmp_path):
+    run_manifest(corpus["hostile_csv"], tiny_checkpoint, mlflow_uri, tmp_path / "out",
+                 options={"max_new_tokens": 16})
