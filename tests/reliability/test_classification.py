@@ -46,7 +46,7 @@ def test_reading_audio_tells_an_outage_from_a_bad_file(tmp_path, monkeypatch):
         audio.load_audio(str(tmp_path / "nope.wav"))
     assert missing.value.kind == "unreadable_audio" and "file not found" in str(missing.value)
 
-    def down(uri):
+    def down(uri, max_bytes=None):
         raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9/b/k")
 
     monkeypatch.setattr(audio, "read_bytes", down)
