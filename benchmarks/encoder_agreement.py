@@ -30,11 +30,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpa.bicodec import BiCodec  # noqa: E402
-from gpa.bicodec import write_random_checkpoint as write_random_bicodec  # noqa: E402
 from gpa.glm_tokenizer import GLMSpeechTokenizer  # noqa: E402
-from gpa.glm_tokenizer import write_random_checkpoint as write_random_glm  # noqa: E402
 from gpa.inference import PRECISIONS, check_precision  # noqa: E402
 from gpa.testing import speech_like_clips  # noqa: E402
+from gpa.testing.bicodec import write_random_checkpoint as write_random_bicodec  # noqa: E402
+from gpa.testing.glm import write_random_checkpoint as write_random_glm  # noqa: E402
 
 
 def _timed(fn: Callable[[], list[np.ndarray]], device: torch.device, repeats: int) -> tuple[list[np.ndarray], float]:

@@ -16,13 +16,13 @@ import torch
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from gpa.bicodec import BiCodec
-from gpa.bicodec import write_random_checkpoint as write_bicodec
 from gpa.bicodec.wav2vec2 import Wav2Vec2Features
 from gpa.glm_tokenizer import GLMSpeechTokenizer
-from gpa.glm_tokenizer import write_random_checkpoint as write_glm
 from gpa.inference import length_batches
 from gpa.model import GPA
 from gpa.testing import speech_like
+from gpa.testing.bicodec import write_random_checkpoint as write_bicodec
+from gpa.testing.glm import write_random_checkpoint as write_glm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import encoder_agreement  # noqa: E402

@@ -9,10 +9,11 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from gpa.bicodec import BiCodec, load_config, write_random_checkpoint
+from gpa.bicodec import BiCodec, load_config
 from gpa.bicodec.config import config_from_dict
 from gpa.bicodec.preprocess import peak_normalize, percentile_normalize, reference_clip
 from gpa.errors import CheckpointError, EmptyAudio, TooShortAudio
+from gpa.testing.bicodec import write_random_checkpoint
 
 SR = 16000
 

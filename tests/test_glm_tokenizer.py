@@ -12,8 +12,8 @@ from gpa.glm_tokenizer import (
     GLMTokenizerConfig,
     TooLongAudio,
     log_mel_spectrogram,
-    write_random_checkpoint,
 )
+from gpa.testing.glm import write_random_checkpoint
 
 SIZES = ["tiny", "tiny-alt"]
 

@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gpa.errors import CheckpointError
-from gpa.llm import TOKENIZER_FILES, load_llm, write_random_checkpoint
+from gpa.llm import load_llm
+from gpa.testing.llm import TOKENIZER_FILES, write_random_checkpoint
 from gpa.vocab import TokenLayout
 
 SIZES = dict(glm_codebook_size=40, global_codebook_size=24, semantic_codebook_size=56)

@@ -15,8 +15,9 @@ from transformers.generation.logits_process import (
 
 from gpa import prompts
 from gpa.generation import GenerationOptions, generate
-from gpa.llm import load_llm, write_random_checkpoint
+from gpa.llm import load_llm
 from gpa.sampling import process_logits, sample
+from gpa.testing.llm import write_random_checkpoint
 from gpa.vocab import TokenLayout
 
 SIZES = dict(glm_codebook_size=40, global_codebook_size=24, semantic_codebook_size=56)

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from gpa import prompts
 from gpa.errors import InvalidText
-from gpa.llm import write_random_checkpoint
+from gpa.testing.llm import write_random_checkpoint
 from gpa.vocab import TokenLayout
 
 SIZES = dict(glm_codebook_size=40, global_codebook_size=24, semantic_codebook_size=56)

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoTokenizer
 
 from gpa.errors import CheckpointError
-from gpa.llm import write_random_checkpoint
+from gpa.testing.llm import write_random_checkpoint
 from gpa.vocab import TokenLayout
 
 SIZES = dict(glm_codebook_size=40, global_codebook_size=24, semantic_codebook_size=56)

@@ -2,6 +2,5 @@
 
 from .config import BiCodecConfig, load_config
 from .model import BiCodec
-from .random_checkpoint import write_random_checkpoint
 
-__all__ = ["BiCodec", "BiCodecConfig", "load_config", "write_random_checkpoint"]
+__all__ = ["BiCodec", "BiCodecConfig", "load_config"]

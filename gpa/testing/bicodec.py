@@ -18,8 +18,8 @@ import yaml
 from safetensors.torch import save_file
 from torch import nn
 
-from .codec import BiCodecModel
-from .config import (
+from ..bicodec.codec import BiCodecModel
+from ..bicodec.config import (
     BiCodecConfig,
     EncoderConfig,
     FeatDecoderConfig,
@@ -29,12 +29,12 @@ from .config import (
     WaveGeneratorConfig,
     config_to_dict,
 )
-from .layers import Snake1d, WNConv1d, WNConvTranspose1d
-from .model import CONFIG_FILE, WAV2VEC2_DIR, WEIGHTS_FILE
-from .perceiver import PerceiverResampler, RMSNorm
-from .quantizer import FactorizedVectorQuantize
-from .vocos import AdaLayerNorm, ConvNeXtBlock
-from .wave_generator import ResidualUnit
+from ..bicodec.layers import Snake1d, WNConv1d, WNConvTranspose1d
+from ..bicodec.model import CONFIG_FILE, WAV2VEC2_DIR, WEIGHTS_FILE
+from ..bicodec.perceiver import PerceiverResampler, RMSNorm
+from ..bicodec.quantizer import FactorizedVectorQuantize
+from ..bicodec.vocos import AdaLayerNorm, ConvNeXtBlock
+from ..bicodec.wave_generator import ResidualUnit
 
 SIZES = ("tiny", "tiny-alt", "real")
 WAVE_RATES = (8, 5, 4, 2)  # 320 samples per semantic token at 16 kHz, as released
