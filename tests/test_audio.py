@@ -185,12 +185,13 @@ def test_a_length_guessed_from_the_bit_rate_refuses_nothing():
     """FFmpeg guesses the length of a stream without an index from its first bit rate: 20 s of silence then 40 s
     of noise was "2015 s". Only exact headers (WAV, FLAC, ...) refuse a file before decoding; others are measured
     as they decode, keeping no more than the limit."""
-    from gpa.audio import _pyav_duration, header_duration
+    from gpa.audio import header_duration
+    from gpa.audio.ffmpeg import pyav_duration
 
     noise = np.random.default_rng(0).standard_normal(16000 * 40).astype(np.float32) * 0.5
     data = aac_bytes(np.concatenate([np.zeros(16000 * 20, np.float32), noise]), 16000, "adts")
     with av.open(io.BytesIO(data)) as container:
-        assert _pyav_duration(container) > 200  # the guess
+        assert pyav_duration(container) > 200  # the guess
     assert header_duration(data) is None
     assert len(load_audio(data, max_duration_s=100)) == pytest.approx(60 * 16000, abs=1600)
     with pytest.raises(TooLongAudio, match="audio is 60.1 s; the limit is 30 s") as info:
@@ -203,14 +204,14 @@ def test_a_length_guessed_from_the_bit_rate_refuses_nothing():
 def test_a_wrong_length_estimate_changes_no_sample(frames, sample_rate):
     """Decoders that only estimate their length (a container's declared duration) fill a buffer of that size:
     too short, the rest is appended; too long, the buffer is shrunk."""
-    from gpa.audio import _mix
+    from gpa.audio.resample import mix_blocks
 
     rate = 44100
     stereo = np.stack([tone(1.0, rate, 300.0), tone(1.0, rate, 700.0)], axis=1)
     blocks = [stereo[i:i + 3000] for i in range(0, len(stereo), 3000)]
     mono = stereo.mean(axis=1, dtype=np.float64).astype(np.float32)
     expected = mono if sample_rate is None else soxr.resample(mono, rate, sample_rate, quality="VHQ")
-    out, out_rate = _mix(iter(blocks), rate, sample_rate, frames=frames)
+    out, out_rate = mix_blocks(iter(blocks), rate, sample_rate, frames=frames)
     assert out_rate == (sample_rate or rate) and np.array_equal(out, expected)
 
 
@@ -220,11 +221,11 @@ def test_segments_in_time_order_decode_a_compressed_file_once_holding_one_segmen
     of 44.1 kHz is 635 MB of mono float32; a day-long recording did not fit in memory)."""
     import tracemalloc
 
-    import gpa.audio
+    import gpa.audio.segments
 
     opened = []
-    chunks = gpa.audio._forward_chunks
-    monkeypatch.setattr(gpa.audio, "_forward_chunks", lambda *a: opened.append(1) or chunks(*a))
+    chunks = gpa.audio.segments._forward_chunks
+    monkeypatch.setattr(gpa.audio.segments, "_forward_chunks", lambda *a: opened.append(1) or chunks(*a))
     rate = 44100
     noise = np.random.default_rng(0).standard_normal(180 * rate).astype(np.float32) * 0.1
     for data in (encoded(noise, rate, "MP3"), aac_bytes(noise, rate)):
@@ -275,14 +276,14 @@ def test_more_than_8_channels_and_7_1_decode_whole_through_ffmpeg():
     array beyond 8 channels. A 7.1 Opus stream in Matroska was refused (a plane check), a 12-channel Vorbis file
     came back at random lengths as ok rows, and garbage AAC "of 38 channels" crashed the process: frames are read
     packed now."""
-    from gpa.audio import _decode_with_pyav
+    from gpa.audio.ffmpeg import decode_with_pyav
 
     rate = 48000
     wide = np.stack([tone(3.0, rate, 200.0 + 50 * c) * (c + 1) / 12 for c in range(12)], axis=1)
     vorbis = encoded(wide, rate, "OGG", "VORBIS")
     expected = decoded_at_once(vorbis, "FLAC")  # libsndfile's decoder, mixed and resampled at once
     for _ in range(5):
-        out, _ = _decode_with_pyav(vorbis, 16000)
+        out, _ = decode_with_pyav(vorbis, 16000)
         assert len(out) == len(expected) and np.abs(out - expected).max() < 1e-5
     opus = encoded(wide[:, :8], rate, "OGG", "OPUS")
     mkv = io.BytesIO()
@@ -401,14 +402,14 @@ def test_flac_roundtrip():
 
 
 def test_max_duration_refuses_long_audio_before_decoding_it(tmp_path, monkeypatch):
-    import gpa.audio
+    import gpa.audio.load
 
     path = tmp_path / "long.wav"
     sf.write(path, tone(6.0, 8000, channels=2), 8000)
     decoded = []
-    real = gpa.audio.decode
-    monkeypatch.setattr(gpa.audio, "decode", lambda data, name="", **kw: decoded.append(name) or real(data, name=name,
-                                                                                                     **kw))
+    real = gpa.audio.load.decode  # load_audio's
+    monkeypatch.setattr(gpa.audio.load, "decode",
+                        lambda data, name="", **kw: decoded.append(name) or real(data, name=name, **kw))
     with pytest.raises(TooLongAudio, match=r"by its header\) is 6\.0 s; the limit is 3 s") as info:
         load_audio(str(path), max_duration_s=3.0)
     assert info.value.duration_s == pytest.approx(6.0) and info.value.kind == "too_long_audio"

@@ -80,14 +80,14 @@ def test_over_long_audio_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
     import numpy as np
     import soundfile as sf
 
-    import gpa.audio
+    import gpa.audio.load
 
     long_wav = tmp_path / "long.wav"
     sf.write(long_wav, np.zeros(16000 * 6, np.float32), 16000)  # 6 s, the limit below is 3 s
     decoded_sizes = []
-    real = gpa.audio.decode
-    monkeypatch.setattr(gpa.audio, "decode", lambda data, name="", **kw: decoded_sizes.append(len(data)) or real(data,
-                                                                                                             **kw))
+    real = gpa.audio.load.decode  # load_audio's
+    monkeypatch.setattr(gpa.audio.load, "decode",
+                        lambda data, name="", **kw: decoded_sizes.append(len(data)) or real(data, **kw))
     inputs = [{"id": "long", "audio": str(long_wav)}, {"id": "short", "audio": str(AUDIO / "espeak_short.flac")},
               {"id": "segment", "audio": str(long_wav), "begin_time": 0.5, "end_time": 5.0}]
     out = decode_batch(S.rows_to_table(inputs, S.INPUT), "transcribe", 3.0).drop(["wav", "out_wav"]).to_pylist()
