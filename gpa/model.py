@@ -23,13 +23,13 @@ from .bicodec import BiCodec
 from .checkpoint import content_hash, resolve_checkpoint
 from .chunking import clean_text, crossfade_join, join_texts, split_audio, split_text, text_units
 from .errors import EmptyGeneration, GPAError, InvalidText, TooShortAudio
-from .generation import generate
+from .generation import GenerationOutput, generate
 from .glm_tokenizer import GLMSpeechTokenizer
 from .inference import Precision, check_precision
 from .llm import load_llm
 from .options import ConvertOptions, GenerationOptions, SynthesizeOptions, TranscribeOptions
 from .profiling import stage
-from .results import Conversion, Segment, Speaker, Synthesis, Transcription
+from .results import Conversion, Segment, Speaker, SpeechTokens, Synthesis, Transcription
 from .storage import redact_uri
 from .vocab import TokenLayout
 
@@ -193,13 +193,21 @@ class GPA:
             for k, (start, end) in enumerate(ranges):
                 pieces.append(_Piece(i, k, start, end, samples[start:end]))
 
-        outputs = _isolated(lambda batch: self._transcribe_pieces(batch, options), pieces, options.batch_size)
-        for piece, result, output in _successful(results, pieces, outputs):
-            glm, semantic, generation, text = output
-            result.glm_tokens += glm
-            result.semantic_tokens += semantic
+        tokens = _isolated(lambda batch: self.tokenize_speech([p.audio for p in batch]), pieces, options.batch_size)
+        most = options.generation(self.checkpoint_generation["stt"]).max_new_tokens
+
+        def generate_batch(batch: list[int]) -> list[GenerationOutput]:
+            limits = _token_limits([pieces[k] for k in batch], most, options.max_new_tokens_per_second)
+            return self.generate_transcription([tokens[k] for k in batch], options, max_new_tokens=limits)
+
+        generations = _after(tokens, generate_batch, options.batch_size, lambda k: _size(pieces[k]))
+        outputs = [g if isinstance(g, GPAError) else (t, g) for t, g in zip(tokens, generations, strict=True)]
+        for piece, result, (speech, generation) in _successful(results, pieces, outputs):
+            result.glm_tokens += [int(x) for x in speech.glm]
+            result.semantic_tokens += [int(x) for x in speech.semantic]
             result.generated_ids += generation.ids
             result.truncated |= generation.hit_max_new_tokens
+            [text] = self.detokenize_text([generation])
             result.segments.append(Segment(piece.start / SAMPLE_RATE, piece.end / SAMPLE_RATE, text))
         for result in results:
             if result.error is None:
@@ -209,34 +217,6 @@ class GPA:
     def _asr_window_s(self, options: TranscribeOptions) -> float:
         # The GLM encoder has a fixed positional table (30 s for the released model): never ask it for more.
         return min(options.window_s, self.glm.max_samples / SAMPLE_RATE)
-
-    def _transcribe_pieces(self, pieces: list[_Piece], options: TranscribeOptions):
-        audio = [p.audio for p in pieces]
-        with stage("GLM encode"):
-            glm = self.glm.tokenize(audio)
-        with stage("BiCodec encode"):
-            semantic = self.bicodec.semantic_tokens(audio)
-        prompt_ids = [prompts.stt_prompt(self.layout, g, s) for g, s in zip(glm, semantic, strict=True)]
-        generation = options.generation(self.checkpoint_generation["stt"])
-        generations = generate(
-            self.llm,
-            prompt_ids,
-            generation,
-            layout=self.layout,
-            task="stt",
-            seeds=[options.seed] * len(pieces),
-            pad_id=self.layout.pad_id,
-            max_new_tokens=_token_limits(pieces, generation.max_new_tokens, options.max_new_tokens_per_second),
-        )
-        return [
-            (
-                [int(x) for x in g],
-                [int(x) for x in s],
-                out,
-                prompts.text_from_generation(self.tokenizer, self.layout, out.ids),
-            )
-            for g, s, out in zip(glm, semantic, generations, strict=True)
-        ]
 
     def synthesize(
         self,
@@ -266,18 +246,17 @@ class GPA:
             results[i].chunks = len(chunks)
             pieces += [_Piece(i, k, text=chunk) for k, chunk in enumerate(chunks)]
 
-        def run(batch: list[_Piece]):
-            prompt_ids = []
-            for p in batch:
-                prompt = prompts.tts_prompt(self.layout, self.tokenizer, speakers[p.item].global_tokens, p.text)
-                if prompt.truncated:
-                    raise InvalidText("text piece longer than the prompt limit")
-                prompt_ids.append(prompt.ids)
-            return self._generate_audio(batch, prompt_ids, [speakers[p.item] for p in batch], "tts", options, seeds,
-                                        options.max_new_tokens_per_unit)
+        most = options.generation(self.checkpoint_generation["tts"]).max_new_tokens
 
-        outputs = _isolated(run, pieces, options.batch_size)
-        self._assemble_audio(results, pieces, outputs, options.crossfade_s)
+        def generate_batch(batch: list[_Piece]) -> list[GenerationOutput]:
+            return self.generate_synthesis(
+                [p.text for p in batch], [speakers[p.item] for p in batch], options,
+                seeds=[_chunk_seed(seeds[p.item], p.index) for p in batch],
+                max_new_tokens=_token_limits(batch, most, options.max_new_tokens_per_unit))
+
+        generations = _isolated(generate_batch, pieces, options.batch_size)
+        speech = self._detokenize_pieces(pieces, speakers, generations, options.batch_size)
+        self._assemble_audio(results, pieces, generations, speech, options.crossfade_s)
         return results
 
     def convert(
@@ -312,25 +291,89 @@ class GPA:
             results[i].chunks = len(ranges)
             pieces += [_Piece(i, k, s, e, samples[s:e]) for k, (s, e) in enumerate(ranges)]
 
-        def run(batch: list[_Piece]):
-            with stage("BiCodec encode"):
-                semantic = self.bicodec.semantic_tokens([p.audio for p in batch])
-            prompt_ids = [
-                prompts.vc_prompt(self.layout, speakers[p.item].global_tokens, s)
-                for p, s in zip(batch, semantic, strict=True)
-            ]
-            outputs = self._generate_audio(batch, prompt_ids, [speakers[p.item] for p in batch], "vc", options, seeds,
-                                           options.max_new_tokens_per_second)
-            return [(s, *out) for s, out in zip(semantic, outputs, strict=True)]
+        semantic = _isolated(lambda batch: self.tokenize_source([p.audio for p in batch]), pieces, options.batch_size)
+        most = options.generation(self.checkpoint_generation["vc"]).max_new_tokens
 
-        outputs = _isolated(run, pieces, options.batch_size)
-        for piece, output in zip(pieces, outputs, strict=True):
+        def generate_batch(batch: list[int]) -> list[GenerationOutput]:
+            return self.generate_conversion(
+                [semantic[k] for k in batch], [speakers[pieces[k].item] for k in batch], options,
+                seeds=[_chunk_seed(seeds[pieces[k].item], pieces[k].index) for k in batch],
+                max_new_tokens=_token_limits([pieces[k] for k in batch], most, options.max_new_tokens_per_second))
+
+        generations = _after(semantic, generate_batch, options.batch_size, lambda k: _size(pieces[k]))
+        speech = self._detokenize_pieces(pieces, speakers, generations, options.batch_size)
+        for piece, source, output in zip(pieces, semantic, speech, strict=True):
             if not isinstance(output, GPAError):
-                results[piece.item].source_semantic_tokens += [int(x) for x in output[0]]
-        self._assemble_audio(
-            results, pieces, [o if isinstance(o, GPAError) else o[1:] for o in outputs], options.crossfade_s
-        )
+                results[piece.item].source_semantic_tokens += [int(x) for x in source]
+        self._assemble_audio(results, pieces, generations, speech, options.crossfade_s)
         return results
+
+    # --- stages -----------------------------------------------------------------------------------------------
+    # Each task is tokenize -> generate -> detokenize with token ids in between, so that a batch job can run the
+    # stages in processes (and device shares) of their own; the task methods above compose them in one process.
+    # A model family whose encoder yields continuous features returns those from its tokenize stage and prefills
+    # them as embeddings (the static engine's prefill takes embeddings).
+
+    def tokenize_speech(self, windows: Sequence[np.ndarray]) -> list[SpeechTokens]:
+        """Transcription's tokenize stage: GLM-4-Voice (12.5 Hz) and BiCodec semantic (50 Hz) tokens of 16 kHz
+        windows (at most the GLM encoder's 30 s each)."""
+        windows = list(windows)
+        with stage("GLM encode"):
+            glm = self.glm.tokenize(windows)
+        with stage("BiCodec encode"):
+            semantic = self.bicodec.semantic_tokens(windows)
+        return [SpeechTokens(g, s) for g, s in zip(glm, semantic, strict=True)]
+
+    def tokenize_source(self, windows: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Conversion's tokenize stage: BiCodec semantic tokens of 16 kHz windows of the source speech. (The
+        reference voice's stage is :meth:`speakers`.)"""
+        with stage("BiCodec encode"):
+            return self.bicodec.semantic_tokens(list(windows))
+
+    def generate_transcription(self, tokens: Sequence[SpeechTokens], options: TranscribeOptions, *,
+                               max_new_tokens: Sequence[int] | None = None) -> list[GenerationOutput]:
+        """Transcription's generate stage: the text tokens the LLM writes for each window's speech tokens."""
+        prompt_ids = [prompts.stt_prompt(self.layout, t.glm, t.semantic) for t in tokens]
+        return self._generate(prompt_ids, "stt", options, [options.seed] * len(prompt_ids), max_new_tokens)
+
+    def generate_synthesis(self, texts: Sequence[str], speakers: Sequence[Speaker], options: SynthesizeOptions, *,
+                           seeds: Sequence[int], max_new_tokens: Sequence[int] | None = None) -> list[GenerationOutput]:
+        """Synthesis's generate stage: the semantic tokens the LLM writes for each (cleaned, prompt-sized) text in
+        its speaker's voice. Raises :class:`InvalidText` when a text does not fit the prompt."""
+        prompt_ids = []
+        for text, speaker in zip(texts, speakers, strict=True):
+            prompt = prompts.tts_prompt(self.layout, self.tokenizer, speaker.global_tokens, text)
+            if prompt.truncated:
+                raise InvalidText("text piece longer than the prompt limit")
+            prompt_ids.append(prompt.ids)
+        return self._generate(prompt_ids, "tts", options, seeds, max_new_tokens)
+
+    def generate_conversion(self, semantic: Sequence[np.ndarray], speakers: Sequence[Speaker],
+                            options: ConvertOptions, *, seeds: Sequence[int],
+                            max_new_tokens: Sequence[int] | None = None) -> list[GenerationOutput]:
+        """Conversion's generate stage: the semantic tokens the LLM writes for each source window's semantic tokens
+        in its speaker's voice."""
+        prompt_ids = [prompts.vc_prompt(self.layout, speaker.global_tokens, s)
+                      for s, speaker in zip(semantic, speakers, strict=True)]
+        return self._generate(prompt_ids, "vc", options, seeds, max_new_tokens)
+
+    def detokenize_text(self, generations: Sequence[GenerationOutput]) -> list[str]:
+        """Transcription's detokenize stage: the text of each generation."""
+        return [prompts.text_from_generation(self.tokenizer, self.layout, g.ids) for g in generations]
+
+    def detokenize_speech(self, global_tokens: Sequence[np.ndarray],
+                          generations: Sequence[GenerationOutput]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Synthesis's and conversion's detokenize stage: each generation's semantic tokens and BiCodec's waveform
+        of them in the voice of its global tokens (None when the generation holds no semantic token)."""
+        semantic = [prompts.semantic_from_generation(self.layout, g.ids) for g in generations]
+        decodable = [i for i, s in enumerate(semantic) if len(s)]
+        waves: list[np.ndarray | None] = [None] * len(semantic)
+        if decodable:
+            with stage("detokenize"):
+                decoded = self.bicodec.decode([global_tokens[i] for i in decodable], [semantic[i] for i in decodable])
+            for i, wave in zip(decodable, decoded, strict=True):
+                waves[i] = wave
+        return list(zip(semantic, waves, strict=True))
 
     # --- shared machinery -------------------------------------------------------------------------------------
 
@@ -351,34 +394,29 @@ class GPA:
                 speakers.append(speaker)
         return speakers
 
-    def _generate_audio(self, batch, prompt_ids, speakers, task, options, seeds, tokens_per_input):
-        generation = options.generation(self.checkpoint_generation[task])
-        generations = generate(
+    def _generate(self, prompt_ids, task: str, options, seeds, max_new_tokens) -> list[GenerationOutput]:
+        return generate(
             self.llm,
             prompt_ids,
-            generation,
+            options.generation(self.checkpoint_generation[task]),
             layout=self.layout,
             task=task,
-            seeds=[_chunk_seed(seeds[p.item], p.index) for p in batch],
+            seeds=seeds,
             pad_id=self.layout.pad_id,
-            max_new_tokens=_token_limits(batch, generation.max_new_tokens, tokens_per_input),
+            max_new_tokens=max_new_tokens,
         )
-        semantic = [prompts.semantic_from_generation(self.layout, g.ids) for g in generations]
-        decodable = [i for i, s in enumerate(semantic) if len(s)]
-        waves: list[np.ndarray | None] = [None] * len(batch)
-        if decodable:
-            with stage("detokenize"):
-                decoded = self.bicodec.decode(
-                    [speakers[i].global_tokens for i in decodable], [semantic[i] for i in decodable]
-                )
-            for i, wave in zip(decodable, decoded, strict=True):
-                waves[i] = wave
-        return [(s, g, w) for s, g, w in zip(semantic, generations, waves, strict=True)]
 
-    def _assemble_audio(self, results, pieces, outputs, crossfade_s: float) -> None:
+    def _detokenize_pieces(self, pieces: list[_Piece], speakers, generations: list, batch_size: int) -> list:
+        def run(batch: list[int]) -> list:
+            return self.detokenize_speech([speakers[pieces[k].item].global_tokens for k in batch],
+                                          [generations[k] for k in batch])
+
+        return _after(generations, run, batch_size, lambda k: _size(pieces[k]))
+
+    def _assemble_audio(self, results, pieces, generations, speech, crossfade_s: float) -> None:
         waves: dict[int, list[tuple[int, np.ndarray]]] = {}
-        for piece, result, output in _successful(results, pieces, outputs):
-            semantic, generation, wave = output
+        outputs = [s if isinstance(s, GPAError) else (g, *s) for g, s in zip(generations, speech, strict=True)]
+        for piece, result, (generation, semantic, wave) in _successful(results, pieces, outputs):
             result.generated_ids += generation.ids
             result.truncated |= generation.hit_max_new_tokens
             if wave is None:
@@ -463,10 +501,11 @@ def _reference_key(reference) -> object:
     return ("object", id(reference))
 
 
-def _isolated(run: Callable[[list], list], items: list, batch_size: int) -> list:
-    """``run`` over ``items`` in batches of similar size; when a batch fails, its items are retried one by one so
-    the failure lands only on the items that cause it. Returns one output or :class:`GPAError` per item."""
-    order = sorted(range(len(items)), key=lambda i: _size(items[i]))
+def _isolated(run: Callable[[list], list], items: list, batch_size: int, size: Callable | None = None) -> list:
+    """``run`` over ``items`` in batches of similar ``size``; when a batch fails, its items are retried one by one
+    so the failure lands only on the items that cause it. Returns one output or :class:`GPAError` per item."""
+    size = size or _size
+    order = sorted(range(len(items)), key=lambda i: size(items[i]))
     outputs: list = [None] * len(items)
     for first in range(0, len(order), max(1, batch_size)):
         chunk = order[first : first + batch_size]
@@ -484,6 +523,16 @@ def _isolated(run: Callable[[list], list], items: list, batch_size: int) -> list
                         results.append(_as_error(single_exc))
         for i, result in zip(chunk, results, strict=True):
             outputs[i] = result
+    return outputs
+
+
+def _after(previous: list, run: Callable[[list[int]], list], batch_size: int, size: Callable[[int], int]) -> list:
+    """The next stage: ``run`` over the indices whose ``previous`` output is not an error (in isolated batches);
+    earlier errors pass through."""
+    live = [k for k, out in enumerate(previous) if not isinstance(out, GPAError)]
+    outputs = list(previous)
+    for k, out in zip(live, _isolated(run, live, batch_size, size), strict=True):
+        outputs[k] = out
     return outputs
 
 
