@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,20 +19,24 @@ import torch
 
 from . import prompts
 from .audio import SAMPLE_RATE, AudioInput, load_audio
-from .bicodec import BiCodec
+from .bicodec import BiCodec, load_config
+from .bicodec.model import CONFIG_FILE as BICODEC_CONFIG
 from .checkpoint import content_hash, resolve_checkpoint
 from .chunking import clean_text, crossfade_join, join_texts, split_audio, split_text, text_units
 from .errors import EmptyGeneration, GPAError, InvalidText, TooShortAudio
 from .generation import GenerationOutput, generate
-from .glm_tokenizer import GLMSpeechTokenizer
+from .glm_tokenizer import GLMSpeechTokenizer, GLMTokenizerConfig
 from .inference import Precision, check_precision
-from .llm import load_llm
+from .llm import load_llm, load_tokenizer
 from .options import ConvertOptions, GenerationOptions, SynthesizeOptions, TranscribeOptions
 from .profiling import stage
 from .results import Conversion, Segment, Speaker, SpeechTokens, Synthesis, Transcription
 from .storage import redact_uri
 from .vocab import TokenLayout
 
+COMPONENTS = ("glm", "bicodec", "llm")
+GLM_DIR = "glm-4-voice-tokenizer"
+BICODEC_DIR = "BiCodec"
 MIN_SAMPLES = 1600  # 0.1 s: below this neither tokenizer yields a usable token
 
 
@@ -59,11 +63,13 @@ class GPA:
         *,
         source: str = "",
         content_hash: str = "",
+        device: torch.device | None = None,
     ):
         self.llm, self.tokenizer, self.layout = llm, tokenizer, layout
         self.glm, self.bicodec = glm, bicodec
         self.source, self.content_hash = source, content_hash
-        config = getattr(llm, "generation_config", None)
+        self._device = device
+        config = None if isinstance(llm, _Missing) else getattr(llm, "generation_config", None)
         self.checkpoint_generation = {t: GenerationOptions.for_task(t, config) for t in ("stt", "tts", "vc")}
 
     @classmethod
@@ -76,8 +82,13 @@ class GPA:
         cache_dir: str | os.PathLike | None = None,
         trust_remote_code: bool = False,
         encoder_precision: Precision = "float32",
+        components: Collection[str] = COMPONENTS,
     ) -> GPA:
         """Load a checkpoint in the official layout from a directory, an ``s3://`` prefix or a Hugging Face id.
+
+        ``components`` loads only some of the models (the tokenizer and the token layout always): a process that
+        runs one stage needs only that stage's (tokenize: ``glm`` and ``bicodec``; generate: ``llm``; detokenize:
+        ``bicodec`` for speech, none for text). Using a component that was not loaded raises a clear error.
 
         ``dtype`` applies to the LLM and the GLM tokenizer's weights (float32 by default; bfloat16 is the usual choice
         on a GPU). BiCodec's weights stay float32. ``encoder_precision="bfloat16"`` runs the GLM tokenizer, wav2vec2
@@ -85,6 +96,9 @@ class GPA:
         pick nearest codes in float32 either way, but from rounded features, so tokens can differ: measure the
         agreement (benchmarks/encoder_agreement.py) before relying on it.
         """
+        unknown = set(components) - set(COMPONENTS)
+        if unknown or not components:
+            raise ValueError(f"components must be some of {', '.join(COMPONENTS)}, got {sorted(components)}")
         device = torch.device(device)
         check_precision(encoder_precision, device)
         directory = resolve_checkpoint(source, cache_dir)
@@ -92,12 +106,28 @@ class GPA:
         # hashing reads every file again (seconds for the full-size checkpoint): overlap it with building the models
         digest = _in_background(content_hash, directory)
         try:
-            glm = GLMSpeechTokenizer.from_pretrained(directory / "glm-4-voice-tokenizer", device=device, dtype=dtype,
-                                                     precision=encoder_precision)
-            bicodec = BiCodec.from_pretrained(directory / "BiCodec", device=device, dtype=torch.float32,
-                                              precision=encoder_precision)
-            llm, tokenizer = load_llm(directory, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-            return cls.from_parts(llm, tokenizer, glm, bicodec, source=source, content_hash=digest.result())
+            glm = bicodec = llm = None
+            if "glm" in components:
+                glm = GLMSpeechTokenizer.from_pretrained(directory / GLM_DIR, device=device, dtype=dtype,
+                                                         precision=encoder_precision)
+            if "bicodec" in components:
+                bicodec = BiCodec.from_pretrained(directory / BICODEC_DIR, device=device, dtype=torch.float32,
+                                                  precision=encoder_precision)
+            if "llm" in components:
+                llm, tokenizer = load_llm(directory, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+            else:
+                tokenizer = load_tokenizer(directory, trust_remote_code=trust_remote_code)
+            # the token layout needs every codebook's size: read from the configs (some parts are not loaded)
+            bicodec_config = load_config(directory / BICODEC_DIR / BICODEC_CONFIG)
+            layout = TokenLayout.from_tokenizer(
+                tokenizer,
+                glm_codebook_size=GLMTokenizerConfig.from_dir(directory / GLM_DIR).quantize_vocab_size,
+                global_codebook_size=math.prod(bicodec_config.speaker_encoder.fsq_levels),
+                semantic_codebook_size=bicodec_config.quantizer.codebook_size,
+            )
+            missing = {name: _Missing(name, components) for name in COMPONENTS if name not in components}
+            return cls(llm or missing["llm"], tokenizer, layout, glm or missing["glm"], bicodec or missing["bicodec"],
+                       source=redact_uri(os.fspath(source)), content_hash=digest.result(), device=device)
         except BaseException:
             digest.cancel()
             raise
@@ -119,7 +149,9 @@ class GPA:
 
     @property
     def device(self) -> torch.device:
-        return next(self.llm.parameters()).device
+        if self._device is None:
+            self._device = next(self.llm.parameters()).device
+        return self._device
 
     # --- components -----------------------------------------------------------------------------------------
 
@@ -432,6 +464,20 @@ class GPA:
                 continue
             audio = crossfade_join([w for _, w in sorted(parts, key=lambda p: p[0])], SAMPLE_RATE, crossfade_s)
             result.audio = (audio - audio.mean()).astype(np.float32)  # DC removal, as the reference does
+
+
+class _Missing:
+    """Stands in for a component that ``GPA.from_pretrained(components=...)`` did not load."""
+
+    def __init__(self, name: str, loaded: Collection[str]):
+        self._name, self._loaded = name, tuple(loaded)
+
+    def __getattr__(self, attribute: str):
+        raise RuntimeError(f"this GPA was loaded without its {self._name} (components={self._loaded}): "
+                           f"load it with {self._name!r} among the components to use {attribute}")
+
+    def __bool__(self) -> bool:
+        return False
 
 
 def _lengthen_short_tail(ranges: list[tuple[int, int]], min_samples: int, align: int) -> list[tuple[int, int]]:

@@ -73,3 +73,25 @@ def test_a_failing_stage_fails_only_its_items(tiny_model):
     results = tiny_model.synthesize(texts, [speaker] * 3, options, seeds=[1, 2, 3])
     assert [r.ok for r in results] == [True, False, True]
     assert results[1].error.kind == "invalid_text"
+
+
+def test_each_stage_runs_on_a_gpa_holding_only_its_components(tiny_checkpoint, tiny_model):
+    """A job's tokenize, generate and detokenize processes each load only what their stage needs."""
+    import pytest
+
+    from gpa import GPA
+
+    encoders = GPA.from_pretrained(tiny_checkpoint, components=("glm", "bicodec"))
+    language_model = GPA.from_pretrained(tiny_checkpoint, components=("llm",))
+    assert encoders.layout == tiny_model.layout == language_model.layout
+    assert encoders.content_hash == tiny_model.content_hash
+    windows = [voice(1.2, seed=1), voice(2.2, seed=2)]
+    options = TranscribeOptions(max_new_tokens=10)
+    tokens = encoders.tokenize_speech(windows)
+    generations = language_model.generate_transcription(_round_trip(tokens), options)
+    texts = encoders.detokenize_text(generations)
+    assert [r.text for r in tiny_model.transcribe([(w, 16000) for w in windows], options)] == texts
+    with pytest.raises(RuntimeError, match="without its llm"):
+        encoders.generate_transcription(tokens, options)
+    with pytest.raises(ValueError, match="components must be some of"):
+        GPA.from_pretrained(tiny_checkpoint, components=("vocoder",))
