@@ -22,7 +22,7 @@ from .audio import SAMPLE_RATE, AudioInput, load_audio
 from .bicodec import BiCodec, load_config
 from .bicodec.model import CONFIG_FILE as BICODEC_CONFIG
 from .checkpoint import content_hash, resolve_checkpoint
-from .chunking import clean_text, crossfade_join, join_texts, split_audio, split_text, text_units
+from .chunking import clean_text, join_speech, join_texts, split_audio, split_text, text_units
 from .errors import EmptyGeneration, GPAError, InvalidText, TooShortAudio
 from .generation import GenerationOutput, generate
 from .glm_tokenizer import GLMSpeechTokenizer, GLMTokenizerConfig
@@ -50,6 +50,10 @@ class _Piece:
     end: int = 0
     audio: np.ndarray | None = None
     text: str = ""
+
+    @property
+    def seconds(self) -> float:
+        return (self.end - self.start) / SAMPLE_RATE
 
 
 class GPA:
@@ -219,18 +223,14 @@ class GPA:
                 results[i].error = exc
                 continue
             results[i].duration_s = len(samples) / SAMPLE_RATE
-            hop = self.glm.samples_per_token
-            ranges = split_audio(samples, SAMPLE_RATE, self._asr_window_s(options), align=hop)
-            ranges = _lengthen_short_tail(ranges, MIN_SAMPLES, hop)
-            for k, (start, end) in enumerate(ranges):
-                pieces.append(_Piece(i, k, start, end, samples[start:end]))
+            windows = self.transcription_windows(samples, options)
+            pieces += [_Piece(i, k, start, end, samples[start:end]) for k, (start, end) in enumerate(windows)]
 
         tokens = _isolated(lambda batch: self.tokenize_speech([p.audio for p in batch]), pieces, options.batch_size)
-        most = options.generation(self.checkpoint_generation["stt"]).max_new_tokens
 
         def generate_batch(batch: list[int]) -> list[GenerationOutput]:
-            limits = _token_limits([pieces[k] for k in batch], most, options.max_new_tokens_per_second)
-            return self.generate_transcription([tokens[k] for k in batch], options, max_new_tokens=limits)
+            return self.generate_transcription([tokens[k] for k in batch], options,
+                                               seconds=[pieces[k].seconds for k in batch])
 
         generations = _after(tokens, generate_batch, options.batch_size, lambda k: _size(pieces[k]))
         outputs = [g if isinstance(g, GPAError) else (t, g) for t, g in zip(tokens, generations, strict=True)]
@@ -245,10 +245,6 @@ class GPA:
             if result.error is None:
                 result.text = join_texts([s.text for s in result.segments])
         return results
-
-    def _asr_window_s(self, options: TranscribeOptions) -> float:
-        # The GLM encoder has a fixed positional table (30 s for the released model): never ask it for more.
-        return min(options.window_s, self.glm.max_samples / SAMPLE_RATE)
 
     def synthesize(
         self,
@@ -270,7 +266,7 @@ class GPA:
             if results[i].error is not None:
                 continue
             try:
-                chunks = split_text(clean_text(text, options.max_text_chars), options.max_chunk_units)
+                chunks = self.synthesis_chunks(text, options)
             except InvalidText as exc:
                 results[i].error = exc
                 continue
@@ -278,13 +274,9 @@ class GPA:
             results[i].chunks = len(chunks)
             pieces += [_Piece(i, k, text=chunk) for k, chunk in enumerate(chunks)]
 
-        most = options.generation(self.checkpoint_generation["tts"]).max_new_tokens
-
         def generate_batch(batch: list[_Piece]) -> list[GenerationOutput]:
-            return self.generate_synthesis(
-                [p.text for p in batch], [speakers[p.item] for p in batch], options,
-                seeds=[_chunk_seed(seeds[p.item], p.index) for p in batch],
-                max_new_tokens=_token_limits(batch, most, options.max_new_tokens_per_unit))
+            return self.generate_synthesis([p.text for p in batch], [speakers[p.item] for p in batch], options,
+                                           seeds=[piece_seed(seeds[p.item], p.index) for p in batch])
 
         generations = _isolated(generate_batch, pieces, options.batch_size)
         speech = self._detokenize_pieces(pieces, speakers, generations, options.batch_size)
@@ -316,21 +308,16 @@ class GPA:
                 results[i].error = exc
                 continue
             results[i].global_tokens = [int(x) for x in speakers[i].global_tokens]
-            hop = self.bicodec.samples_per_semantic_token
-            ranges = _lengthen_short_tail(
-                split_audio(samples, SAMPLE_RATE, options.window_s, align=hop), MIN_SAMPLES, hop
-            )
-            results[i].chunks = len(ranges)
-            pieces += [_Piece(i, k, s, e, samples[s:e]) for k, (s, e) in enumerate(ranges)]
+            windows = self.conversion_windows(samples, options)
+            results[i].chunks = len(windows)
+            pieces += [_Piece(i, k, start, end, samples[start:end]) for k, (start, end) in enumerate(windows)]
 
         semantic = _isolated(lambda batch: self.tokenize_source([p.audio for p in batch]), pieces, options.batch_size)
-        most = options.generation(self.checkpoint_generation["vc"]).max_new_tokens
-
         def generate_batch(batch: list[int]) -> list[GenerationOutput]:
             return self.generate_conversion(
                 [semantic[k] for k in batch], [speakers[pieces[k].item] for k in batch], options,
-                seeds=[_chunk_seed(seeds[pieces[k].item], pieces[k].index) for k in batch],
-                max_new_tokens=_token_limits([pieces[k] for k in batch], most, options.max_new_tokens_per_second))
+                seeds=[piece_seed(seeds[pieces[k].item], pieces[k].index) for k in batch],
+                seconds=[pieces[k].seconds for k in batch])
 
         generations = _after(semantic, generate_batch, options.batch_size, lambda k: _size(pieces[k]))
         speech = self._detokenize_pieces(pieces, speakers, generations, options.batch_size)
@@ -345,6 +332,24 @@ class GPA:
     # stages in processes (and device shares) of their own; the task methods above compose them in one process.
     # A model family whose encoder yields continuous features returns those from its tokenize stage and prefills
     # them as embeddings (the static engine's prefill takes embeddings).
+
+    def transcription_windows(self, samples: np.ndarray, options: TranscribeOptions) -> list[tuple[int, int]]:
+        """Where transcription cuts 16 kHz ``samples`` (sample ranges): at pauses, on GLM token boundaries, at most
+        ``options.window_s`` and the GLM encoder's positional table (30 s) long, none too short to tokenize."""
+        hop = self.glm.samples_per_token
+        window_s = min(options.window_s, self.glm.max_samples / SAMPLE_RATE)
+        return _lengthen_short_tail(split_audio(samples, SAMPLE_RATE, window_s, align=hop), MIN_SAMPLES, hop)
+
+    def conversion_windows(self, samples: np.ndarray, options: ConvertOptions) -> list[tuple[int, int]]:
+        """Where conversion cuts 16 kHz source ``samples``: at pauses, on semantic token boundaries, at most
+        ``options.window_s`` long, none too short to tokenize."""
+        hop = self.bicodec.samples_per_semantic_token
+        return _lengthen_short_tail(split_audio(samples, SAMPLE_RATE, options.window_s, align=hop), MIN_SAMPLES, hop)
+
+    def synthesis_chunks(self, text: str, options: SynthesizeOptions) -> list[str]:
+        """The pieces synthesis generates ``text`` in: cleaned and split at sentence boundaries into at most
+        ``options.max_chunk_units`` units each. Raises :class:`InvalidText` for text with nothing to say."""
+        return split_text(clean_text(text, options.max_text_chars), options.max_chunk_units)
 
     def tokenize_speech(self, windows: Sequence[np.ndarray]) -> list[SpeechTokens]:
         """Transcription's tokenize stage: GLM-4-Voice (12.5 Hz) and BiCodec semantic (50 Hz) tokens of 16 kHz
@@ -363,31 +368,36 @@ class GPA:
             return self.bicodec.semantic_tokens(list(windows))
 
     def generate_transcription(self, tokens: Sequence[SpeechTokens], options: TranscribeOptions, *,
-                               max_new_tokens: Sequence[int] | None = None) -> list[GenerationOutput]:
-        """Transcription's generate stage: the text tokens the LLM writes for each window's speech tokens."""
+                               seconds: Sequence[float] | None = None) -> list[GenerationOutput]:
+        """Transcription's generate stage: the text tokens the LLM writes for each window's speech tokens.
+        ``seconds``: each window's duration, which ``options.max_new_tokens_per_second`` limits its tokens by."""
         prompt_ids = [prompts.stt_prompt(self.layout, t.glm, t.semantic) for t in tokens]
-        return self._generate(prompt_ids, "stt", options, [options.seed] * len(prompt_ids), max_new_tokens)
+        limits = self._token_limits(options, "stt", seconds, options.max_new_tokens_per_second)
+        return self._generate(prompt_ids, "stt", options, [options.seed] * len(prompt_ids), limits)
 
     def generate_synthesis(self, texts: Sequence[str], speakers: Sequence[Speaker], options: SynthesizeOptions, *,
-                           seeds: Sequence[int], max_new_tokens: Sequence[int] | None = None) -> list[GenerationOutput]:
-        """Synthesis's generate stage: the semantic tokens the LLM writes for each (cleaned, prompt-sized) text in
-        its speaker's voice. Raises :class:`InvalidText` when a text does not fit the prompt."""
+                           seeds: Sequence[int]) -> list[GenerationOutput]:
+        """Synthesis's generate stage: the semantic tokens the LLM writes for each text chunk
+        (:meth:`synthesis_chunks`) in its speaker's voice. Raises :class:`InvalidText` when a text does not fit
+        the prompt."""
         prompt_ids = []
         for text, speaker in zip(texts, speakers, strict=True):
             prompt = prompts.tts_prompt(self.layout, self.tokenizer, speaker.global_tokens, text)
             if prompt.truncated:
                 raise InvalidText("text piece longer than the prompt limit")
             prompt_ids.append(prompt.ids)
-        return self._generate(prompt_ids, "tts", options, seeds, max_new_tokens)
+        limits = self._token_limits(options, "tts", [text_units(t) for t in texts], options.max_new_tokens_per_unit)
+        return self._generate(prompt_ids, "tts", options, seeds, limits)
 
     def generate_conversion(self, semantic: Sequence[np.ndarray], speakers: Sequence[Speaker],
                             options: ConvertOptions, *, seeds: Sequence[int],
-                            max_new_tokens: Sequence[int] | None = None) -> list[GenerationOutput]:
+                            seconds: Sequence[float] | None = None) -> list[GenerationOutput]:
         """Conversion's generate stage: the semantic tokens the LLM writes for each source window's semantic tokens
-        in its speaker's voice."""
+        in its speaker's voice. ``seconds``: each window's duration (``options.max_new_tokens_per_second``)."""
         prompt_ids = [prompts.vc_prompt(self.layout, speaker.global_tokens, s)
                       for s, speaker in zip(semantic, speakers, strict=True)]
-        return self._generate(prompt_ids, "vc", options, seeds, max_new_tokens)
+        limits = self._token_limits(options, "vc", seconds, options.max_new_tokens_per_second)
+        return self._generate(prompt_ids, "vc", options, seeds, limits)
 
     def detokenize_text(self, generations: Sequence[GenerationOutput]) -> list[str]:
         """Transcription's detokenize stage: the text of each generation."""
@@ -438,6 +448,15 @@ class GPA:
             max_new_tokens=max_new_tokens,
         )
 
+    def _token_limits(self, options, task: str, sizes: Sequence[float] | None,
+                      per_input: float | None) -> list[int] | None:
+        """Each input's limit of new tokens: ``per_input`` per unit of its size (seconds of audio, units of text),
+        at most the generation's ``max_new_tokens``."""
+        if per_input is None or sizes is None:
+            return None
+        most = options.generation(self.checkpoint_generation[task]).max_new_tokens
+        return [max(1, min(most, math.ceil(per_input * size))) for size in sizes]
+
     def _detokenize_pieces(self, pieces: list[_Piece], speakers, generations: list, batch_size: int) -> list:
         def run(batch: list[int]) -> list:
             return self.detokenize_speech([speakers[pieces[k].item].global_tokens for k in batch],
@@ -462,8 +481,7 @@ class GPA:
             result = results[item]
             if result.error is not None:
                 continue
-            audio = crossfade_join([w for _, w in sorted(parts, key=lambda p: p[0])], SAMPLE_RATE, crossfade_s)
-            result.audio = (audio - audio.mean()).astype(np.float32)  # DC removal, as the reference does
+            result.audio = join_speech([w for _, w in sorted(parts, key=lambda p: p[0])], SAMPLE_RATE, crossfade_s)
 
 
 class _Missing:
@@ -502,14 +520,6 @@ def _successful(results, pieces, outputs):
         yield piece, result, output
 
 
-def _token_limits(pieces: list[_Piece], most: int, per_input: float | None) -> list[int] | None:
-    """Each piece's limit of new tokens: ``per_input`` per second of its audio, or per text unit of its text."""
-    if per_input is None:
-        return None
-    sizes = [(p.end - p.start) / SAMPLE_RATE if p.audio is not None else text_units(p.text) for p in pieces]
-    return [max(1, min(most, math.ceil(per_input * size))) for size in sizes]
-
-
 def _item_seeds(seeds: Sequence[int] | None, n: int, default: int) -> list[int]:
     if seeds is None:
         return [default] * n
@@ -533,7 +543,8 @@ def _in_background(fn: Callable, *args) -> Future:
     return future
 
 
-def _chunk_seed(seed: int, index: int) -> int:
+def piece_seed(seed: int, index: int) -> int:
+    """The seed of an item's ``index``-th piece (text chunk or audio window) from the item's seed."""
     return (seed * 1_000_003 + index) % (2**63)
 
 

@@ -35,10 +35,10 @@ def test_synthesis_stages_apart_equal_synthesize(tiny_model):
     seeds = [3, 4]
     whole = tiny_model.synthesize(texts, [speaker, speaker], options, seeds=seeds)
     # one chunk per text: the chunk's seed is the item's seed mixed with chunk index 0
-    from gpa.model import _chunk_seed
+    from gpa.model import piece_seed
 
     generations = tiny_model.generate_synthesis(texts, [speaker, speaker], options,
-                                                seeds=[_chunk_seed(s, 0) for s in seeds])
+                                                seeds=[piece_seed(s, 0) for s in seeds])
     speech = tiny_model.detokenize_speech([speaker.global_tokens] * 2, generations)
     for result, generation, (semantic, wave) in zip(whole, generations, speech, strict=True):
         assert result.ok, result.error
@@ -52,11 +52,11 @@ def test_conversion_stages_apart_equal_convert(tiny_model):
     sources = [voice(1.5, seed=7), voice(2.5, seed=8)]
     options = ConvertOptions(max_new_tokens=24, min_new_tokens=8)
     whole = tiny_model.convert([(s, 16000) for s in sources], [speaker, speaker], options, seeds=[1, 2])
-    from gpa.model import _chunk_seed
+    from gpa.model import piece_seed
 
     semantic = tiny_model.tokenize_source(sources)
     generations = tiny_model.generate_conversion(semantic, [speaker, speaker], options,
-                                                 seeds=[_chunk_seed(s, 0) for s in (1, 2)])
+                                                 seeds=[piece_seed(s, 0) for s in (1, 2)])
     speech = tiny_model.detokenize_speech([speaker.global_tokens] * 2, generations)
     for result, source, generation, (out, wave) in zip(whole, semantic, generations, speech, strict=True):
         assert result.ok, result.error
@@ -95,3 +95,35 @@ def test_each_stage_runs_on_a_gpa_holding_only_its_components(tiny_checkpoint, t
         encoders.generate_transcription(tokens, options)
     with pytest.raises(ValueError, match="components must be some of"):
         GPA.from_pretrained(tiny_checkpoint, components=("vocoder",))
+
+
+def test_long_inputs_through_the_stages_apart_equal_the_task_methods(tiny_model):
+    """Windows, chunks, piece seeds and the joins are the library's own: a job running the stages apart cuts and
+    stitches exactly as the one-process path does."""
+    from gpa.chunking import join_speech, join_texts
+    from gpa.model import piece_seed
+
+    audio = voice(7.0, seed=3)
+    audio[int(3.3 * 16000): int(3.6 * 16000)] = 0.0
+    options = TranscribeOptions(window_s=4.0, max_new_tokens=40, max_new_tokens_per_second=3.0)
+    windows = tiny_model.transcription_windows(audio, options)
+    assert len(windows) == 2
+    tokens = tiny_model.tokenize_speech([audio[a:b] for a, b in windows])
+    generations = tiny_model.generate_transcription(tokens, options, seconds=[(b - a) / 16000 for a, b in windows])
+    [whole] = tiny_model.transcribe([(audio, 16000)], options)
+    assert whole.text == join_texts(tiny_model.detokenize_text(generations))
+    assert [(s.start, s.end) for s in whole.segments] == [(a / 16000, b / 16000) for a, b in windows]
+    assert whole.generated_ids == [t for g in generations for t in g.ids]
+
+    speaker = tiny_model.speaker((voice(2.0, seed=5), 16000))
+    text = "First sentence here. Second one follows. And a third to finish."
+    synth = SynthesizeOptions(max_new_tokens=20, min_new_tokens=6, max_chunk_units=4)
+    chunks = tiny_model.synthesis_chunks(text, synth)
+    assert len(chunks) > 1
+    generations = tiny_model.generate_synthesis(chunks, [speaker] * len(chunks), synth,
+                                                seeds=[piece_seed(9, k) for k in range(len(chunks))])
+    waves = [w for _, w in tiny_model.detokenize_speech([speaker.global_tokens] * len(chunks), generations)]
+    [result] = tiny_model.synthesize([text], [speaker], synth, seeds=[9])
+    assert result.chunks == len(chunks)
+    # batched decoding of equal-length pieces differs from one by one in float rounding only
+    np.testing.assert_allclose(result.audio, join_speech(waves, 16000, synth.crossfade_s), atol=2e-5)
