@@ -220,3 +220,9 @@ def crossfade_join(pieces: list[np.ndarray], sample_rate: int, crossfade_s: floa
         overlap = out[-n:] * np.cos(t) + piece[:n] * np.sin(t)
         out = np.concatenate([out[:-n], overlap, piece[n:]])
     return out
+
+
+def join_speech(pieces: list[np.ndarray], sample_rate: int, crossfade_s: float) -> np.ndarray:
+    """One item's generated speech from its pieces in order: crossfaded, then without DC (as the reference does)."""
+    audio = crossfade_join(pieces, sample_rate, crossfade_s)
+    return (audio - audio.mean()).astype(np.float32) if len(audio) else audio

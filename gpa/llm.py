@@ -18,6 +18,14 @@ from .checkpoint import abbreviate, check_loading_info, find_safetensors, quiet_
 from .errors import CheckpointError
 
 
+def load_tokenizer(directory: str | os.PathLike, *, trust_remote_code: bool = False):
+    """The checkpoint's text tokenizer (its vocabulary holds the speech tokens too)."""
+    try:
+        return AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code, local_files_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot load the tokenizer from {directory}: {exc}") from exc
+
+
 def load_llm(
     directory: str | os.PathLike,
     *,
@@ -54,10 +62,7 @@ def load_llm(
     except Exception as exc:  # transformers raises many types (OSError, ValueError, RuntimeError ...)
         raise CheckpointError(f"cannot load the LLM from {directory}: {exc}") from exc
     check_loading_info(str(directory), info)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=trust_remote_code, local_files_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot load the tokenizer from {directory}: {exc}") from exc
+    tokenizer = load_tokenizer(directory, trust_remote_code=trust_remote_code)
     model.eval().to(device)
     return model, tokenizer
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,20 +19,24 @@ import torch
 
 from . import prompts
 from .audio import SAMPLE_RATE, AudioInput, load_audio
-from .bicodec import BiCodec
+from .bicodec import BiCodec, load_config
+from .bicodec.model import CONFIG_FILE as BICODEC_CONFIG
 from .checkpoint import content_hash, resolve_checkpoint
-from .chunking import clean_text, crossfade_join, join_texts, split_audio, split_text, text_units
+from .chunking import clean_text, join_speech, join_texts, split_audio, split_text, text_units
 from .errors import EmptyGeneration, GPAError, InvalidText, TooShortAudio
-from .generation import generate
-from .glm_tokenizer import GLMSpeechTokenizer
+from .generation import GenerationOutput, generate
+from .glm_tokenizer import GLMSpeechTokenizer, GLMTokenizerConfig
 from .inference import Precision, check_precision
-from .llm import load_llm
+from .llm import load_llm, load_tokenizer
 from .options import ConvertOptions, GenerationOptions, SynthesizeOptions, TranscribeOptions
 from .profiling import stage
-from .results import Conversion, Segment, Speaker, Synthesis, Transcription
+from .results import Conversion, Segment, Speaker, SpeechTokens, Synthesis, Transcription
 from .storage import redact_uri
 from .vocab import TokenLayout
 
+COMPONENTS = ("glm", "bicodec", "llm")
+GLM_DIR = "glm-4-voice-tokenizer"
+BICODEC_DIR = "BiCodec"
 MIN_SAMPLES = 1600  # 0.1 s: below this neither tokenizer yields a usable token
 
 
@@ -47,6 +51,10 @@ class _Piece:
     audio: np.ndarray | None = None
     text: str = ""
 
+    @property
+    def seconds(self) -> float:
+        return (self.end - self.start) / SAMPLE_RATE
+
 
 class GPA:
     def __init__(
@@ -59,11 +67,13 @@ class GPA:
         *,
         source: str = "",
         content_hash: str = "",
+        device: torch.device | None = None,
     ):
         self.llm, self.tokenizer, self.layout = llm, tokenizer, layout
         self.glm, self.bicodec = glm, bicodec
         self.source, self.content_hash = source, content_hash
-        config = getattr(llm, "generation_config", None)
+        self._device = device
+        config = None if isinstance(llm, _Missing) else getattr(llm, "generation_config", None)
         self.checkpoint_generation = {t: GenerationOptions.for_task(t, config) for t in ("stt", "tts", "vc")}
 
     @classmethod
@@ -76,8 +86,13 @@ class GPA:
         cache_dir: str | os.PathLike | None = None,
         trust_remote_code: bool = False,
         encoder_precision: Precision = "float32",
+        components: Collection[str] = COMPONENTS,
     ) -> GPA:
         """Load a checkpoint in the official layout from a directory, an ``s3://`` prefix or a Hugging Face id.
+
+        ``components`` loads only some of the models (the tokenizer and the token layout always): a process that
+        runs one stage needs only that stage's (tokenize: ``glm`` and ``bicodec``; generate: ``llm``; detokenize:
+        ``bicodec`` for speech, none for text). Using a component that was not loaded raises a clear error.
 
         ``dtype`` applies to the LLM and the GLM tokenizer's weights (float32 by default; bfloat16 is the usual choice
         on a GPU). BiCodec's weights stay float32. ``encoder_precision="bfloat16"`` runs the GLM tokenizer, wav2vec2
@@ -85,6 +100,9 @@ class GPA:
         pick nearest codes in float32 either way, but from rounded features, so tokens can differ: measure the
         agreement (benchmarks/encoder_agreement.py) before relying on it.
         """
+        unknown = set(components) - set(COMPONENTS)
+        if unknown or not components:
+            raise ValueError(f"components must be some of {', '.join(COMPONENTS)}, got {sorted(components)}")
         device = torch.device(device)
         check_precision(encoder_precision, device)
         directory = resolve_checkpoint(source, cache_dir)
@@ -92,12 +110,28 @@ class GPA:
         # hashing reads every file again (seconds for the full-size checkpoint): overlap it with building the models
         digest = _in_background(content_hash, directory)
         try:
-            glm = GLMSpeechTokenizer.from_pretrained(directory / "glm-4-voice-tokenizer", device=device, dtype=dtype,
-                                                     precision=encoder_precision)
-            bicodec = BiCodec.from_pretrained(directory / "BiCodec", device=device, dtype=torch.float32,
-                                              precision=encoder_precision)
-            llm, tokenizer = load_llm(directory, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-            return cls.from_parts(llm, tokenizer, glm, bicodec, source=source, content_hash=digest.result())
+            glm = bicodec = llm = None
+            if "glm" in components:
+                glm = GLMSpeechTokenizer.from_pretrained(directory / GLM_DIR, device=device, dtype=dtype,
+                                                         precision=encoder_precision)
+            if "bicodec" in components:
+                bicodec = BiCodec.from_pretrained(directory / BICODEC_DIR, device=device, dtype=torch.float32,
+                                                  precision=encoder_precision)
+            if "llm" in components:
+                llm, tokenizer = load_llm(directory, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+            else:
+                tokenizer = load_tokenizer(directory, trust_remote_code=trust_remote_code)
+            # the token layout needs every codebook's size: read from the configs (some parts are not loaded)
+            bicodec_config = load_config(directory / BICODEC_DIR / BICODEC_CONFIG)
+            layout = TokenLayout.from_tokenizer(
+                tokenizer,
+                glm_codebook_size=GLMTokenizerConfig.from_dir(directory / GLM_DIR).quantize_vocab_size,
+                global_codebook_size=math.prod(bicodec_config.speaker_encoder.fsq_levels),
+                semantic_codebook_size=bicodec_config.quantizer.codebook_size,
+            )
+            missing = {name: _Missing(name, components) for name in COMPONENTS if name not in components}
+            return cls(llm or missing["llm"], tokenizer, layout, glm or missing["glm"], bicodec or missing["bicodec"],
+                       source=redact_uri(os.fspath(source)), content_hash=digest.result(), device=device)
         except BaseException:
             digest.cancel()
             raise
@@ -119,7 +153,9 @@ class GPA:
 
     @property
     def device(self) -> torch.device:
-        return next(self.llm.parameters()).device
+        if self._device is None:
+            self._device = next(self.llm.parameters()).device
+        return self._device
 
     # --- components -----------------------------------------------------------------------------------------
 
@@ -187,56 +223,28 @@ class GPA:
                 results[i].error = exc
                 continue
             results[i].duration_s = len(samples) / SAMPLE_RATE
-            hop = self.glm.samples_per_token
-            ranges = split_audio(samples, SAMPLE_RATE, self._asr_window_s(options), align=hop)
-            ranges = _lengthen_short_tail(ranges, MIN_SAMPLES, hop)
-            for k, (start, end) in enumerate(ranges):
-                pieces.append(_Piece(i, k, start, end, samples[start:end]))
+            windows = self.transcription_windows(samples, options)
+            pieces += [_Piece(i, k, start, end, samples[start:end]) for k, (start, end) in enumerate(windows)]
 
-        outputs = _isolated(lambda batch: self._transcribe_pieces(batch, options), pieces, options.batch_size)
-        for piece, result, output in _successful(results, pieces, outputs):
-            glm, semantic, generation, text = output
-            result.glm_tokens += glm
-            result.semantic_tokens += semantic
+        tokens = _isolated(lambda batch: self.tokenize_speech([p.audio for p in batch]), pieces, options.batch_size)
+
+        def generate_batch(batch: list[int]) -> list[GenerationOutput]:
+            return self.generate_transcription([tokens[k] for k in batch], options,
+                                               seconds=[pieces[k].seconds for k in batch])
+
+        generations = _after(tokens, generate_batch, options.batch_size, lambda k: _size(pieces[k]))
+        outputs = [g if isinstance(g, GPAError) else (t, g) for t, g in zip(tokens, generations, strict=True)]
+        for piece, result, (speech, generation) in _successful(results, pieces, outputs):
+            result.glm_tokens += [int(x) for x in speech.glm]
+            result.semantic_tokens += [int(x) for x in speech.semantic]
             result.generated_ids += generation.ids
             result.truncated |= generation.hit_max_new_tokens
+            [text] = self.detokenize_text([generation])
             result.segments.append(Segment(piece.start / SAMPLE_RATE, piece.end / SAMPLE_RATE, text))
         for result in results:
             if result.error is None:
                 result.text = join_texts([s.text for s in result.segments])
         return results
-
-    def _asr_window_s(self, options: TranscribeOptions) -> float:
-        # The GLM encoder has a fixed positional table (30 s for the released model): never ask it for more.
-        return min(options.window_s, self.glm.max_samples / SAMPLE_RATE)
-
-    def _transcribe_pieces(self, pieces: list[_Piece], options: TranscribeOptions):
-        audio = [p.audio for p in pieces]
-        with stage("GLM encode"):
-            glm = self.glm.tokenize(audio)
-        with stage("BiCodec encode"):
-            semantic = self.bicodec.semantic_tokens(audio)
-        prompt_ids = [prompts.stt_prompt(self.layout, g, s) for g, s in zip(glm, semantic, strict=True)]
-        generation = options.generation(self.checkpoint_generation["stt"])
-        generations = generate(
-            self.llm,
-            prompt_ids,
-            generation,
-            layout=self.layout,
-            task="stt",
-            seeds=[options.seed] * len(pieces),
-            pad_id=self.layout.pad_id,
-            max_new_tokens=_token_limits(pieces, generation.max_new_tokens, options.max_new_tokens_per_second),
-        )
-        return [
-            (
-                [int(x) for x in g],
-                [int(x) for x in s],
-                out,
-                prompts.text_from_generation(self.tokenizer, self.layout, out.ids),
-            )
-            for g, s, out in zip(glm, semantic, generations, strict=True)
-        ]
 
     def synthesize(
         self,
@@ -258,7 +266,7 @@ class GPA:
             if results[i].error is not None:
                 continue
             try:
-                chunks = split_text(clean_text(text, options.max_text_chars), options.max_chunk_units)
+                chunks = self.synthesis_chunks(text, options)
             except InvalidText as exc:
                 results[i].error = exc
                 continue
@@ -266,18 +274,13 @@ class GPA:
             results[i].chunks = len(chunks)
             pieces += [_Piece(i, k, text=chunk) for k, chunk in enumerate(chunks)]
 
-        def run(batch: list[_Piece]):
-            prompt_ids = []
-            for p in batch:
-                prompt = prompts.tts_prompt(self.layout, self.tokenizer, speakers[p.item].global_tokens, p.text)
-                if prompt.truncated:
-                    raise InvalidText("text piece longer than the prompt limit")
-                prompt_ids.append(prompt.ids)
-            return self._generate_audio(batch, prompt_ids, [speakers[p.item] for p in batch], "tts", options, seeds,
-                                        options.max_new_tokens_per_unit)
+        def generate_batch(batch: list[_Piece]) -> list[GenerationOutput]:
+            return self.generate_synthesis([p.text for p in batch], [speakers[p.item] for p in batch], options,
+                                           seeds=[piece_seed(seeds[p.item], p.index) for p in batch])
 
-        outputs = _isolated(run, pieces, options.batch_size)
-        self._assemble_audio(results, pieces, outputs, options.crossfade_s)
+        generations = _isolated(generate_batch, pieces, options.batch_size)
+        speech = self._detokenize_pieces(pieces, speakers, generations, options.batch_size)
+        self._assemble_audio(results, pieces, generations, speech, options.crossfade_s)
         return results
 
     def convert(
@@ -305,32 +308,114 @@ class GPA:
                 results[i].error = exc
                 continue
             results[i].global_tokens = [int(x) for x in speakers[i].global_tokens]
-            hop = self.bicodec.samples_per_semantic_token
-            ranges = _lengthen_short_tail(
-                split_audio(samples, SAMPLE_RATE, options.window_s, align=hop), MIN_SAMPLES, hop
-            )
-            results[i].chunks = len(ranges)
-            pieces += [_Piece(i, k, s, e, samples[s:e]) for k, (s, e) in enumerate(ranges)]
+            windows = self.conversion_windows(samples, options)
+            results[i].chunks = len(windows)
+            pieces += [_Piece(i, k, start, end, samples[start:end]) for k, (start, end) in enumerate(windows)]
 
-        def run(batch: list[_Piece]):
-            with stage("BiCodec encode"):
-                semantic = self.bicodec.semantic_tokens([p.audio for p in batch])
-            prompt_ids = [
-                prompts.vc_prompt(self.layout, speakers[p.item].global_tokens, s)
-                for p, s in zip(batch, semantic, strict=True)
-            ]
-            outputs = self._generate_audio(batch, prompt_ids, [speakers[p.item] for p in batch], "vc", options, seeds,
-                                           options.max_new_tokens_per_second)
-            return [(s, *out) for s, out in zip(semantic, outputs, strict=True)]
+        semantic = _isolated(lambda batch: self.tokenize_source([p.audio for p in batch]), pieces, options.batch_size)
+        def generate_batch(batch: list[int]) -> list[GenerationOutput]:
+            return self.generate_conversion(
+                [semantic[k] for k in batch], [speakers[pieces[k].item] for k in batch], options,
+                seeds=[piece_seed(seeds[pieces[k].item], pieces[k].index) for k in batch],
+                seconds=[pieces[k].seconds for k in batch])
 
-        outputs = _isolated(run, pieces, options.batch_size)
-        for piece, output in zip(pieces, outputs, strict=True):
+        generations = _after(semantic, generate_batch, options.batch_size, lambda k: _size(pieces[k]))
+        speech = self._detokenize_pieces(pieces, speakers, generations, options.batch_size)
+        for piece, source, output in zip(pieces, semantic, speech, strict=True):
             if not isinstance(output, GPAError):
-                results[piece.item].source_semantic_tokens += [int(x) for x in output[0]]
-        self._assemble_audio(
-            results, pieces, [o if isinstance(o, GPAError) else o[1:] for o in outputs], options.crossfade_s
-        )
+                results[piece.item].source_semantic_tokens += [int(x) for x in source]
+        self._assemble_audio(results, pieces, generations, speech, options.crossfade_s)
         return results
+
+    # --- stages -----------------------------------------------------------------------------------------------
+    # Each task is tokenize -> generate -> detokenize with token ids in between, so that a batch job can run the
+    # stages in processes (and device shares) of their own; the task methods above compose them in one process.
+    # A model family whose encoder yields continuous features returns those from its tokenize stage and prefills
+    # them as embeddings (the static engine's prefill takes embeddings).
+
+    def transcription_windows(self, samples: np.ndarray, options: TranscribeOptions) -> list[tuple[int, int]]:
+        """Where transcription cuts 16 kHz ``samples`` (sample ranges): at pauses, on GLM token boundaries, at most
+        ``options.window_s`` and the GLM encoder's positional table (30 s) long, none too short to tokenize."""
+        hop = self.glm.samples_per_token
+        window_s = min(options.window_s, self.glm.max_samples / SAMPLE_RATE)
+        return _lengthen_short_tail(split_audio(samples, SAMPLE_RATE, window_s, align=hop), MIN_SAMPLES, hop)
+
+    def conversion_windows(self, samples: np.ndarray, options: ConvertOptions) -> list[tuple[int, int]]:
+        """Where conversion cuts 16 kHz source ``samples``: at pauses, on semantic token boundaries, at most
+        ``options.window_s`` long, none too short to tokenize."""
+        hop = self.bicodec.samples_per_semantic_token
+        return _lengthen_short_tail(split_audio(samples, SAMPLE_RATE, options.window_s, align=hop), MIN_SAMPLES, hop)
+
+    def synthesis_chunks(self, text: str, options: SynthesizeOptions) -> list[str]:
+        """The pieces synthesis generates ``text`` in: cleaned and split at sentence boundaries into at most
+        ``options.max_chunk_units`` units each. Raises :class:`InvalidText` for text with nothing to say."""
+        return split_text(clean_text(text, options.max_text_chars), options.max_chunk_units)
+
+    def tokenize_speech(self, windows: Sequence[np.ndarray]) -> list[SpeechTokens]:
+        """Transcription's tokenize stage: GLM-4-Voice (12.5 Hz) and BiCodec semantic (50 Hz) tokens of 16 kHz
+        windows (at most the GLM encoder's 30 s each)."""
+        windows = list(windows)
+        with stage("GLM encode"):
+            glm = self.glm.tokenize(windows)
+        with stage("BiCodec encode"):
+            semantic = self.bicodec.semantic_tokens(windows)
+        return [SpeechTokens(g, s) for g, s in zip(glm, semantic, strict=True)]
+
+    def tokenize_source(self, windows: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Conversion's tokenize stage: BiCodec semantic tokens of 16 kHz windows of the source speech. (The
+        reference voice's stage is :meth:`speakers`.)"""
+        with stage("BiCodec encode"):
+            return self.bicodec.semantic_tokens(list(windows))
+
+    def generate_transcription(self, tokens: Sequence[SpeechTokens], options: TranscribeOptions, *,
+                               seconds: Sequence[float] | None = None) -> list[GenerationOutput]:
+        """Transcription's generate stage: the text tokens the LLM writes for each window's speech tokens.
+        ``seconds``: each window's duration, which ``options.max_new_tokens_per_second`` limits its tokens by."""
+        prompt_ids = [prompts.stt_prompt(self.layout, t.glm, t.semantic) for t in tokens]
+        limits = self._token_limits(options, "stt", seconds, options.max_new_tokens_per_second)
+        return self._generate(prompt_ids, "stt", options, [options.seed] * len(prompt_ids), limits)
+
+    def generate_synthesis(self, texts: Sequence[str], speakers: Sequence[Speaker], options: SynthesizeOptions, *,
+                           seeds: Sequence[int]) -> list[GenerationOutput]:
+        """Synthesis's generate stage: the semantic tokens the LLM writes for each text chunk
+        (:meth:`synthesis_chunks`) in its speaker's voice. Raises :class:`InvalidText` when a text does not fit
+        the prompt."""
+        prompt_ids = []
+        for text, speaker in zip(texts, speakers, strict=True):
+            prompt = prompts.tts_prompt(self.layout, self.tokenizer, speaker.global_tokens, text)
+            if prompt.truncated:
+                raise InvalidText("text piece longer than the prompt limit")
+            prompt_ids.append(prompt.ids)
+        limits = self._token_limits(options, "tts", [text_units(t) for t in texts], options.max_new_tokens_per_unit)
+        return self._generate(prompt_ids, "tts", options, seeds, limits)
+
+    def generate_conversion(self, semantic: Sequence[np.ndarray], speakers: Sequence[Speaker],
+                            options: ConvertOptions, *, seeds: Sequence[int],
+                            seconds: Sequence[float] | None = None) -> list[GenerationOutput]:
+        """Conversion's generate stage: the semantic tokens the LLM writes for each source window's semantic tokens
+        in its speaker's voice. ``seconds``: each window's duration (``options.max_new_tokens_per_second``)."""
+        prompt_ids = [prompts.vc_prompt(self.layout, speaker.global_tokens, s)
+                      for s, speaker in zip(semantic, speakers, strict=True)]
+        limits = self._token_limits(options, "vc", seconds, options.max_new_tokens_per_second)
+        return self._generate(prompt_ids, "vc", options, seeds, limits)
+
+    def detokenize_text(self, generations: Sequence[GenerationOutput]) -> list[str]:
+        """Transcription's detokenize stage: the text of each generation."""
+        return [prompts.text_from_generation(self.tokenizer, self.layout, g.ids) for g in generations]
+
+    def detokenize_speech(self, global_tokens: Sequence[np.ndarray],
+                          generations: Sequence[GenerationOutput]) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Synthesis's and conversion's detokenize stage: each generation's semantic tokens and BiCodec's waveform
+        of them in the voice of its global tokens (None when the generation holds no semantic token)."""
+        semantic = [prompts.semantic_from_generation(self.layout, g.ids) for g in generations]
+        decodable = [i for i, s in enumerate(semantic) if len(s)]
+        waves: list[np.ndarray | None] = [None] * len(semantic)
+        if decodable:
+            with stage("detokenize"):
+                decoded = self.bicodec.decode([global_tokens[i] for i in decodable], [semantic[i] for i in decodable])
+            for i, wave in zip(decodable, decoded, strict=True):
+                waves[i] = wave
+        return list(zip(semantic, waves, strict=True))
 
     # --- shared machinery -------------------------------------------------------------------------------------
 
@@ -351,34 +436,38 @@ class GPA:
                 speakers.append(speaker)
         return speakers
 
-    def _generate_audio(self, batch, prompt_ids, speakers, task, options, seeds, tokens_per_input):
-        generation = options.generation(self.checkpoint_generation[task])
-        generations = generate(
+    def _generate(self, prompt_ids, task: str, options, seeds, max_new_tokens) -> list[GenerationOutput]:
+        return generate(
             self.llm,
             prompt_ids,
-            generation,
+            options.generation(self.checkpoint_generation[task]),
             layout=self.layout,
             task=task,
-            seeds=[_chunk_seed(seeds[p.item], p.index) for p in batch],
+            seeds=seeds,
             pad_id=self.layout.pad_id,
-            max_new_tokens=_token_limits(batch, generation.max_new_tokens, tokens_per_input),
+            max_new_tokens=max_new_tokens,
         )
-        semantic = [prompts.semantic_from_generation(self.layout, g.ids) for g in generations]
-        decodable = [i for i, s in enumerate(semantic) if len(s)]
-        waves: list[np.ndarray | None] = [None] * len(batch)
-        if decodable:
-            with stage("detokenize"):
-                decoded = self.bicodec.decode(
-                    [speakers[i].global_tokens for i in decodable], [semantic[i] for i in decodable]
-                )
-            for i, wave in zip(decodable, decoded, strict=True):
-                waves[i] = wave
-        return [(s, g, w) for s, g, w in zip(semantic, generations, waves, strict=True)]
 
-    def _assemble_audio(self, results, pieces, outputs, crossfade_s: float) -> None:
+    def _token_limits(self, options, task: str, sizes: Sequence[float] | None,
+                      per_input: float | None) -> list[int] | None:
+        """Each input's limit of new tokens: ``per_input`` per unit of its size (seconds of audio, units of text),
+        at most the generation's ``max_new_tokens``."""
+        if per_input is None or sizes is None:
+            return None
+        most = options.generation(self.checkpoint_generation[task]).max_new_tokens
+        return [max(1, min(most, math.ceil(per_input * size))) for size in sizes]
+
+    def _detokenize_pieces(self, pieces: list[_Piece], speakers, generations: list, batch_size: int) -> list:
+        def run(batch: list[int]) -> list:
+            return self.detokenize_speech([speakers[pieces[k].item].global_tokens for k in batch],
+                                          [generations[k] for k in batch])
+
+        return _after(generations, run, batch_size, lambda k: _size(pieces[k]))
+
+    def _assemble_audio(self, results, pieces, generations, speech, crossfade_s: float) -> None:
         waves: dict[int, list[tuple[int, np.ndarray]]] = {}
-        for piece, result, output in _successful(results, pieces, outputs):
-            semantic, generation, wave = output
+        outputs = [s if isinstance(s, GPAError) else (g, *s) for g, s in zip(generations, speech, strict=True)]
+        for piece, result, (generation, semantic, wave) in _successful(results, pieces, outputs):
             result.generated_ids += generation.ids
             result.truncated |= generation.hit_max_new_tokens
             if wave is None:
@@ -392,8 +481,21 @@ class GPA:
             result = results[item]
             if result.error is not None:
                 continue
-            audio = crossfade_join([w for _, w in sorted(parts, key=lambda p: p[0])], SAMPLE_RATE, crossfade_s)
-            result.audio = (audio - audio.mean()).astype(np.float32)  # DC removal, as the reference does
+            result.audio = join_speech([w for _, w in sorted(parts, key=lambda p: p[0])], SAMPLE_RATE, crossfade_s)
+
+
+class _Missing:
+    """Stands in for a component that ``GPA.from_pretrained(components=...)`` did not load."""
+
+    def __init__(self, name: str, loaded: Collection[str]):
+        self._name, self._loaded = name, tuple(loaded)
+
+    def __getattr__(self, attribute: str):
+        raise RuntimeError(f"this GPA was loaded without its {self._name} (components={self._loaded}): "
+                           f"load it with {self._name!r} among the components to use {attribute}")
+
+    def __bool__(self) -> bool:
+        return False
 
 
 def _lengthen_short_tail(ranges: list[tuple[int, int]], min_samples: int, align: int) -> list[tuple[int, int]]:
@@ -416,14 +518,6 @@ def _successful(results, pieces, outputs):
             result.error = output
             continue
         yield piece, result, output
-
-
-def _token_limits(pieces: list[_Piece], most: int, per_input: float | None) -> list[int] | None:
-    """Each piece's limit of new tokens: ``per_input`` per second of its audio, or per text unit of its text."""
-    if per_input is None:
-        return None
-    sizes = [(p.end - p.start) / SAMPLE_RATE if p.audio is not None else text_units(p.text) for p in pieces]
-    return [max(1, min(most, math.ceil(per_input * size))) for size in sizes]
 
 
 def _item_seeds(seeds: Sequence[int] | None, n: int, default: int) -> list[int]:
@@ -449,7 +543,8 @@ def _in_background(fn: Callable, *args) -> Future:
     return future
 
 
-def _chunk_seed(seed: int, index: int) -> int:
+def piece_seed(seed: int, index: int) -> int:
+    """The seed of an item's ``index``-th piece (text chunk or audio window) from the item's seed."""
     return (seed * 1_000_003 + index) % (2**63)
 
 
@@ -463,10 +558,11 @@ def _reference_key(reference) -> object:
     return ("object", id(reference))
 
 
-def _isolated(run: Callable[[list], list], items: list, batch_size: int) -> list:
-    """``run`` over ``items`` in batches of similar size; when a batch fails, its items are retried one by one so
-    the failure lands only on the items that cause it. Returns one output or :class:`GPAError` per item."""
-    order = sorted(range(len(items)), key=lambda i: _size(items[i]))
+def _isolated(run: Callable[[list], list], items: list, batch_size: int, size: Callable | None = None) -> list:
+    """``run`` over ``items`` in batches of similar ``size``; when a batch fails, its items are retried one by one
+    so the failure lands only on the items that cause it. Returns one output or :class:`GPAError` per item."""
+    size = size or _size
+    order = sorted(range(len(items)), key=lambda i: size(items[i]))
     outputs: list = [None] * len(items)
     for first in range(0, len(order), max(1, batch_size)):
         chunk = order[first : first + batch_size]
@@ -484,6 +580,16 @@ def _isolated(run: Callable[[list], list], items: list, batch_size: int) -> list
                         results.append(_as_error(single_exc))
         for i, result in zip(chunk, results, strict=True):
             outputs[i] = result
+    return outputs
+
+
+def _after(previous: list, run: Callable[[list[int]], list], batch_size: int, size: Callable[[int], int]) -> list:
+    """The next stage: ``run`` over the indices whose ``previous`` output is not an error (in isolated batches);
+    earlier errors pass through."""
+    live = [k for k, out in enumerate(previous) if not isinstance(out, GPAError)]
+    outputs = list(previous)
+    for k, out in zip(live, _isolated(run, live, batch_size, size), strict=True):
+        outputs[k] = out
     return outputs
 
 

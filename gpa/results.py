@@ -18,6 +18,14 @@ class Speaker:
 
 
 @dataclass
+class SpeechTokens:
+    """What transcription's tokenize stage makes of one window of speech: the two token streams of its prompt."""
+
+    glm: np.ndarray  # GLM-4-Voice tokens, 12.5 per second
+    semantic: np.ndarray  # BiCodec semantic tokens, 50 per second
+
+
+@dataclass
 class Segment:
     start: float
     end: float
