@@ -210,8 +210,10 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args.command, args)
     except ValueError as exc:
         parser.error(str(exc))
+    from .errors import JobError
     from .manifest import InputError
-    from .pipeline import JobError, check_config, ensure_ray, run_job, shutdown_ray
+    from .pipeline import check_config, run_job
+    from .ray_runtime import ensure_ray, shutdown_ray
     from .summary import format_summary, summary_dict
 
     try:

@@ -22,7 +22,8 @@ RANDOM_WEIGHTS_NOTE = (
 
 def run_demo(*, output: str = "gpa-demo", jobs: list[str] | None = None, model: str | None = None,
              mlflow_uri: str | None = None, seed: int = 0) -> int:
-    from .pipeline import ensure_ray, run_job, shutdown_ray
+    from .pipeline import run_job
+    from .ray_runtime import ensure_ray, shutdown_ray
     from .summary import format_summary
 
     jobs = list(JOBS) if jobs in (None, ["all"]) else jobs

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import storage
-from .pipeline import JobResult
+from .bookkeeping import JobResult
 
 
 def summary_dict(result: JobResult) -> dict:

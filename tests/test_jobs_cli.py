@@ -231,11 +231,11 @@ def test_an_output_held_by_a_live_run_is_refused_before_any_work(tmp_path):
 
 
 def test_an_interrupted_run_is_reported_as_interrupted_whatever_it_interrupted():
-    from jobs.pipeline import _root_cause
+    from jobs.errors import root_cause
 
     interrupt = KeyboardInterrupt()
     interrupt.__context__ = RuntimeError("botocore.exceptions.EndpointConnectionError: Could not connect")
-    assert _root_cause(interrupt).startswith("KeyboardInterrupt: interrupted (Ctrl-C or SIGINT)")
+    assert root_cause(interrupt).startswith("KeyboardInterrupt: interrupted (Ctrl-C or SIGINT)")
 
 
 def test_options_the_job_sets_itself_are_refused_as_options():
@@ -282,7 +282,7 @@ def test_a_ray_that_cannot_start_is_one_line_and_leaves_no_directory(tmp_path, m
 def test_orphaned_ray_directories_of_dead_runs_are_removed(tmp_path, monkeypatch):
     import tempfile
 
-    from jobs import pipeline
+    from jobs import ray_runtime
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -292,7 +292,7 @@ def test_orphaned_ray_directories_of_dead_runs_are_removed(tmp_path, monkeypatch
         (tmp_path / name / "session").mkdir(parents=True)
         if owner is not None:
             (tmp_path / name / "gpa-batch-owner.pid").write_text(str(owner))
-    pipeline._remove_orphaned_ray_dirs()
+    ray_runtime._remove_orphaned_ray_dirs()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpa-batch-ray-alive", "gpa-batch-ray-new", "other-dir"]
 
 

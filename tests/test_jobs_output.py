@@ -276,7 +276,8 @@ def test_a_duplicated_id_keeps_one_row_per_input_row_across_interrupted_runs(tmp
     without its first row's result: the id must not count as done. Nor may a manifest that gains a duplicate."""
     from jobs.config import JobConfig
     from jobs.manifest import load_inputs
-    from jobs.pipeline import _error_rows, _plan, task_params
+    from jobs.pipeline import _error_rows, task_params
+    from jobs.plan import plan_run
 
     manifest = tmp_path / "in.jsonl"
     config = JobConfig(job="transcribe", input=str(manifest), output=str(tmp_path / "out"), model="unused")
@@ -287,7 +288,7 @@ def test_a_duplicated_id_keeps_one_row_per_input_row_across_interrupted_runs(tmp
         manifest.write_text("".join(json.dumps({"id": i, "audio": "a.flac"}) + "\n" for i in row_ids))
         store.start(run_id, takeover=True)  # (the earlier "killed" run is this live process)
         cfg = JobConfig.from_dict(config.to_dict() | {"limit": limit})
-        return _plan(cfg, load_inputs("transcribe", str(manifest)), store)
+        return plan_run(cfg, load_inputs("transcribe", str(manifest)), store)
 
     def run(run_id: str, row_ids: list[str], limit: int | None = None, killed: bool = False):
         p = plan(run_id, row_ids, limit)

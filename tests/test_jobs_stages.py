@@ -127,7 +127,7 @@ def test_rows_go_longest_first_by_duration_else_file_size(tmp_path):
     """Windows are cut from this order, so rows of similar length share a model call: by the manifest's durations
     when it has them, else by the files' sizes (from a listing, or a stat of local files)."""
     from jobs.manifest import load_inputs
-    from jobs.pipeline import pipeline_order
+    from jobs.plan import pipeline_order
 
     sizes = {"small": 1_000, "large": 90_000, "medium": 30_000}
     for name, size in sizes.items():

@@ -216,7 +216,7 @@ def test_prompts(case, route):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# LLM forward and greedy generation (gpa/llm.py, gpa/generation.py, gpa/static_generation.py), on the reference's prompt ids
+# LLM forward and greedy generation (gpa/llm.py, gpa/generation.py), on the reference's prompt ids
 
 
 def test_llm_logits(case):
