@@ -13,28 +13,42 @@ class JobError(RuntimeError):
 
 
 def root_cause(exc: BaseException) -> str:
-    """The line that says what went wrong (``gpa.errors.CheckpointError: ...``), without credentials: the exception
-    a Ray worker raised (Ray wraps it, and ``RayTaskError.cause`` holds it), else ``exc`` itself."""
+    """The line that says what went wrong (``gpa.errors.CheckpointError: ...``), without credentials.
+
+    Ray wraps what a worker raised: a task's error keeps it as ``RayTaskError.cause``; an actor whose creation
+    failed keeps only the creation task's traceback text (``ActorDiedError``), whose last line names the error.
+    """
     if isinstance(exc, KeyboardInterrupt):  # whatever it interrupted (a retry, Ray's own code) is not the reason
         return "KeyboardInterrupt: interrupted (Ctrl-C or SIGINT); rerunning the same command resumes the job"
-    error = _worker_exception(exc) or exc
-    kind = type(error)
-    # a RayTaskError made an instance of its cause's class keeps the cause's name after the parenthesis
-    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return storage.scrub(f"{name}: {lines[0] if lines else ''}".rstrip(": "), 500)
+    chain = _chain(exc)
+    for error in chain:
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, BaseException):
+            return root_cause(cause) if cause is not error else _line(cause)
+    for error in chain:
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        if type(error).__module__.startswith("ray.") and len(lines) > 1:
+            return storage.scrub(lines[-1].strip(), 500)
+    return _line(chain[0])
 
 
-def _worker_exception(exc: BaseException | None) -> BaseException | None:
-    """The innermost exception a Ray error wraps (``.cause``), following the chain of ``exc`` to the first one."""
-    seen: set[int] = set()
+def _chain(exc: BaseException | None) -> list[BaseException]:
+    chain, seen = [], set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, BaseException):
-            return _worker_exception(cause) or cause
+        chain.append(exc)
         exc = exc.__cause__ or exc.__context__
-    return None
+    return chain
+
+
+def _line(error: BaseException) -> str:
+    """``module.Type: first line of its message``, as a traceback's last line names an error."""
+    kind = type(error)
+    name = kind.__qualname__
+    if kind.__module__ not in ("builtins", "__main__"):
+        name = f"{kind.__module__}.{name}"
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return storage.scrub(f"{name}: {lines[0]}" if lines else name, 500)
 
 
 @contextlib.contextmanager

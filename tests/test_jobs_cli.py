@@ -238,6 +238,26 @@ def test_an_interrupted_run_is_reported_as_interrupted_whatever_it_interrupted()
     assert root_cause(interrupt).startswith("KeyboardInterrupt: interrupted (Ctrl-C or SIGINT)")
 
 
+def test_a_failure_is_named_by_what_the_ray_worker_raised():
+    from ray.exceptions import RayTaskError
+
+    from gpa.errors import CheckpointError
+    from jobs.errors import JobError, root_cause
+
+    worker = CheckpointError("no config.json in s3://AKIAIOSFODNN7EXAMPLE:wJalr@bucket/model")
+    wrapped = RayTaskError("MapBatches(GPAStage)", "Traceback (most recent call last):\n  ...\nnoise", worker)
+    try:
+        try:
+            raise wrapped
+        except RayTaskError as exc:
+            raise JobError("the pipeline failed") from exc
+    except JobError as job_error:
+        reason = root_cause(job_error)
+    assert reason.startswith("gpa.errors.CheckpointError: no config.json in s3://")
+    assert "bucket/model" in reason and "AKIA" not in reason and "Traceback" not in reason
+    assert root_cause(FileNotFoundError("nope")) == "FileNotFoundError: nope"
+
+
 def test_options_the_job_sets_itself_are_refused_as_options():
     from jobs.config import JobConfig
     from jobs.pipeline import JobError, task_params

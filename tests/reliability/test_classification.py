@@ -49,7 +49,7 @@ def test_reading_audio_tells_an_outage_from_a_bad_file(tmp_path, monkeypatch):
     def down(uri, max_bytes=None):
         raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9/b/k")
 
-    monkeypatch.setattr(audio, "read_bytes", down)
+    monkeypatch.setattr(audio.load, "read_bytes", down)
     with pytest.raises(StorageUnavailable) as outage:
         audio.load_audio("s3://b/k.flac?X-Amz-Signature=SECRET")
     assert outage.value.kind == "storage_unavailable" and "SECRET" not in str(outage.value)
