@@ -8,7 +8,10 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-JOBS = ("transcribe", "synthesize", "convert")
+from .tasks import TASKS, get_task
+
+JOBS = tuple(TASKS)  # the registered tasks (jobs.tasks)
+
 # Items per model call when --batch-size is not given. On a GPU, decoding steps cost about the same for 8 rows as
 # for 128 (kernel launches, not arithmetic, bound them): an H200 transcribed 4.9 clips/s in batches of 8, 26.5 in
 # batches of 64 and 40 in batches of 128 (docs/jobs.md). 64 leaves room for long inputs on a 24 GB card.
@@ -71,8 +74,7 @@ class JobConfig:
     debug_delay_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.job not in JOBS:
-            raise ValueError(f"unknown job {self.job!r}; choose one of {', '.join(JOBS)}")
+        get_task(self.job)  # an unknown job is a ValueError naming the tasks
         if isinstance(self.actors, (list, tuple)):
             self.actors = (int(self.actors[0]), int(self.actors[1]))
         elif self.actors is not None:

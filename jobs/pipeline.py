@@ -29,7 +29,8 @@ from .config import JobConfig
 from .manifest import InputRows, load_inputs
 from .metrics import error_summary, run_metrics
 from .output import OutputRefused, OutputStore, count_ids, new_run_id, read_parquet, resume_plan
-from .tasks import TASKS, row_seed
+from .seeds import row_seed
+from .tasks import get_task
 from .tracking import JobTracking, Tracking
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def _run(config: JobConfig, run_id: str, started: float, params: dict, store: Ou
                 _run_pipeline(config, plan.todo, run_id, params, progress)
             with _storage_failures("could not commit the run"):
                 records, unavailable, new_rows = _verified_records(store, run_id, plan.expected,
-                                                                   _light_columns(TASKS[config.job]))
+                                                                   _light_columns(get_task(config.job)))
                 wall_s = time.time() - started
                 run_info = {"run_id": run_id, "job": config.job, "started": started, "wall_s": wall_s,
                             "rows": sum(plan.expected.values()), "input": storage.redact_uri(config.input)}
@@ -303,7 +304,7 @@ def _run_pipeline(config: JobConfig, rows: pa.Table, run_id: str, params: dict, 
 
     from .stages import GPAStage, decode_batch, encode_batch, make_sink
 
-    task = TASKS[config.job]
+    task = get_task(config.job)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress if progress is not None else _interactive()
     order = pipeline_order(task, rows)
@@ -503,7 +504,7 @@ def _remove_orphaned_ray_dirs() -> None:
 def task_params(config: JobConfig) -> dict:
     """The task options as a dict (what rows and MLflow record). Raises JobError for unknown or invalid options."""
     try:
-        options = TASKS[config.job].options(config)
+        options = get_task(config.job).options(config)
         options.validate()  # again: a task may set options after building them
         return dataclasses.asdict(options)
     except (TypeError, ValueError) as exc:
@@ -511,17 +512,17 @@ def task_params(config: JobConfig) -> dict:
 
 
 def _error_rows(config: JobConfig, errors: list[dict], run_id: str, params: dict) -> pa.Table:
-    task = TASKS[config.job]
+    task = get_task(config.job)
     rows = []
     for e in errors:
         row = {**e, "status": "error", "seed": None}
         rows.append(task.output_row(row, None, config, params, {"run_id": run_id}))
-    return S.rows_to_table(rows, task.schema())
+    return task.table(rows)
 
 
 def _light_columns(task) -> list[str]:
-    return [n for n in task.schema().names if n not in ("audio", "segments", "global_tokens", "semantic_tokens",
-                                                         "source_semantic_tokens")]
+    """The output columns small enough to read back for the run's metrics: not audio, segments or token lists."""
+    return [f.name for f in task.output_schema if f.type != S.AUDIO and not pa.types.is_list(f.type)]
 
 
 def _first(table: pa.Table | None, column: str):
@@ -547,8 +548,7 @@ def job_params(config: JobConfig, inputs: InputRows, model_source: str, model_ha
         "limit": config.limit if config.limit is not None else "", "audio_storage": config.audio_storage,
         "max_duration_s": config.max_duration_s, "quality": config.quality,
     }
-    if config.job == "synthesize":
-        params.update(keep_max_cer=config.keep_max_cer, keep_min_similarity=config.keep_min_similarity)
+    params.update(get_task(config.job).job_params(config))
     params.update({f"options.{k}": v for k, v in options.items()})
     return params
 

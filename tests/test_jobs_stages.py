@@ -11,8 +11,9 @@ import pytest
 from jobs import schema as S
 from jobs.config import JobConfig
 from jobs.pipeline import task_params
+from jobs.speakers import SpeakerCache
 from jobs.stages import GPAStage, decode_batch, encode_batch
-from jobs.tasks import TASKS, SpeakerCache
+from jobs.tasks import TASKS
 
 AUDIO = Path(__file__).resolve().parents[1] / "manifests" / "examples" / "audio"
 
