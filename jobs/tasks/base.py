@@ -187,11 +187,13 @@ class VoiceTask(Task):
     """What synthesize and convert share: a reference voice per row (``ref_audio`` or ``--reference``), output
     audio, and quality measures that ``--no-quality`` turns off."""
 
+    quality_checks: ClassVar[str] = "the quality measures"  # what --no-quality skips
+
     def add_arguments(self, group, default) -> None:
         group.add_argument("--reference", metavar="URI",
                            help="reference voice for rows without ref_audio (default: none, each row names its own)")
         group.add_argument("--no-quality", dest="quality", action="store_false",
-                           help="skip the quality measures (default: measured)")
+                           help=f"skip {self.quality_checks} (default: measured)")
 
     def voice_cloning(self, model, rows: list[dict], speakers, generate) -> tuple[list, list, list[int]]:
         """Resolve each row's reference speaker, call ``generate(indices, speakers)`` for the rows that have one,

@@ -20,6 +20,7 @@ class ConvertTask(VoiceTask):
     manifest_names = ("vc",)
     manifest_fields = {"audio": True, "ref_audio": True, "ref_id": False, "source_id": False,
                        "begin_time": False, "end_time": False}
+    quality_checks = "speaker similarity to the reference and to the source"
     audio_fields = ("audio",)
     options_class = ConvertOptions
     work_fields = [

@@ -23,6 +23,7 @@ class SynthesizeTask(VoiceTask):
                "--model AutoArk-AI/GPA --reference s3://bucket/voices/narrator.wav")
     manifest_names = ("tts-a", "tts")
     manifest_fields = {"ref_audio": True, "text": True, "ref_id": False}
+    quality_checks = "round-trip ASR and speaker similarity; every ok row is then kept"
     audio_fields = ()  # the reference is decoded by the actor's SpeakerCache
     options_class = SynthesizeOptions
     job_settings = (*VoiceTask.job_settings, "max_text_chars")
