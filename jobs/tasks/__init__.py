@@ -1,4 +1,4 @@
-"""The registry of tasks: each task is one module (``jobs/tasks/<name>.py``) and one line below.
+"""The registry of tasks: each task is one module (``jobs/tasks/<name>.py``) and its name in the line below.
 
 Manifest validation, the CLI subcommands and their help, the output schemas, the metrics and the docs' task table
 are derived from it. Task names are ours everywhere in code, outputs and docs; GPA training manifests' names (stt,
@@ -7,13 +7,12 @@ tts-a, vc, ...) are accepted on input only (:func:`task_of_manifest_name`).
 
 from __future__ import annotations
 
+import importlib
+
 import pyarrow as pa
 
 from .. import schema as S
 from .base import WAV_COLUMNS, WORK_COMMON, Task, VoiceTask, mark_error
-from .convert import ConvertTask
-from .synthesize import SynthesizeTask
-from .transcribe import TranscribeTask
 
 __all__ = ["TASKS", "WAV_COLUMNS", "Task", "VoiceTask", "get_task", "mark_error", "register",
            "task_of_manifest_name", "work_schema"]
@@ -56,6 +55,6 @@ def work_schema() -> pa.Schema:
     return pa.schema([*fields.values(), *(pa.field(n, S.WAV) for n in WAV_COLUMNS)])
 
 
-register(TranscribeTask())
-register(SynthesizeTask())
-register(ConvertTask())
+# the task modules of this package, each with its ``TASK``: adding a task adds its module's name here
+for _module in ("transcribe", "synthesize", "convert"):
+    register(importlib.import_module(f"{__name__}.{_module}").TASK)

@@ -79,3 +79,6 @@ class ConvertTask(VoiceTask):
             truncated=row.get("truncated"), speaker_similarity=row.get("speaker_similarity"),
             source_similarity=row.get("source_similarity"),
         )
+
+
+TASK = ConvertTask()

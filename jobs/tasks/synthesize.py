@@ -111,6 +111,9 @@ class SynthesizeTask(VoiceTask):
         )
 
 
+
+TASK = SynthesizeTask()
+
 def passes_gate(cer: float | None, similarity_: float | None, config) -> bool:
     """The quality gate: intelligible (CER) and in the reference's voice (similarity); open with --no-quality."""
     if not config.quality:

@@ -71,3 +71,6 @@ class TranscribeTask(Task):
             num_generated_tokens=row.get("num_generated_tokens"), truncated=row.get("truncated"),
             reference=reference, wer=wer, cer=cer,
         )
+
+
+TASK = TranscribeTask()
