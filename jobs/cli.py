@@ -99,10 +99,12 @@ def _add_job_arguments(p: argparse.ArgumentParser, task: Task) -> dict[str, argp
     pool.add_argument("--actors", type=parse_actors, metavar="MIN:MAX",
                       help="model actors, N or MIN:MAX (default: 1:G, G = the cluster's GPUs / GPUs per actor; 1:1 "
                       "on CPUs)")
-    pool.add_argument("--batch-size", type=int,
-                      help=f"items per model call: the LLM's batch and the speech tokenizers' (default: "
-                      f"{GPU_BATCH_SIZE} on a GPU, {CPU_BATCH_SIZE} on a CPU); each actor call takes batch size x "
+    pool.add_argument("--batch-size", type=int, metavar="N",
+                      help=f"items per model call: the LLM's batches and the round-trip ASR's (default: "
+                      f"{GPU_BATCH_SIZE} on a GPU, {CPU_BATCH_SIZE} on a CPU); each actor call takes N x "
                       "--bucket-batches rows")
+    pool.add_argument("--encoder-batch-size", type=int, metavar="N",
+                      help="clips per speech-encoder call, GLM tokenizer and BiCodec (default: theirs, 32 and 16)")
     pool.add_argument("--bucket-batches", type=int,
                       help="rows per actor call = batch size x this; they are sorted by length first (default: "
                       f"{_default('bucket_batches')})")

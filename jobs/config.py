@@ -38,7 +38,12 @@ class JobConfig:
     # None: 1:N where N actors fill the cluster's GPUs (GPUs / GPUs per actor); 1:1 on CPUs, where each actor holds
     # a full model copy in memory
     actors: tuple[int, int] | None = None
-    batch_size: int | None = None  # items per model call; None: GPU_BATCH_SIZE when actors have a GPU, else 8
+    # items per model call (the task options' batch_size: LLM batches, round-trip ASR); None: GPU_BATCH_SIZE when
+    # actors have a GPU, else CPU_BATCH_SIZE. Each actor call takes batch_size * bucket_batches rows (window_rows).
+    batch_size: int | None = None
+    # clips per speech-encoder call (GLM tokenizer, BiCodec); None: their own defaults (32, 16): the encoders hold a
+    # whole batch's activations at once, so LLM-sized batches of long clips would not fit a card
+    encoder_batch_size: int | None = None
     bucket_batches: int = 4  # each actor call sorts batch_size * bucket_batches rows by length first
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
     # None: 1 with a GPU (its decoding loop keeps a core busy), else 0.5 (<= 0.5 on small machines, or the CPU
@@ -85,7 +90,8 @@ class JobConfig:
                 raise ValueError(f"--actors must be MIN:MAX with 1 <= MIN <= MAX, got {lo}:{hi}")
         # (name, value, lowest allowed, whole numbers only); 0 threads means torch's default, 0 MB no reservation
         for name, value, low, whole in (
-                ("batch_size", self.batch_size, 1, True), ("bucket_batches", self.bucket_batches, 1, True),
+                ("batch_size", self.batch_size, 1, True), ("encoder_batch_size", self.encoder_batch_size, 1, True),
+                ("bucket_batches", self.bucket_batches, 1, True),
                 ("limit", self.limit, 0, True), ("rows_per_part", self.rows_per_part, 1, True),
                 ("samples", self.samples, 0, True), ("memory_per_task_mb", self.memory_per_task_mb, 0, True),
                 ("memory_per_actor_mb", self.memory_per_actor_mb, 0, True),

@@ -311,7 +311,8 @@ def _run_pipeline(config: JobConfig, rows: pa.Table, run_id: str, params: dict, 
     window = config.window_rows
     # take() copies each window into its own buffers: a slice would ship the whole table with every block
     blocks = [rows.take(order[i: i + window]) for i in range(0, len(order), window)]
-    cfg = config.to_dict()
+    cfg = config  # the typed config and options travel to the workers as they are (built and checked once here)
+    options = task.options(config)
     # a memory reservation for the CPU stages (decoded audio) also keeps Ray from fusing them into the model
     # actors, which would serialise decoding and inference in one process
     cpu_args = {"num_cpus": config.cpus_per_task, "memory": config.memory_per_task_mb * 2**20}
@@ -320,7 +321,7 @@ def _run_pipeline(config: JobConfig, rows: pa.Table, run_id: str, params: dict, 
                         fn_kwargs={"job": config.job, "max_duration_s": config.max_duration_s,
                                    "max_bytes": config.max_input_bytes}, **cpu_args)
     ds = ds.map_batches(
-        GPAStage, fn_constructor_kwargs={"config": cfg}, batch_format="pyarrow", batch_size=window,
+        GPAStage, fn_constructor_kwargs={"config": cfg, "options": options}, batch_format="pyarrow", batch_size=window,
         compute=ray.data.ActorPoolStrategy(min_size=config.actors[0], max_size=config.actors[1]),
         num_gpus=config.gpus_per_actor, num_cpus=config.cpus_per_actor,
         **({"memory": config.memory_per_actor_mb * 2**20} if config.memory_per_actor_mb else {}),
@@ -542,6 +543,7 @@ def job_params(config: JobConfig, inputs: InputRows, model_source: str, model_ha
         "model_hash": model_hash, "input": storage.redact_uri(config.input),
         "output": storage.redact_uri(config.output),
         "input_convention": inputs.convention, "glob": config.glob or "", "batch_size": config.batch_size,
+        "encoder_batch_size": config.encoder_batch_size or "",
         "bucket_batches": config.bucket_batches, "actors_min": config.actors[0], "actors_max": config.actors[1],
         "gpus_per_actor": config.gpus_per_actor,
         "cpus_per_actor": config.cpus_per_actor, "retry_errors": config.retry_errors, "seed": config.seed,

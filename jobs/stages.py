@@ -99,20 +99,23 @@ class GPAStage:
     """One model per actor; each call gets ``batch_size * bucket_batches`` rows, which GPA sorts by length and
     runs in batches of ``batch_size`` (similar lengths together: little padding)."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: JobConfig, options=None):
         import torch
 
         from gpa import GPA
 
         # run_job passes a config with these defaults filled in; anyone else gets them for this process's GPUs
-        self.config = JobConfig.from_dict(config).for_cluster(cluster_gpus=torch.cuda.device_count())
+        self.config = config.for_cluster(cluster_gpus=torch.cuda.device_count())
         self.task = get_task(self.config.job)
         threads = self.config.torch_threads or max(1, int(round(self.config.cpus_per_actor)))
         torch.set_num_threads(threads)
         device = self.config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = getattr(torch, self.config.model_dtype(device))
         self.model = GPA.from_pretrained(self.config.model, device=device, dtype=dtype, cache_dir=self.config.cache_dir)
-        self.options = self.task.options(self.config)
+        if self.config.encoder_batch_size:
+            self.model.glm.batch_size = self.model.bicodec.batch_size = self.config.encoder_batch_size
+        # the driver's options (built and checked once), else this config's
+        self.options = options if options is not None else self.task.options(self.config)
         self.speakers = SpeakerCache(max_duration_s=self.config.max_duration_s,
                                      max_bytes=self.config.max_input_bytes)
         self.source = storage.redact_uri(str(self.model.source or self.config.model))
@@ -160,43 +163,39 @@ class GPAStage:
 # --- encode ----------------------------------------------------------------------------------------------------
 
 
-def encode_batch(batch: pa.Table, config: dict, run_id: str, params: dict) -> pa.Table:
+def encode_batch(batch: pa.Table, config: JobConfig, run_id: str, params: dict) -> pa.Table:
     """Finished work rows -> output rows: FLAC audio (inline or as objects), metrics, timings.
 
     ``params`` are the task options as a dict, made once by the driver (this CPU stage never imports torch).
     """
     from gpa.audio import encode_flac
 
-    config_obj = JobConfig.from_dict(config)
-    task = get_task(config_obj.job)
+    task = get_task(config.job)
     rows, waves = split_table(batch)
     out_rows = []
     for row, wave in zip(rows, waves["out_wav"], strict=True):
         start = time.perf_counter()
         audio = None
+        model_info = {"run_id": run_id, "source": row.get("model_source"), "hash": row.get("model_hash")}
         try:
             if wave is not None and row["status"] == "ok":
                 flac = encode_flac(wave)
                 row["out_duration_s"] = len(wave) / S.SAMPLE_RATE
                 name = storage.safe_name(row["id"], ".flac")
-                if config_obj.audio_storage == "objects":
-                    uri = storage.join(storage.normalize(config_obj.output), "audio", name[:2], name)
+                if config.audio_storage == "objects":
+                    uri = storage.join(storage.normalize(config.output), "audio", name[:2], name)
                     _write_audio_object(uri, flac, name)
                     audio = {"bytes": None, "path": uri}
                 else:
                     audio = {"bytes": flac, "path": name}
-            out = task.output_row(row, audio, config_obj, params, {"run_id": run_id,
-                                                                    "source": row.get("model_source"),
-                                                                    "hash": row.get("model_hash")})
+            out = task.output_row(row, audio, config, params, model_info)
         except Exception as exc:
             mark_error(row, exc if hasattr(exc, "kind") else _encode_error(exc))
-            out = task.output_row(row, None, config_obj, params, {"run_id": run_id,
-                                                                   "source": row.get("model_source"),
-                                                                   "hash": row.get("model_hash")})
+            out = task.output_row(row, None, config, params, model_info)
         end = time.time()
         out.timings = {"decode_s": row.get("decode_s"), "model_s": row.get("model_s"),
-                          "encode_s": time.perf_counter() - start,
-                          "latency_s": end - row["t_start"] if row.get("t_start") else None, "finished_at": end}
+                       "encode_s": time.perf_counter() - start,
+                       "latency_s": end - row["t_start"] if row.get("t_start") else None, "finished_at": end}
         out_rows.append(out)
     return task.table(out_rows)
 

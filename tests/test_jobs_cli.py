@@ -30,7 +30,9 @@ def test_flags_fill_the_job_config():
                 "--field-map", "id=utt,text=sentence", "--reference", "voice.wav", "--no-quality", "--glob", "*.wav",
                 "--memory-per-actor-mb", "6000"])
     assert c.job == "synthesize" and c.actors == (1, 4) and c.batch_size == 16 and c.gpus_per_actor == 1.0
-    assert c.memory_per_actor_mb == 6000
+    assert c.memory_per_actor_mb == 6000 and c.encoder_batch_size is None
+    assert config(["convert", "--input", "m", "--output", "o", "--model", "m", "--encoder-batch-size", "4"]
+                  ).encoder_batch_size == 4
     assert c.retry_errors and c.limit == 10 and c.seed == 3 and c.quality is False and c.glob == "*.wav"
     assert c.options == {"temperature": 0.7, "do_sample": False, "top_k": 5}
     assert c.field_map == {"id": "utt", "text": "sentence"} and c.reference == "voice.wav"

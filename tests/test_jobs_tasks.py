@@ -156,7 +156,7 @@ def test_a_fourth_task_is_one_module_and_one_registration(loudness, tmp_path):
     rows, waves = split_table(work)
     loudness.run(None, rows, waves, loudness.options(config), None, True)
     done = work_table(rows, {})
-    out = encode_batch(done, config.to_dict(), "run", task_params(config))
+    out = encode_batch(done, config, "run", task_params(config))
     assert out.schema == loudness.output_schema
     [row] = out.to_pylist()
     assert row["status"] == "ok" and -60 <= row["rms_db"] < 0 and row["duration_s"] > 0
