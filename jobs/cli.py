@@ -145,9 +145,8 @@ def _add_job_arguments(p: argparse.ArgumentParser, task: Task) -> dict[str, argp
         group.add_argument("--engine", dest="opt_engine", choices=ENGINES,
                            help="generation engine: static (preallocated KV cache, CUDA graphs), reference "
                            "(transformers' forward step by step) (default: auto = static on CUDA, reference on a CPU)")
-    keys = ", ".join(f"{n} ({_type_name(f)})" for n, f in options.items())
     group.add_argument("--option", action="append", metavar="KEY=VALUE",
-                       help=f"any task option, repeatable; keys: {keys} (default: GPA's)")
+                       help=f"any task option, repeatable; keys: {task.option_keys()} (default: GPA's)")
     group.add_argument("--max-duration-s", type=float,
                        help=f"longer audio becomes an error row (default: {_default('max_duration_s')})")
     group.add_argument("--max-input-mb", type=float,
@@ -192,10 +191,6 @@ def _option_type(f: dataclasses.Field) -> type:
 
 def _option_default(f: dataclasses.Field) -> str:
     return "the checkpoint's generation config" if f.default is None else str(f.default)
-
-
-def _type_name(f: dataclasses.Field) -> str:
-    return str(f.type).replace(" | None", " or None")
 
 
 def config_from_args(job: str, args: argparse.Namespace) -> JobConfig:

@@ -104,6 +104,10 @@ class Task:
         """The task options a user may set (the options dataclass's fields less the job's own settings)."""
         return {f.name: f for f in dataclasses.fields(self.options_class) if f.name not in self.job_settings}
 
+    def option_keys(self) -> str:
+        """The option keys with their types, as ``--option`` errors and help list them."""
+        return ", ".join(f"{n} ({str(f.type).replace(' | None', ' or None')})" for n, f in self.option_fields().items())
+
     # --- manifest rows -----------------------------------------------------------------------------------------
 
     def validate(self, row: dict[str, Any], reference: str | None, max_text_chars: int) -> tuple[str, str] | None:
@@ -126,11 +130,9 @@ class Task:
             if name in config.options:  # the job's own would silently win (batch_size sizes the windows too)
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{name} is a job setting: use {flag} (or {name}: at the top of a --config file)")
-        known = self.option_fields()
-        unknown = sorted(set(config.options) - set(known))
+        unknown = sorted(set(config.options) - set(self.option_fields()))
         if unknown:
-            valid = ", ".join(f"{n} ({_type_name(f.type)})" for n, f in known.items())
-            raise ValueError(f"unknown option {', '.join(unknown)} for {self.name}; valid keys: {valid}")
+            raise ValueError(f"unknown option {', '.join(unknown)} for {self.name}; valid keys: {self.option_keys()}")
         given = {**config.options, "seed": config.seed}
         if config.batch_size is not None:  # else the options' own default (the job fills it in for_cluster)
             given["batch_size"] = config.batch_size
@@ -229,10 +231,6 @@ def uri_of(row: dict, field: str) -> str | None:
 
 def _params(params: dict, seed: int | None) -> str:
     return json.dumps({**params, "seed": seed}, sort_keys=True, default=str)
-
-
-def _type_name(annotation: Any) -> str:
-    return str(annotation).replace(" | None", " or None")
 
 
 def _short_hash(text: str) -> str:
