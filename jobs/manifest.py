@@ -37,19 +37,12 @@ from gpa.storage import NotARegularFile, filesystem, is_transient, open_local
 
 from . import schema as S
 from . import storage
+from .tasks import get_task, task_of_manifest_name
 
 CANONICAL = tuple(n for n in S.INPUT.names if n not in S.LISTING_ONLY)
 
 # manifest conventions (--convention); auto: decided per file by detect_convention
 CONVENTIONS = ("auto", "canonical", "gpa", "nemo")
-
-
-
-def gpa_task_names() -> dict[str, tuple[str, ...]]:
-    """Which GPA training ``task`` values each job takes (declared by each task, :mod:`jobs.tasks`)."""
-    from .tasks import TASKS
-
-    return {name: task.manifest_names for name, task in TASKS.items()}
 
 # valid rows are kept as Python dicts only this many at a time, then as Arrow columns: an archive of millions of
 # files fits in a driver's memory (a row as a dict costs ~1.5 kB, as Arrow ~0.15 kB)
@@ -97,8 +90,6 @@ def load_inputs(
     allow_empty: bool = False,
 ) -> InputRows:
     """Read, normalise and validate the input rows of ``job`` (see module docstring), streaming the manifest."""
-    from .tasks import get_task, task_of_manifest_name
-
     task_spec = get_task(job)
     uri = storage.normalize(uri)
     if convention not in CONVENTIONS:

@@ -87,9 +87,6 @@ class Task:
     def output_schema(self) -> pa.Schema:
         return S.with_hf_features(pa.schema(S.COMMON + self.output_fields))
 
-    def schema(self) -> pa.Schema:
-        return self.output_schema
-
     @cached_property
     def row_type(self) -> type:
         """The typed output row (one field per output column)."""
