@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--size", default="tiny", choices=["tiny", "tiny-alt", "real"])
     parser.add_argument("--items", type=int, default=24, help="items per task")
     parser.add_argument("--batch-size", type=int, default=8, help="items per library call")
-    parser.add_argument("--tasks", default="asr,tts,vc")
+    parser.add_argument("--tasks", default="transcribe,synthesize,convert")
     parser.add_argument("--engine", default="auto", choices=["auto", "reference", "static"])
     parser.add_argument("--sequential", action="store_true", help="also run one item at a time (the ratio)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -133,12 +133,12 @@ def main() -> None:
         tts_options = SynthesizeOptions(max_new_tokens=512, min_new_tokens=512, constrained=True,
                                         max_new_tokens_per_unit=SEMANTIC_PER_SECOND / TEXT_UNITS_PER_SECOND, **forced)
         runs = {
-            "asr": (lambda b: model.transcribe([(a, SAMPLE_RATE) for a in b], asr_options), data["asr"],
-                    lambda item, r: len(item) / SAMPLE_RATE),
-            "tts": (lambda b: model.synthesize(b, [speaker] * len(b), tts_options), data["texts"],
-                    lambda item, r: len(r.audio) / r.sample_rate),
-            "vc": (lambda b: model.convert([(a, SAMPLE_RATE) for a in b], [speaker] * len(b), vc_options),
-                   data["vc"], lambda item, r: len(r.audio) / r.sample_rate),
+            "transcribe": (lambda b: model.transcribe([(a, SAMPLE_RATE) for a in b], asr_options), data["asr"],
+                           lambda item, r: len(item) / SAMPLE_RATE),
+            "synthesize": (lambda b: model.synthesize(b, [speaker] * len(b), tts_options), data["texts"],
+                           lambda item, r: len(r.audio) / r.sample_rate),
+            "convert": (lambda b: model.convert([(a, SAMPLE_RATE) for a in b], [speaker] * len(b), vc_options),
+                        data["vc"], lambda item, r: len(r.audio) / r.sample_rate),
         }
         device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
         report = {
@@ -149,7 +149,7 @@ def main() -> None:
         }
         print(f"device={device_name} dtype={report['dtype']} engine={engine} checkpoint={report['checkpoint']} "
               f"items={args.items} batch={args.batch_size}")
-        print(f"{'task':<5} {'mode':<11} {'items/s':>9} {'RTFx':>9} {'speed-up':>9} {'cuda MB':>9}  stages (s)")
+        print(f"{'task':<10} {'mode':<11} {'items/s':>9} {'RTFx':>9} {'speed-up':>9} {'cuda MB':>9}  stages (s)")
         for name in tasks:
             fn, items, seconds_of = runs[name]
             fn(items[:2])  # warm-up: kernels, graphs, arena
@@ -166,7 +166,7 @@ def main() -> None:
                 speed = f"{figures['speed_up']:.2f}x" if mode == "batched" and "speed_up" in figures else ""
                 stages = " ".join(f"{k}={v:.2f}" for k, v in r["stages_s"].items())
                 cuda = r["peak_cuda_mb"] if r["peak_cuda_mb"] is not None else "-"
-                print(f"{name:<5} {mode:<11} {r['items_per_s']:>9.2f} {r['realtime_factor']:>9.1f} {speed:>9} "
+                print(f"{name:<10} {mode:<11} {r['items_per_s']:>9.2f} {r['realtime_factor']:>9.1f} {speed:>9} "
                       f"{cuda:>9}  {stages}")
         report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         out = args.out

@@ -39,6 +39,7 @@ class JobResult:
     wall_s: float = 0.0
     extra: dict = field(default_factory=dict)
 
+
 def verified_records(store: OutputStore, run_id: str, expected: Counter,
                       columns: list[str]) -> tuple[list[dict], int, pa.Table | None]:
     """The run's staged parts, once they are checked to hold exactly one row per pending input row; how many of
@@ -62,6 +63,7 @@ def verified_records(store: OutputStore, run_id: str, expected: Counter,
         raise JobError(f"the run wrote an inconsistent row set ({missing} rows missing, {extra} extra); "
                        "nothing was committed, rerun the same command")
     return records, unavailable, pa.concat_tables(parts) if parts else None
+
 
 def run_result(config, inputs, plan, store, commit, run_id, wall_s, new_rows: pa.Table | None) -> JobResult:
     metrics = run_metrics(config.job, new_rows, wall_s)

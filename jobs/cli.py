@@ -1,4 +1,4 @@
-"""``gpa-batch transcribe|synthesize|convert|demo``: the command line of the batch jobs.
+"""``gpa-batch <task>|demo``: the command line of the batch jobs, one subcommand per task of :mod:`jobs.tasks`.
 
 Also a valid ``ray job submit`` entrypoint: with ``RAY_ADDRESS`` set it joins that cluster, else it starts Ray
 locally for the duration of the job. Flags override the ``--config`` YAML file, which overrides the defaults.
@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 from typing import Any
 
 from gpa.options import ENGINES
 
-from .config import JOBS, JobConfig, parse_actors
+from . import schema as S
+from .config import CPU_BATCH_SIZE, GPU_BATCH_SIZE, JobConfig, parse_actors
+from .tasks import TASKS, Task
 
-SAMPLING_FLAGS = (
-    ("--max-new-tokens", int), ("--temperature", float), ("--top-k", int), ("--top-p", float),
-    ("--repetition-penalty", float), ("--window-s", float),
-)
+# task options with a flag of their own (when the task's options have them); the others go through --option
+OPTION_FLAGS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "window_s")
+EPILOG = "Flags override the --config YAML file (the same settings, snake_case), which overrides the defaults."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,11 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Batch ASR, voice-cloning TTS and voice conversion with GPA on Ray Data: "
                     "manifests or bucket prefixes in, Parquet and an MLflow run out.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{transcribe,synthesize,convert,demo}")
-    for job in JOBS:
-        helps = {"transcribe": "speech -> text (ASR)", "synthesize": "text + reference voice -> speech (TTS)",
-                 "convert": "speech + reference voice -> the same speech in that voice"}
-        _add_job_arguments(commands.add_parser(job, help=helps[job], argument_default=argparse.SUPPRESS))
+    commands = parser.add_subparsers(dest="command", required=True)
+    for task in TASKS.values():
+        _add_job_arguments(commands.add_parser(
+            task.name, help=task.summary, description=f"{task.name}: {task.summary}",
+            epilog=f"example:\n  {task.example}\n\n{EPILOG}", formatter_class=argparse.RawDescriptionHelpFormatter,
+            argument_default=argparse.SUPPRESS), task)
     demo = commands.add_parser("demo", help="run the jobs on the bundled examples with a tiny random checkpoint")
     demo.add_argument("--output", default="gpa-demo", help="where results go (default: ./gpa-demo)")
     demo.add_argument("--jobs", default="transcribe",
@@ -40,89 +43,154 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default=None,
                       help="checkpoint to use instead of the generated tiny one (e.g. AutoArk-AI/GPA)")
     demo.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite in the output)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="seed of the tiny checkpoint and the jobs (default: 0)")
     return parser
 
 
-def _add_job_arguments(p: argparse.ArgumentParser) -> None:
+def _default(name: str) -> str:
+    """A JobConfig default as help text."""
+    value = {f.name: f.default for f in dataclasses.fields(JobConfig)}[name]
+    return {True: "on", False: "off", None: "none"}.get(value, value) if isinstance(value, (bool, type(None))) \
+        else str(value)
+
+
+def _add_job_arguments(p: argparse.ArgumentParser, task: Task) -> dict[str, argparse._ArgumentGroup]:
+    """The flags of ``task``'s subcommand, in groups (returned by title, for flags added elsewhere)."""
+    required = p.add_argument_group("required (as flags or in the --config file)")
+    required.add_argument("--input", metavar="URI", help="manifest (.jsonl/.json/.csv/.tsv/.parquet, local or "
+                          "s3://) or, with --glob, a prefix to list audio files under (required)")
+    required.add_argument("--output", metavar="URI", help="output prefix (local dir or s3://bucket/prefix) "
+                          "(required)")
+    required.add_argument("--model", metavar="SRC", help="checkpoint: local dir, s3:// prefix or Hugging Face id "
+                          "(AutoArk-AI/GPA) (required)")
+
     io = p.add_argument_group("input and output")
-    io.add_argument("--input", help="manifest (.jsonl/.json/.csv/.tsv/.parquet, local or s3://) or, with --glob, "
-                                    "a prefix to list audio files under")
-    io.add_argument("--output", help="output prefix (local dir or s3://bucket/prefix)")
-    io.add_argument("--model", help="checkpoint: local dir, s3:// prefix or Hugging Face id (AutoArk-AI/GPA)")
-    io.add_argument("--config", help="YAML file with any of these settings (flags win)")
-    io.add_argument("--glob", help="list files matching this pattern under --input (e.g. '**/*.mp3')")
-    io.add_argument("--format", dest="input_format", choices=("auto", "jsonl", "csv", "parquet"))
+    io.add_argument("--config", metavar="YAML", help="YAML file with any of these settings (default: none)")
+    io.add_argument("--glob", help="list files matching this pattern under --input, e.g. '**/*.mp3' (default: "
+                                   "read --input as a manifest)")
+    io.add_argument("--format", dest="input_format", choices=("auto", "jsonl", "csv", "parquet"),
+                    help="the manifest's format (default: auto, from its name and content)")
     io.add_argument("--convention", choices=("auto", "canonical", "gpa", "nemo"),
-                    help="the manifest's field names: ours (canonical), GPA's training JSONL, NeMo's; default auto: "
-                    "what most of its first 100 rows follow")
+                    help="the manifest's field names: ours (canonical), GPA's training JSONL, NeMo's (default: auto, "
+                    "what most of its first 100 rows follow)")
     io.add_argument("--skip-other-tasks", action="store_true",
                     help="GPA training manifests: leave out (and count) rows of other jobs' tasks instead of making "
-                    "them error rows")
+                    "them error rows (default: off)")
     io.add_argument("--allow-empty", action="store_true",
-                    help="accept an input without rows (an empty, complete job) instead of refusing it")
+                    help="accept an input without rows (an empty, complete job) instead of refusing it (default: off)")
+    fields = ", ".join(f"{n}{'' if required_ else '?'}" for n, required_ in task.manifest_fields.items())
     io.add_argument("--field-map", action="append", metavar="OURS=THEIRS",
-                    help="map manifest columns to ours, e.g. id=utt_id,audio=path (repeatable)")
-    io.add_argument("--reference", help="reference voice for rows without ref_audio (synthesize, convert)")
-    io.add_argument("--limit", type=int, help="process at most N pending rows")
-    io.add_argument("--audio-storage", choices=("inline", "objects"),
-                    help="FLAC bytes inside the Parquet (inline, default) or as objects under <output>/audio/")
-    io.add_argument("--rows-per-part", type=int, help="rows per Parquet part (default 1000)")
-    io.add_argument("--retry-errors", action="store_true", help="also redo rows that failed in earlier runs")
+                    help=f"map manifest columns to ours ({fields}; ? = optional), e.g. id=utt_id,audio=path "
+                    "(repeatable; default: none)")
+    io.add_argument("--limit", type=int, help="process at most N pending rows (default: all)")
+    if any(f.type == S.AUDIO for f in task.output_fields):
+        io.add_argument("--audio-storage", choices=("inline", "objects"),
+                        help="FLAC bytes inside the Parquet (inline) or as objects under <output>/audio/ "
+                        f"(default: {_default('audio_storage')})")
+    io.add_argument("--rows-per-part", type=int,
+                    help=f"rows per Parquet part (default: {_default('rows_per_part')})")
+    io.add_argument("--retry-errors", action="store_true",
+                    help="also redo rows that failed in earlier runs (default: off)")
     io.add_argument("--takeover", action="store_true",
-                    help="take the output over from a run that still holds its lease (only if that run is dead)")
+                    help="take the output over from a run that still holds its lease, only if that run is dead "
+                    "(default: off)")
 
     pool = p.add_argument_group("actor pool and batching")
     pool.add_argument("--actors", type=parse_actors, metavar="MIN:MAX",
-                      help="model actors (N or MIN:MAX; default 1:G, G = the cluster's GPUs / GPUs per actor; 1:1 "
+                      help="model actors, N or MIN:MAX (default: 1:G, G = the cluster's GPUs / GPUs per actor; 1:1 "
                       "on CPUs)")
-    pool.add_argument("--batch-size", type=int, help="items per model call (default 256 on a GPU, 8 on a CPU)")
+    pool.add_argument("--batch-size", type=int, metavar="N",
+                      help=f"items per model call: the LLM's batches and the round-trip ASR's (default: "
+                      f"{GPU_BATCH_SIZE} on a GPU, {CPU_BATCH_SIZE} on a CPU); each actor call takes N x "
+                      "--bucket-batches rows")
+    pool.add_argument("--encoder-batch-size", type=int, metavar="N",
+                      help="clips per speech-encoder call, GLM tokenizer and BiCodec (default: theirs, 32 and 16)")
     pool.add_argument("--bucket-batches", type=int,
-                      help="rows per actor call = batch size x this; they are sorted by length first (default 4)")
-    pool.add_argument("--gpus-per-actor", type=float, help="default: 1 when the cluster has GPUs, else 0")
+                      help="rows per actor call = batch size x this; they are sorted by length first (default: "
+                      f"{_default('bucket_batches')})")
+    pool.add_argument("--gpus-per-actor", type=float, help="fractions share a GPU (default: 1 when the cluster has "
+                                                           "GPUs, else 0)")
     pool.add_argument("--cpus-per-actor", type=float,
-                      help="default 1 with a GPU, else 0.5 (keep <= 0.5 on small machines)")
-    pool.add_argument("--cpus-per-task", type=float, help="CPUs per decode/encode task (default 0.5)")
-    pool.add_argument("--memory-per-task-mb", type=int, help="memory reserved per decode/encode task (default 512)")
+                      help="default: 1 with a GPU, else 0.5 (keep <= 0.5 on small machines)")
+    pool.add_argument("--cpus-per-task", type=float,
+                      help=f"CPUs per decode/encode task (default: {_default('cpus_per_task')})")
+    pool.add_argument("--memory-per-task-mb", type=int,
+                      help=f"memory reserved per decode/encode task (default: {_default('memory_per_task_mb')})")
     pool.add_argument("--memory-per-actor-mb", type=int,
-                      help="memory reserved per model actor, so Ray places no more on a node than it holds (default 0: "
-                      "none)")
-    pool.add_argument("--device", help="cuda / cpu (default: cuda when the actor has a GPU)")
-    pool.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
-    pool.add_argument("--torch-threads", type=int)
-    pool.add_argument("--cache-dir", help="where remote checkpoints are downloaded")
+                      help="memory reserved per model actor, so Ray places no more on a node than it holds (default: "
+                      "0, none)")
+    pool.add_argument("--device", help="cuda or cpu (default: cuda when the actor has a GPU)")
+    pool.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                      help="model precision (default: bfloat16 on cuda, float32 on a CPU)")
+    pool.add_argument("--torch-threads", type=int, help="torch threads per actor (default: its CPUs, at least 1)")
+    pool.add_argument("--cache-dir", help="where remote checkpoints are downloaded (default: the Hugging Face cache)")
 
-    task = p.add_argument_group("task")
-    task.add_argument("--seed", type=int, help="job seed; each row's seed derives from it and the row id")
-    for flag, kind in SAMPLING_FLAGS:
-        task.add_argument(flag, type=kind, dest=f"opt_{flag[2:].replace('-', '_')}")
-    sampling = task.add_mutually_exclusive_group()
-    sampling.add_argument("--do-sample", dest="opt_do_sample", action="store_const", const=True)
-    sampling.add_argument("--greedy", dest="opt_do_sample", action="store_const", const=False)
-    task.add_argument("--engine", dest="opt_engine", choices=ENGINES,
-                      help="generation engine: static (preallocated KV cache, CUDA graphs), reference (transformers' "
-                           "forward step by step); default auto = static on CUDA, reference on a CPU")
-    task.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other task option (repeatable)")
-    task.add_argument("--max-duration-s", type=float, help="longer audio becomes an error row (default 3600)")
-    task.add_argument("--max-text-chars", type=int, help="longer text becomes an error row (default 20000)")
-    task.add_argument("--max-input-mb", type=float,
-                      help="larger audio files become error rows without being read (default 2048)")
-    task.add_argument("--no-quality", dest="quality", action="store_false",
-                      help="skip round-trip ASR and speaker similarity")
-    task.add_argument("--keep-max-cer", type=float, help="synthesize quality gate: max CER (default 0.5)")
-    task.add_argument("--keep-min-similarity", type=float, help="synthesize quality gate: min similarity (0.5)")
+    options = task.option_fields()
+    group = p.add_argument_group(f"task ({task.options_class.__name__})")
+    group.add_argument("--seed", type=int,
+                       help=f"job seed; each row's seed derives from it and the row id (default: {_default('seed')})")
+    for name in OPTION_FLAGS:
+        if name in options:
+            kind = _option_type(options[name])
+            group.add_argument("--" + name.replace("_", "-"), type=kind, dest=f"opt_{name}",
+                               metavar="N" if kind is int else "X",
+                               help=f"{_OPTION_HELP.get(name, name)} (default: {_option_default(options[name])})")
+    if "do_sample" in options:
+        sampling = group.add_mutually_exclusive_group()
+        sampling.add_argument("--do-sample", dest="opt_do_sample", action="store_const", const=True,
+                              help=f"sample (default: {'on' if options['do_sample'].default else 'off'})")
+        sampling.add_argument("--greedy", dest="opt_do_sample", action="store_const", const=False,
+                              help=f"greedy decoding (default: {'off' if options['do_sample'].default else 'on'})")
+    if "engine" in options:
+        group.add_argument("--engine", dest="opt_engine", choices=ENGINES,
+                           help="generation engine: static (preallocated KV cache, CUDA graphs), reference "
+                           "(transformers' forward step by step) (default: auto = static on CUDA, reference on a CPU)")
+    group.add_argument("--option", action="append", metavar="KEY=VALUE",
+                       help=f"any task option, repeatable; keys: {task.option_keys()} (default: GPA's)")
+    group.add_argument("--max-duration-s", type=float,
+                       help=f"longer audio becomes an error row (default: {_default('max_duration_s')})")
+    group.add_argument("--max-input-mb", type=float,
+                       help=f"larger audio files become error rows without being read (default: "
+                       f"{_default('max_input_mb')})")
+    task.add_arguments(group, _default)
 
     track = p.add_argument_group("tracking")
     track.add_argument("--mlflow-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else an sqlite "
                                             "store kept in the output, <output>/_mlflow/)")
-    track.add_argument("--experiment", help="MLflow experiment (default gpa-batch-<job>)")
-    track.add_argument("--run-name")
-    track.add_argument("--samples", type=int, help="sample outputs logged as artifacts (default 3)")
-    p.add_argument("--json", dest="print_json", action="store_true", help="print the summary as JSON")
-    progress = p.add_mutually_exclusive_group()
-    progress.add_argument("--progress", dest="progress", action="store_const", const=True)
-    progress.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+    track.add_argument("--experiment", help=f"MLflow experiment (default: gpa-batch-{task.name})")
+    track.add_argument("--run-name", help=f"MLflow run name (default: {task.name}-<run id>)")
+    track.add_argument("--samples", type=int,
+                       help=f"sample outputs logged as artifacts (default: {_default('samples')})")
+
+    report = p.add_argument_group("reporting")
+    report.add_argument("--json", dest="print_json", action="store_true",
+                        help="print the summary as JSON (default: off, as text)")
+    progress = report.add_mutually_exclusive_group()
+    progress.add_argument("--progress", dest="progress", action="store_const", const=True,
+                          help="show Ray Data's progress bars (default: only on a terminal)")
+    progress.add_argument("--no-progress", dest="progress", action="store_const", const=False,
+                          help="hide them (default: shown only on a terminal)")
     p.add_argument("--debug-delay-s", type=float, help=argparse.SUPPRESS)
+    return {"required": required, "input and output": io, "actor pool and batching": pool, "task": group,
+            "tracking": track, "reporting": report}
+
+
+_OPTION_HELP = {
+    "max_new_tokens": "at most this many generated tokens per window or text piece",
+    "temperature": "sampling temperature",
+    "top_k": "sample from the k likeliest tokens",
+    "top_p": "sample from the smallest set of tokens of this total probability",
+    "repetition_penalty": "penalty on tokens already generated",
+    "window_s": "longer audio is cut at pauses into windows of at most this many seconds",
+}
+
+
+def _option_type(f: dataclasses.Field) -> type:
+    return {"int": int, "float": float}[str(f.type).split("|")[0].strip()]
+
+
+def _option_default(f: dataclasses.Field) -> str:
+    return "the checkpoint's generation config" if f.default is None else str(f.default)
 
 
 def config_from_args(job: str, args: argparse.Namespace) -> JobConfig:

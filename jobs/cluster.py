@@ -13,6 +13,7 @@ def on_cluster() -> bool:
 
     return bool(os.environ.get("RAY_ADDRESS")) and ray.is_initialized()
 
+
 def cluster_resources(config: JobConfig) -> tuple[float, float]:
     """(GPUs of the Ray cluster, CPUs of its smallest node that can hold an actor: one with a GPU if any). Without
     a connection, Ray Data will start a local Ray on this machine: its GPUs (asked of torch only when needed) and

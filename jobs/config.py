@@ -8,7 +8,10 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-JOBS = ("transcribe", "synthesize", "convert")
+from .tasks import TASKS, get_task
+
+JOBS = tuple(TASKS)  # the registered tasks (jobs.tasks)
+
 # Items per model call when --batch-size is not given. On a GPU, decoding steps cost about the same for 8 rows as
 # for 128 (kernel launches, not arithmetic, bound them): an H200 transcribed 4.9 clips/s in batches of 8, 26.5 in
 # batches of 64 and 40 in batches of 128 (docs/jobs.md). 64 leaves room for long inputs on a 24 GB card.
@@ -35,7 +38,12 @@ class JobConfig:
     # None: 1:N where N actors fill the cluster's GPUs (GPUs / GPUs per actor); 1:1 on CPUs, where each actor holds
     # a full model copy in memory
     actors: tuple[int, int] | None = None
-    batch_size: int | None = None  # items per model call; None: GPU_BATCH_SIZE when actors have a GPU, else 8
+    # items per model call (the task options' batch_size: LLM batches, round-trip ASR); None: GPU_BATCH_SIZE when
+    # actors have a GPU, else CPU_BATCH_SIZE. Each actor call takes batch_size * bucket_batches rows (window_rows).
+    batch_size: int | None = None
+    # clips per speech-encoder call (GLM tokenizer, BiCodec); None: their own defaults (32, 16): the encoders hold a
+    # whole batch's activations at once, so LLM-sized batches of long clips would not fit a card
+    encoder_batch_size: int | None = None
     bucket_batches: int = 4  # each actor call sorts batch_size * bucket_batches rows by length first
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
     # None: 1 with a GPU (its decoding loop keeps a core busy), else 0.5 (<= 0.5 on small machines, or the CPU
@@ -71,8 +79,7 @@ class JobConfig:
     debug_delay_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.job not in JOBS:
-            raise ValueError(f"unknown job {self.job!r}; choose one of {', '.join(JOBS)}")
+        get_task(self.job)  # an unknown job is a ValueError naming the tasks
         if isinstance(self.actors, (list, tuple)):
             self.actors = (int(self.actors[0]), int(self.actors[1]))
         elif self.actors is not None:
@@ -83,7 +90,8 @@ class JobConfig:
                 raise ValueError(f"--actors must be MIN:MAX with 1 <= MIN <= MAX, got {lo}:{hi}")
         # (name, value, lowest allowed, whole numbers only); 0 threads means torch's default, 0 MB no reservation
         for name, value, low, whole in (
-                ("batch_size", self.batch_size, 1, True), ("bucket_batches", self.bucket_batches, 1, True),
+                ("batch_size", self.batch_size, 1, True), ("encoder_batch_size", self.encoder_batch_size, 1, True),
+                ("bucket_batches", self.bucket_batches, 1, True),
                 ("limit", self.limit, 0, True), ("rows_per_part", self.rows_per_part, 1, True),
                 ("samples", self.samples, 0, True), ("memory_per_task_mb", self.memory_per_task_mb, 0, True),
                 ("memory_per_actor_mb", self.memory_per_actor_mb, 0, True),

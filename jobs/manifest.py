@@ -19,7 +19,6 @@ import codecs
 import contextlib
 import csv
 import gzip
-import hashlib
 import io
 import ipaddress
 import itertools
@@ -34,20 +33,16 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 
-from gpa.chunking import clean_text
-from gpa.errors import InvalidText
 from gpa.storage import NotARegularFile, filesystem, is_transient, open_local
 
 from . import schema as S
 from . import storage
+from .tasks import get_task, task_of_manifest_name
 
 CANONICAL = tuple(n for n in S.INPUT.names if n not in S.LISTING_ONLY)
 
-# which GPA training ``task`` values each job takes
 # manifest conventions (--convention); auto: decided per file by detect_convention
 CONVENTIONS = ("auto", "canonical", "gpa", "nemo")
-
-GPA_TASKS = {"transcribe": ("stt", "asr", ""), "synthesize": ("tts-a", "tts"), "convert": ("vc",)}
 
 # valid rows are kept as Python dicts only this many at a time, then as Arrow columns: an archive of millions of
 # files fits in a driver's memory (a row as a dict costs ~1.5 kB, as Arrow ~0.15 kB)
@@ -95,6 +90,7 @@ def load_inputs(
     allow_empty: bool = False,
 ) -> InputRows:
     """Read, normalise and validate the input rows of ``job`` (see module docstring), streaming the manifest."""
+    task_spec = get_task(job)
     uri = storage.normalize(uri)
     if convention not in CONVENTIONS:
         raise InputError(f"unknown manifest convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
@@ -121,10 +117,10 @@ def load_inputs(
         task = row.pop("__task__", None)
         for key in ("audio", "ref_audio"):  # ids derive from paths as written, before they are resolved
             row[f"__{key}_as_written__"] = row.get(key) if isinstance(row.get(key), str) else None
-        problem = _validate(job, row, reference, max_text_chars)
-        row_id = _derive_id(job, row, line)
-        if task is not None and str(task).strip().lower() not in GPA_TASKS[job]:
-            if any(str(task).strip().lower() in names for names in GPA_TASKS.values()):
+        problem = _validate(task_spec, row, reference, max_text_chars)
+        row_id = _derive_id(task_spec, row, line)
+        if task is not None and task_of_manifest_name(task) is not task_spec:
+            if task_of_manifest_name(task) is not None:
                 if skip_other_tasks:  # asked for: another job's row in a mixed training manifest, counted
                     out.skipped_other_task += 1
                     continue
@@ -143,12 +139,12 @@ def load_inputs(
         for key in ("audio", "ref_audio"):
             if row.get(key):
                 row[key] = storage.resolve_relative(row[key], base)
-        if job != "transcribe" and not row.get("ref_audio") and reference:
-            row["ref_audio"] = storage.normalize(reference)
-            row["ref_id"] = row.get("ref_id") or storage.basename(storage.redact_uri(reference))
-        if job != "transcribe":
+        if "ref_audio" in task_spec.manifest_fields:
+            if not row.get("ref_audio") and reference:
+                row["ref_audio"] = storage.normalize(reference)
+                row["ref_id"] = row.get("ref_id") or storage.basename(storage.redact_uri(reference))
             row["ref_id"] = row.get("ref_id") or _written(row, "__ref_audio_as_written__")
-        if job == "convert":
+        if "source_id" in task_spec.manifest_fields:
             row["source_id"] = row.get("source_id") or _written(row, "__audio_as_written__")
         chunk.append(row)
         if len(chunk) == _CHUNK_ROWS:
@@ -543,7 +539,8 @@ def _canonical(record: dict[str, Any] | BadRecord, convention: str,
 # --- validation and ids ----------------------------------------------------------------------------------------
 
 
-def _validate(job: str, row: dict[str, Any], reference: str | None, max_text_chars: int) -> tuple[str, str] | None:
+def _validate(task, row: dict[str, Any], reference: str | None, max_text_chars: int) -> tuple[str, str] | None:
+    """Type and location checks of the canonical fields (normalising them in place), then the task's own."""
     for key in ("id", "audio", "text", "ref_audio", "ref_id", "source_id"):
         value = row.get(key)
         if isinstance(value, str) and not _is_unicode(value):  # a lone surrogate escape, or bytes that were no UTF-8
@@ -591,21 +588,7 @@ def _validate(job: str, row: dict[str, Any], reference: str | None, max_text_cha
         row["seed"] = seed
     else:
         row["seed"] = None
-    if job in ("transcribe", "convert") and not row.get("audio"):
-        return "missing_field", "no audio (field 'audio')"
-    if job in ("synthesize", "convert") and not row.get("ref_audio") and not reference:
-        return "missing_field", "no reference audio (field 'ref_audio', or --reference for all rows)"
-    if job == "synthesize":
-        text = row.get("text")
-        if not text or not text.strip():
-            return "invalid_text", "text is empty"
-        if len(text) > max_text_chars:
-            return "invalid_text", f"text has {len(text)} characters; the limit is {max_text_chars} (--max-text-chars)"
-        try:  # what the model would refuse: the one cleaning rule, gpa's
-            clean_text(text, max_text_chars)
-        except InvalidText as exc:
-            return "invalid_text", str(exc)
-    return None
+    return task.validate(row, reference, max_text_chars)
 
 
 def _is_id(value: Any) -> bool:
@@ -682,15 +665,15 @@ def _integer(value: Any) -> int | None:
         return None
 
 
-def _derive_id(job: str, row: dict[str, Any], line: int) -> str:
+def _derive_id(task, row: dict[str, Any], line: int) -> str:
     """The row's id: its own when it has one, else derived from what it asks for (stable when the manifest is
     reordered or grows; identical requests get identical ids and are then reported as duplicates). An id that
     cannot be written (not valid Unicode) names the row by its line instead."""
-    row_id = _id_from_row(job, row, line)
+    row_id = _id_from_row(task, row, line)
     return row_id if _is_unicode(row_id) else f"line:{line}"
 
 
-def _id_from_row(job: str, row: dict[str, Any], line: int) -> str:
+def _id_from_row(task, row: dict[str, Any], line: int) -> str:
     raw_id = row.get("id")
     if _is_id(raw_id) and str(raw_id).strip():
         return str(raw_id)
@@ -704,24 +687,13 @@ def _id_from_row(job: str, row: dict[str, Any], line: int) -> str:
         begin = row.get("begin_time") or 0.0
         end = row.get("end_time")
         segment = f"@{begin:.3f}-{'end' if end is None else f'{end:.3f}'}"
-    if job == "transcribe" and audio:
-        return f"{audio}{segment}"
-    if job == "convert" and audio:
-        ref = _written(row, "__ref_audio_as_written__") or row.get("ref_id") or ""
-        return f"{audio}{segment}>{_short_hash(ref)}" if ref else f"{audio}{segment}"
-    if job == "synthesize" and row.get("text"):
-        ref = _written(row, "__ref_audio_as_written__") or row.get("ref_id") or ""
-        return "tts-" + _short_hash(f"{row['text']}\0{ref}")
-    return f"line:{line}"
+    ref = _written(row, "__ref_audio_as_written__") or row.get("ref_id") or ""
+    return task.id_from_row(row, audio, segment, ref) or f"line:{line}"
 
 
 def _written(row: dict[str, Any], key: str) -> str | None:
     value = row.get(key)
     return storage.redact_uri(value) if value else value
-
-
-def _short_hash(text: str) -> str:
-    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def _echo(row: dict[str, Any]) -> dict[str, Any]:

@@ -7,18 +7,19 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 
-from .tasks import normalize_text
+from .quality import normalize_text
+from .tasks import get_task
 
+# the columns the metrics read (the task's audio and reference columns besides)
 METRIC_COLUMNS = ("id", "status", "error_kind", "error", "duration_s", "timings", "wer", "cer",
-                  "source_duration_s", "speaker_similarity", "keep", "reference", "text")
-# the text each job's WER/CER is measured against: the manifest's reference, or the text synthesize was asked for
-REFERENCE_FIELD = {"transcribe": "reference", "synthesize": "text"}
+                  "speaker_similarity", "keep")
 
 
 def run_metrics(job: str, table: pa.Table | None, wall_s: float) -> dict[str, float]:
     """Rows ok/error (by kind), audio hours in/out, throughput, RTFx, latency p50/p95, WER/CER, quality pass rate.
 
-    - throughput: audio seconds (in for transcribe/convert, out for synthesize) per wall-clock second of the run;
+    - throughput: audio seconds (the task's ``work_audio``: in for transcribe/convert, out for synthesize) per
+      wall-clock second of the run;
     - RTFx: the same audio seconds per second of model time (summed over actors), i.e. speed per actor;
     - latency: per row, from the start of its decode to the end of its encode.
     """
@@ -26,25 +27,18 @@ def run_metrics(job: str, table: pa.Table | None, wall_s: float) -> dict[str, fl
     if table is None or table.num_rows == 0:
         m.update(rows=0, rows_ok=0, rows_error=0)
         return m
-    rows = table.select([c for c in METRIC_COLUMNS if c in table.column_names]).to_pylist()
+    task = get_task(job)
+    wanted = {*METRIC_COLUMNS, task.audio_in_column, task.audio_out_column, task.reference_field} - {None}
+    rows = table.select([c for c in table.column_names if c in wanted]).to_pylist()
     ok = [r for r in rows if r["status"] == "ok"]
     m["rows"] = len(rows)
     m["rows_ok"] = len(ok)
     m["rows_error"] = len(rows) - len(ok)
     for kind, n in Counter(r["error_kind"] for r in rows if r["status"] != "ok").items():
         m[f"rows_error.{kind}"] = n
-    if job == "transcribe":
-        seconds_in = sum(r["duration_s"] or 0.0 for r in ok)
-        seconds_out = 0.0
-        work_s = seconds_in
-    elif job == "convert":
-        seconds_in = sum(r.get("source_duration_s") or 0.0 for r in ok)
-        seconds_out = sum(r["duration_s"] or 0.0 for r in ok)
-        work_s = seconds_in
-    else:
-        seconds_in = 0.0
-        seconds_out = sum(r["duration_s"] or 0.0 for r in ok)
-        work_s = seconds_out
+    seconds_in = sum(r.get(task.audio_in_column) or 0.0 for r in ok) if task.audio_in_column else 0.0
+    seconds_out = sum(r.get(task.audio_out_column) or 0.0 for r in ok) if task.audio_out_column else 0.0
+    work_s = seconds_in if task.work_audio == "in" else seconds_out
     m["audio_hours_in"] = seconds_in / 3600
     m["audio_hours_out"] = seconds_out / 3600
     m["rows_per_s"] = len(rows) / wall_s if wall_s > 0 else 0.0
@@ -61,8 +55,8 @@ def run_metrics(job: str, table: pa.Table | None, wall_s: float) -> dict[str, fl
         if values:
             m[f"{name}_mean"] = float(np.mean(values))
             m[f"{name}_rows"] = len(values)
-    m.update(corpus_error_rates(ok, REFERENCE_FIELD.get(job)))
-    if job == "synthesize" and ok:
+    m.update(corpus_error_rates(ok, task.reference_field))
+    if "keep" in table.column_names and ok:
         m["quality_pass_rate"] = sum(1 for r in ok if r.get("keep")) / len(ok)
     return m
 
@@ -70,7 +64,7 @@ def run_metrics(job: str, table: pa.Table | None, wall_s: float) -> dict[str, fl
 def corpus_error_rates(rows: list[dict], reference_field: str | None) -> dict[str, float]:
     """``wer_corpus`` and ``cer_corpus``: all the rows' edits over all their reference words (characters), the
     usual corpus figure, where ``wer_mean`` weighs a two-word clip like a long one. A row's edits are its rate
-    times its reference's length, as jiwer counts it (after :func:`jobs.tasks.normalize_text`)."""
+    times its reference's length, as jiwer counts it (after :func:`jobs.quality.normalize_text`)."""
     out = {}
     for name, length in (("wer", lambda ref: len(ref.split())), ("cer", len)):
         weighted = [(r[name], length(normalize_text(r.get(reference_field) or "")))

@@ -27,7 +27,7 @@ from .manifest import InputRows, load_inputs
 from .output import OutputStore, new_run_id
 from .plan import pipeline_order, plan_run
 from .reporting import report, track_failure
-from .tasks import TASKS
+from .tasks import get_task
 from .tracking import JobTracking
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ def check_config(config: JobConfig) -> None:
         if value and storage.is_uri(value) and "@" in urlsplit(value).netloc:  # never echoed
             raise JobError(f"--{flag} carries credentials (user:password@); use the AWS environment instead")
     task_params(config)  # unknown or invalid task options
+
 
 def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
     """Run one job to the end: its output is committed (or untouched) when this returns or raises."""
@@ -77,6 +78,7 @@ def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
         track_failure(config, inputs, run_id, params, tracking, exc)
         raise
 
+
 def _run(config: JobConfig, run_id: str, started: float, params: dict, store: OutputStore, inputs: InputRows,
          tracking: JobTracking, progress: bool | None) -> JobResult:
     with storage_failures("could not take over the output"):
@@ -94,7 +96,7 @@ def _run(config: JobConfig, run_id: str, started: float, params: dict, store: Ou
                 _run_pipeline(config, plan.todo, run_id, params, progress)
             with storage_failures("could not commit the run"):
                 records, unavailable, new_rows = verified_records(store, run_id, plan.expected,
-                                                                   _light_columns(TASKS[config.job]))
+                                                                   _light_columns(get_task(config.job)))
                 wall_s = time.time() - started
                 run_info = {"run_id": run_id, "job": config.job, "started": started, "wall_s": wall_s,
                             "rows": sum(plan.expected.values()), "input": storage.redact_uri(config.input)}
@@ -116,14 +118,14 @@ def _run_pipeline(config: JobConfig, rows: pa.Table, run_id: str, params: dict, 
 
     from .stages import GPAStage, decode_batch, encode_batch, make_sink
 
-    task = TASKS[config.job]
+    task = get_task(config.job)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress if progress is not None else sys.stderr.isatty()
     order = pipeline_order(task, rows)
     window = config.window_rows
     # take() copies each window into its own buffers: a slice would ship the whole table with every block
     blocks = [rows.take(order[i: i + window]) for i in range(0, len(order), window)]
-    cfg = config.to_dict()
+    options = task.options(config)  # built and checked once: the typed config and options travel as they are
     # a memory reservation for the CPU stages (decoded audio) also keeps Ray from fusing them into the model
     # actors, which would serialise decoding and inference in one process
     cpu_args = {"num_cpus": config.cpus_per_task, "memory": config.memory_per_task_mb * 2**20}
@@ -132,13 +134,14 @@ def _run_pipeline(config: JobConfig, rows: pa.Table, run_id: str, params: dict, 
                         fn_kwargs={"job": config.job, "max_duration_s": config.max_duration_s,
                                    "max_bytes": config.max_input_bytes}, **cpu_args)
     ds = ds.map_batches(
-        GPAStage, fn_constructor_kwargs={"config": cfg}, batch_format="pyarrow", batch_size=window,
+        GPAStage, fn_constructor_kwargs={"config": config, "options": options}, batch_format="pyarrow",
+        batch_size=window,
         compute=ray.data.ActorPoolStrategy(min_size=config.actors[0], max_size=config.actors[1]),
         num_gpus=config.gpus_per_actor, num_cpus=config.cpus_per_actor,
         **({"memory": config.memory_per_actor_mb * 2**20} if config.memory_per_actor_mb else {}),
     )
     ds = ds.map_batches(encode_batch, batch_format="pyarrow", batch_size=window,
-                        fn_kwargs={"config": cfg, "run_id": run_id, "params": params}, **cpu_args)
+                        fn_kwargs={"config": config, "run_id": run_id, "params": params}, **cpu_args)
     # the write gathers rows_per_part rows per part; it must not be fused with encode, or encoding would wait for
     # a whole part's rows instead of streaming window by window (hence no memory reservation here)
     try:
@@ -155,20 +158,22 @@ def _run_pipeline(config: JobConfig, rows: pa.Table, run_id: str, params: dict, 
 def task_params(config: JobConfig) -> dict:
     """The task options as a dict (what rows and MLflow record). Raises JobError for unknown or invalid options."""
     try:
-        options = TASKS[config.job].options(config)
+        options = get_task(config.job).options(config)
         options.validate()  # again: a task may set options after building them
         return dataclasses.asdict(options)
     except (TypeError, ValueError) as exc:
         raise JobError(f"invalid task options: {exc}") from None
 
+
 def _error_rows(config: JobConfig, errors: list[dict], run_id: str, params: dict) -> pa.Table:
-    task = TASKS[config.job]
+    task = get_task(config.job)
     rows = []
     for e in errors:
         row = {**e, "status": "error", "seed": None}
         rows.append(task.output_row(row, None, config, params, {"run_id": run_id}))
-    return S.rows_to_table(rows, task.schema())
+    return task.table(rows)
+
 
 def _light_columns(task) -> list[str]:
-    return [n for n in task.schema().names if n not in ("audio", "segments", "global_tokens", "semantic_tokens",
-                                                         "source_semantic_tokens")]
+    """The output columns small enough to read back for the run's metrics: not audio, segments or token lists."""
+    return [f.name for f in task.output_schema if f.type != S.AUDIO and not pa.types.is_list(f.type)]

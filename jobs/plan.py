@@ -14,7 +14,7 @@ from . import storage
 from .config import JobConfig
 from .manifest import InputRows
 from .output import OutputStore, resume_plan
-from .tasks import row_seed
+from .seeds import row_seed
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Plan:
     @property
     def expected(self) -> Counter:
         return Counter(self.todo.column("id").to_pylist() + [e["id"] for e in self.invalid])
+
 
 def plan_run(config: JobConfig, inputs: InputRows, store: OutputStore) -> Plan:
     """What this run does: the input rows without a committed row (and, with --retry-errors, the failed ones)."""
@@ -59,6 +60,7 @@ def plan_run(config: JobConfig, inputs: InputRows, store: OutputStore) -> Plan:
     already_done = inputs.total - (todo.num_rows + cut) - len(invalid)
     return Plan(todo=todo, invalid=invalid, already_done=already_done, cut=cut, supersede=bool(redo & done))
 
+
 def pipeline_order(task, rows: pa.Table) -> np.ndarray:
     """The order (row indices) rows go through the pipeline in.
 
@@ -74,6 +76,7 @@ def pipeline_order(task, rows: pa.Table) -> np.ndarray:
     if not lengths.all():  # no duration in the manifest: local files are ordered by their size
         lengths = task.lengths(_with_local_sizes(rows, lengths == 0))
     return np.argsort(-lengths, kind="stable")
+
 
 def _with_local_sizes(rows: pa.Table, unknown: np.ndarray) -> pa.Table:
     """``rows`` with ``size_bytes`` filled in for the ``unknown`` rows whose audio is a local file. (Objects in a

@@ -57,6 +57,7 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
             from None
     return True
 
+
 def shutdown_ray() -> None:
     """Stop the Ray that :func:`ensure_ray` started (and remove its temporary directory)."""
     import shutil
@@ -66,6 +67,7 @@ def shutdown_ray() -> None:
     ray.shutdown()
     while _LOCAL_RAY_DIR:
         shutil.rmtree(_LOCAL_RAY_DIR.pop(), ignore_errors=True)
+
 
 def _remove_orphaned_ray_dirs() -> None:
     """Remove the temporary directories of local Rays whose owner process is gone (a run killed with SIGKILL, which

@@ -15,6 +15,7 @@ from .errors import root_cause
 from .manifest import InputRows
 from .metrics import error_summary
 from .output import OutputStore, read_parquet
+from .tasks import get_task
 from .tracking import JobTracking
 
 log = logging.getLogger(__name__)
@@ -43,11 +44,13 @@ def report(config: JobConfig, inputs: InputRows, store: OutputStore, result: Job
     local["mlflow"] = {"uri": t.uri, "experiment": t.experiment, "run_id": t.run_id, "error": t.error}
     storage.write_bytes(result.metrics_path, json.dumps(local, indent=1, default=str).encode())
 
+
 def track_failure(config: JobConfig, inputs: InputRows, run_id: str, params: dict, tracking: JobTracking,
                    exc: BaseException) -> None:
     """End the MLflow run as FAILED with the reason (only the first call does anything)."""
     values = job_params(config, inputs, storage.redact_uri(config.model), "", run_id, params)
     tracking.finish(params=values, metrics={}, artifacts={}, failure=root_cause(exc))
+
 
 def job_params(config: JobConfig, inputs: InputRows, model_source: str, model_hash: str, run_id: str,
                options: dict) -> dict:
@@ -57,16 +60,17 @@ def job_params(config: JobConfig, inputs: InputRows, model_source: str, model_ha
         "model_hash": model_hash, "input": storage.redact_uri(config.input),
         "output": storage.redact_uri(config.output),
         "input_convention": inputs.convention, "glob": config.glob or "", "batch_size": config.batch_size,
+        "encoder_batch_size": config.encoder_batch_size or "",
         "bucket_batches": config.bucket_batches, "actors_min": config.actors[0], "actors_max": config.actors[1],
         "gpus_per_actor": config.gpus_per_actor,
         "cpus_per_actor": config.cpus_per_actor, "retry_errors": config.retry_errors, "seed": config.seed,
         "limit": config.limit if config.limit is not None else "", "audio_storage": config.audio_storage,
         "max_duration_s": config.max_duration_s, "quality": config.quality,
     }
-    if config.job == "synthesize":
-        params.update(keep_max_cer=config.keep_max_cer, keep_min_similarity=config.keep_min_similarity)
+    params.update(get_task(config.job).job_params(config))
     params.update({f"options.{k}": v for k, v in options.items()})
     return params
+
 
 def redacted_config(config: JobConfig) -> dict:
     values = config.to_dict()
@@ -75,6 +79,7 @@ def redacted_config(config: JobConfig) -> dict:
             values[key] = storage.redact_uri(values[key])
     values["actors"] = f"{config.actors[0]}:{config.actors[1]}"
     return values
+
 
 def _artifacts(config: JobConfig, new_files: list[str], light: pa.Table | None) -> dict[str, bytes]:
     import yaml
@@ -100,6 +105,7 @@ def _artifacts(config: JobConfig, new_files: list[str], light: pa.Table | None) 
     artifacts["samples/samples.json"] = json.dumps(samples, indent=1, default=str, ensure_ascii=False).encode()
     return artifacts
 
+
 def _sample_audio(audio: dict | None) -> bytes | None:
     """A sample row's FLAC: inline bytes, or the object it was written to (``--audio-storage objects``)."""
     if not audio:
@@ -112,6 +118,7 @@ def _sample_audio(audio: dict | None) -> bytes | None:
         except Exception as exc:  # a sample is a convenience: the run's results are already committed
             log.warning("sample audio %s not logged: %s", storage.redact_uri(audio["path"]), type(exc).__name__)
     return None
+
 
 def _first(table: pa.Table | None, column: str):
     if table is None:

@@ -1,4 +1,5 @@
-"""Arrow schemas of the three jobs' outputs (documented in docs/outputs.md) and columnar helpers.
+"""Arrow types shared by the tasks' outputs (documented in docs/outputs.md; each task declares its own columns in
+:mod:`jobs.tasks`) and columnar helpers.
 
 Every Parquet file carries Hugging Face ``datasets`` feature metadata, so ``load_dataset("parquet", ...)`` types
 the ``audio`` column as ``Audio(sampling_rate=16000)``.
@@ -44,61 +45,16 @@ COMMON = [
     pa.field("input_version", pa.string()),  # --glob: the file's size and ETag/mtime as listed (else null)
 ]
 
-TRANSCRIBE = [
-    pa.field("audio_uri", pa.string()),
-    pa.field("begin_time", pa.float64()),
-    pa.field("end_time", pa.float64()),
-    pa.field("text", pa.string()),
-    pa.field("segments", pa.list_(SEGMENT)),
-    pa.field("num_glm_tokens", pa.int32()),
-    pa.field("num_semantic_tokens", pa.int32()),
-    pa.field("num_generated_tokens", pa.int32()),
-    pa.field("truncated", pa.bool_()),
-    pa.field("reference", pa.string()),
-    pa.field("wer", pa.float64()),
-    pa.field("cer", pa.float64()),
-]
-
-SYNTHESIZE = [
-    pa.field("text", pa.string()),
-    pa.field("ref_id", pa.string()),
-    pa.field("ref_audio_uri", pa.string()),
-    pa.field("audio", AUDIO),
-    pa.field("sampling_rate", pa.int32()),
-    pa.field("global_tokens", TOKENS),
-    pa.field("semantic_tokens", TOKENS),
-    pa.field("num_generated_tokens", pa.int32()),
-    pa.field("truncated", pa.bool_()),
-    pa.field("asr_text", pa.string()),
-    pa.field("wer", pa.float64()),
-    pa.field("cer", pa.float64()),
-    pa.field("speaker_similarity", pa.float64()),
-    pa.field("keep", pa.bool_()),
-]
-
-CONVERT = [
-    pa.field("source_id", pa.string()),
-    pa.field("source_audio_uri", pa.string()),
-    pa.field("begin_time", pa.float64()),
-    pa.field("end_time", pa.float64()),
-    pa.field("ref_id", pa.string()),
-    pa.field("ref_audio_uri", pa.string()),
-    pa.field("audio", AUDIO),
-    pa.field("sampling_rate", pa.int32()),
-    pa.field("source_duration_s", pa.float64()),
-    pa.field("global_tokens", TOKENS),
-    pa.field("source_semantic_tokens", TOKENS),
-    pa.field("semantic_tokens", TOKENS),
-    pa.field("num_generated_tokens", pa.int32()),
-    pa.field("truncated", pa.bool_()),
-    pa.field("speaker_similarity", pa.float64()),
-    pa.field("source_similarity", pa.float64()),
-]
-
-
 def output_schema(job: str) -> pa.Schema:
-    specific = {"transcribe": TRANSCRIBE, "synthesize": SYNTHESIZE, "convert": CONVERT}[job]
-    schema = pa.schema(COMMON + specific)
+    """The output schema of the task called ``job``: :data:`COMMON`, then the task's own columns (declared in
+    its module, :mod:`jobs.tasks`)."""
+    from .tasks import get_task
+
+    return get_task(job).output_schema
+
+
+def with_hf_features(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with the ``datasets`` feature metadata every output Parquet file carries."""
     return schema.with_metadata({b"huggingface": json.dumps({"info": {"features": hf_features(schema)}}).encode()})
 
 

@@ -2,7 +2,7 @@
 
 decode (CPU task) -> GPA (actor pool) -> encode (CPU task) -> write (staged Parquet part).
 
-Rows travel as Arrow tables of :data:`jobs.tasks.WORK_SCHEMA`; waveforms are ``large_list<float32>`` columns so
+Rows travel as Arrow tables of :func:`jobs.tasks.work_schema`; waveforms are ``large_list<float32>`` columns so
 no stage ever turns samples into Python objects. A row that fails at any stage keeps going with ``status="error"``
 and is written like any other row: one output row per input row.
 """
@@ -19,18 +19,19 @@ import pyarrow as pa
 from . import schema as S
 from . import storage
 from .config import JobConfig
-from .tasks import TASKS, WAV_COLUMNS, WORK_SCHEMA, SpeakerCache, _error
+from .speakers import SpeakerCache
+from .tasks import WAV_COLUMNS, get_task, mark_error, work_schema
 
 log = logging.getLogger(__name__)
-LIGHT_SCHEMA = pa.schema([f for f in WORK_SCHEMA if f.name not in WAV_COLUMNS])
 
 
 def work_table(rows: list[dict], waves: dict[str, list]) -> pa.Table:
-    table = S.rows_to_table(rows, LIGHT_SCHEMA)
+    schema = work_schema()
+    table = S.rows_to_table(rows, pa.schema([f for f in schema if f.name not in WAV_COLUMNS]))
     n = len(rows)
     for name in WAV_COLUMNS:
         table = table.append_column(pa.field(name, S.WAV), S.wav_array(waves.get(name) or [None] * n))
-    return table.select(WORK_SCHEMA.names)
+    return table.select(schema.names)
 
 
 def split_table(table: pa.Table) -> tuple[list[dict], dict[str, list]]:
@@ -57,7 +58,7 @@ def decode_batch(batch: pa.Table, job: str, max_duration_s: float, max_bytes: in
     from gpa.errors import GPAError, TooLongAudio, UnreadableAudio
 
     max_bytes = MAX_INPUT_BYTES if max_bytes is None else max_bytes
-    task = TASKS[job]
+    task = get_task(job)
     rows = batch.to_pylist()
     wavs: list[np.ndarray | None] = [None] * len(rows)
     for i, row in enumerate(rows):
@@ -82,11 +83,11 @@ def decode_batch(batch: pa.Table, job: str, max_duration_s: float, max_bytes: in
                 wavs[i] = wav
             except TooLongAudio as exc:
                 row["duration_s"] = exc.duration_s
-                _error(row, TooLongAudio(f"{exc} (--max-duration-s)", exc.duration_s))
+                mark_error(row, TooLongAudio(f"{exc} (--max-duration-s)", exc.duration_s))
             except GPAError as exc:
-                _error(row, exc)
+                mark_error(row, exc)
             except Exception as exc:  # anything else a decoder may throw is still this row's problem only
-                _error(row, UnreadableAudio(f"{type(exc).__name__}: {exc}"))
+                mark_error(row, UnreadableAudio(f"{type(exc).__name__}: {exc}"))
         row["decode_s"] = time.perf_counter() - start
     return work_table(rows, {"wav": wavs})
 
@@ -98,20 +99,23 @@ class GPAStage:
     """One model per actor; each call gets ``batch_size * bucket_batches`` rows, which GPA sorts by length and
     runs in batches of ``batch_size`` (similar lengths together: little padding)."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: JobConfig, options=None):
         import torch
 
         from gpa import GPA
 
         # run_job passes a config with these defaults filled in; anyone else gets them for this process's GPUs
-        self.config = JobConfig.from_dict(config).for_cluster(cluster_gpus=torch.cuda.device_count())
-        self.task = TASKS[self.config.job]
+        self.config = config.for_cluster(cluster_gpus=torch.cuda.device_count())
+        self.task = get_task(self.config.job)
         threads = self.config.torch_threads or max(1, int(round(self.config.cpus_per_actor)))
         torch.set_num_threads(threads)
         device = self.config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = getattr(torch, self.config.model_dtype(device))
         self.model = GPA.from_pretrained(self.config.model, device=device, dtype=dtype, cache_dir=self.config.cache_dir)
-        self.options = self.task.options(self.config)
+        if self.config.encoder_batch_size:
+            self.model.glm.batch_size = self.model.bicodec.batch_size = self.config.encoder_batch_size
+        # the driver's options (built and checked once), else this config's
+        self.options = options if options is not None else self.task.options(self.config)
         self.speakers = SpeakerCache(max_duration_s=self.config.max_duration_s,
                                      max_bytes=self.config.max_input_bytes)
         self.source = storage.redact_uri(str(self.model.source or self.config.model))
@@ -148,7 +152,7 @@ class GPAStage:
                 out = self.task.run(self.model, [row], {n: [v[k]] for n, v in waves.items()}, self.options,
                                     self.speakers, self.config.quality)[0]
             except Exception as exc:
-                _error(row, exc if hasattr(exc, "kind") else RuntimeError(f"{type(exc).__name__}: {exc}"))
+                mark_error(row, exc if hasattr(exc, "kind") else RuntimeError(f"{type(exc).__name__}: {exc}"))
                 out = None
             rows[k].clear()
             rows[k].update(row)
@@ -159,45 +163,41 @@ class GPAStage:
 # --- encode ----------------------------------------------------------------------------------------------------
 
 
-def encode_batch(batch: pa.Table, config: dict, run_id: str, params: dict) -> pa.Table:
+def encode_batch(batch: pa.Table, config: JobConfig, run_id: str, params: dict) -> pa.Table:
     """Finished work rows -> output rows: FLAC audio (inline or as objects), metrics, timings.
 
     ``params`` are the task options as a dict, made once by the driver (this CPU stage never imports torch).
     """
     from gpa.audio import encode_flac
 
-    config_obj = JobConfig.from_dict(config)
-    task = TASKS[config_obj.job]
+    task = get_task(config.job)
     rows, waves = split_table(batch)
     out_rows = []
     for row, wave in zip(rows, waves["out_wav"], strict=True):
         start = time.perf_counter()
         audio = None
+        model_info = {"run_id": run_id, "source": row.get("model_source"), "hash": row.get("model_hash")}
         try:
             if wave is not None and row["status"] == "ok":
                 flac = encode_flac(wave)
                 row["out_duration_s"] = len(wave) / S.SAMPLE_RATE
                 name = storage.safe_name(row["id"], ".flac")
-                if config_obj.audio_storage == "objects":
-                    uri = storage.join(storage.normalize(config_obj.output), "audio", name[:2], name)
+                if config.audio_storage == "objects":
+                    uri = storage.join(storage.normalize(config.output), "audio", name[:2], name)
                     _write_audio_object(uri, flac, name)
                     audio = {"bytes": None, "path": uri}
                 else:
                     audio = {"bytes": flac, "path": name}
-            out = task.output_row(row, audio, config_obj, params, {"run_id": run_id,
-                                                                    "source": row.get("model_source"),
-                                                                    "hash": row.get("model_hash")})
+            out = task.output_row(row, audio, config, params, model_info)
         except Exception as exc:
-            _error(row, exc if hasattr(exc, "kind") else _encode_error(exc))
-            out = task.output_row(row, None, config_obj, params, {"run_id": run_id,
-                                                                   "source": row.get("model_source"),
-                                                                   "hash": row.get("model_hash")})
+            mark_error(row, exc if hasattr(exc, "kind") else _encode_error(exc))
+            out = task.output_row(row, None, config, params, model_info)
         end = time.time()
-        out["timings"] = {"decode_s": row.get("decode_s"), "model_s": row.get("model_s"),
-                          "encode_s": time.perf_counter() - start,
-                          "latency_s": end - row["t_start"] if row.get("t_start") else None, "finished_at": end}
+        out.timings = {"decode_s": row.get("decode_s"), "model_s": row.get("model_s"),
+                       "encode_s": time.perf_counter() - start,
+                       "latency_s": end - row["t_start"] if row.get("t_start") else None, "finished_at": end}
         out_rows.append(out)
-    return S.rows_to_table(out_rows, task.schema())
+    return task.table(out_rows)
 
 
 def _write_audio_object(uri: str, flac: bytes, name: str) -> None:

@@ -17,10 +17,10 @@ def test_gpa_throughput_writes_every_task_with_its_stages(tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert report["engine"] == "static" and set(report["tasks"]) == {"asr", "tts", "vc"}
+    assert report["engine"] == "static" and set(report["tasks"]) == {"transcribe", "synthesize", "convert"}
     for name, figures in report["tasks"].items():
         batched = figures["batched"]
         assert batched["items"] == 3 and batched["realtime_factor"] > 0, name
         assert {"prefill", "decode steps"} <= set(batched["stages_s"]), name
-    assert "detokenize" in report["tasks"]["tts"]["batched"]["stages_s"]
-    assert "GLM encode" in report["tasks"]["asr"]["batched"]["stages_s"]
+    assert "detokenize" in report["tasks"]["synthesize"]["batched"]["stages_s"]
+    assert "GLM encode" in report["tasks"]["transcribe"]["batched"]["stages_s"]

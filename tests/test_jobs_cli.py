@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
 import re
 import subprocess
@@ -28,7 +30,9 @@ def test_flags_fill_the_job_config():
                 "--field-map", "id=utt,text=sentence", "--reference", "voice.wav", "--no-quality", "--glob", "*.wav",
                 "--memory-per-actor-mb", "6000"])
     assert c.job == "synthesize" and c.actors == (1, 4) and c.batch_size == 16 and c.gpus_per_actor == 1.0
-    assert c.memory_per_actor_mb == 6000
+    assert c.memory_per_actor_mb == 6000 and c.encoder_batch_size is None
+    assert config(["convert", "--input", "m", "--output", "o", "--model", "m", "--encoder-batch-size", "4"]
+                  ).encoder_batch_size == 4
     assert c.retry_errors and c.limit == 10 and c.seed == 3 and c.quality is False and c.glob == "*.wav"
     assert c.options == {"temperature": 0.7, "do_sample": False, "top_k": 5}
     assert c.field_map == {"id": "utt", "text": "sentence"} and c.reference == "voice.wav"
@@ -327,3 +331,57 @@ def test_sigterm_ends_a_cli_run_as_ctrl_c_does():
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)  # the handler interrupts this at once
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is the CLI run's only
+
+
+def _subcommand(parser, name):
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return commands.choices[name]
+
+
+def _flags(sub) -> set[str]:
+    return {s for a in sub._actions for s in a.option_strings if a.help is not argparse.SUPPRESS}
+
+
+def test_each_subcommand_shows_only_its_own_flags():
+    parser = build_parser()
+    transcribe, synthesize, convert = (_flags(_subcommand(parser, n)) for n in ("transcribe", "synthesize", "convert"))
+    voice_only = {"--reference", "--no-quality", "--audio-storage"}
+    gate = {"--keep-max-cer", "--keep-min-similarity", "--max-text-chars"}
+    assert not (voice_only | gate) & transcribe
+    assert voice_only | gate <= synthesize and "--window-s" not in synthesize  # SynthesizeOptions has no window
+    assert voice_only <= convert and not gate & convert and "--window-s" in convert
+    with pytest.raises(SystemExit):  # a flag another task has is a usage error, not silently ignored
+        parser.parse_args(["transcribe", "--input", "a", "--output", "b", "--model", "m", "--reference", "r.wav"])
+
+
+def test_every_flag_says_what_it_does_and_its_default_and_each_subcommand_has_an_example():
+    from jobs.tasks import TASKS
+
+    parser = build_parser()
+    for name, task in TASKS.items():
+        sub = _subcommand(parser, name)
+        for action in sub._actions:
+            if action.help is argparse.SUPPRESS or not action.option_strings or action.dest == "help":
+                continue
+            assert "default: " in action.help or action.help.endswith("(required)"), (name, action.option_strings)
+        text = sub.format_help()
+        assert "required (as flags or in the --config file)" in text
+        assert f"example:\n  gpa-batch {name} --input " in text
+        # the defaults shown are the options class's own
+        for option, flag in (("max_new_tokens", "--max-new-tokens"), ("temperature", "--temperature")):
+            default = {f.name: f.default for f in dataclasses.fields(task.options_class)}[option]
+            [action] = [a for a in sub._actions if flag in a.option_strings]
+            assert action.help.endswith(f"(default: {default})")
+
+
+def test_an_unknown_task_option_answers_with_the_valid_keys_and_types(tmp_path):
+    manifest = ROOT / "manifests" / "examples" / "transcribe.jsonl"
+    out = subprocess.run([sys.executable, "-m", "jobs.cli", "transcribe", "--input", str(manifest), "--output",
+                          str(tmp_path / "out"), "--model", "m", "--option", "bogus=1"], capture_output=True,
+                         text=True, cwd=ROOT, timeout=60, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"})
+    assert out.returncode == 1, out.stderr[-2000:]
+    [line] = out.stderr.strip().splitlines()
+    assert "unknown option bogus for transcribe; valid keys: max_new_tokens (int)," in line
+    assert "window_s (float)" in line and "top_k (int or None)" in line
+    assert "batch_size" not in line and "seed (" not in line  # the job's own settings have flags of their own
+    assert "__init__" not in line

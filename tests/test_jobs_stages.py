@@ -11,8 +11,9 @@ import pytest
 from jobs import schema as S
 from jobs.config import JobConfig
 from jobs.pipeline import task_params
+from jobs.speakers import SpeakerCache
 from jobs.stages import GPAStage, decode_batch, encode_batch
-from jobs.tasks import TASKS, SpeakerCache
+from jobs.tasks import TASKS
 
 AUDIO = Path(__file__).resolve().parents[1] / "manifests" / "examples" / "audio"
 
@@ -20,8 +21,15 @@ AUDIO = Path(__file__).resolve().parents[1] / "manifests" / "examples" / "audio"
 @pytest.fixture(scope="module")
 def stage(tiny_checkpoint):
     config = JobConfig(job="transcribe", input="m.jsonl", output="out", model=str(tiny_checkpoint), batch_size=2,
-                       options={"max_new_tokens": 8})
-    return GPAStage(config.to_dict())
+                       encoder_batch_size=3, options={"max_new_tokens": 8})
+    return GPAStage(config)
+
+
+def test_the_batch_sizes_come_from_the_job(stage):
+    """--batch-size is the LLM's batch (the task options'), --encoder-batch-size the speech encoders' (both)."""
+    assert stage.options.batch_size == stage.config.batch_size == 2
+    assert stage.model.glm.batch_size == stage.model.bicodec.batch_size == 3
+    assert stage.config.window_rows == 2 * stage.config.bucket_batches
 
 
 def decoded(rows: list[dict]):
@@ -52,8 +60,8 @@ def test_a_crashing_batch_is_retried_row_by_row(stage, monkeypatch):
     rows = {r["id"]: r for r in out.drop(["wav", "out_wav"]).to_pylist()}
     assert out.num_rows == 3 and rows["a"]["error_kind"] == rows["b"]["error_kind"] == "model_error"
     assert "secret" not in rows["a"]["error"] and "sig=1" not in rows["a"]["error"]
-    final = encode_batch(out, stage.config.to_dict(), "run", task_params(stage.config))
-    assert final.schema == TASKS["transcribe"].schema() and final.num_rows == 3
+    final = encode_batch(out, stage.config, "run", task_params(stage.config))
+    assert final.schema == TASKS["transcribe"].output_schema and final.num_rows == 3
 
 
 def test_speaker_cache_encodes_each_reference_once(stage, monkeypatch):

@@ -159,7 +159,7 @@ def test_an_outage_writing_audio_objects_is_transient(tmp_path, monkeypatch):
         return real(uri, data)
 
     monkeypatch.setattr(stages.storage, "write_bytes", flaky)
-    out = {r["id"]: r for r in stages.encode_batch(work, config.to_dict(), "run", task_params(config)).to_pylist()}
+    out = {r["id"]: r for r in stages.encode_batch(work, config, "run", task_params(config)).to_pylist()}
     assert out["down"]["error_kind"] == "storage_unavailable" and "try again later" in out["down"]["error"]
     assert out["denied"]["error_kind"] == "encode_error" and "PermissionError" in out["denied"]["error"]
     assert out["fine"]["status"] == "ok" and out["fine"]["audio"]["path"].endswith(".flac")

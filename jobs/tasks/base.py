@@ -1,0 +1,236 @@
+"""What every task is and shares: the :class:`Task` base class, the work-row columns and typed output rows.
+
+A task module subclasses :class:`Task` and declares its name, the GPA training-manifest names it accepts, its
+manifest fields, its options class, its work and output columns, its row logic, its metrics and its CLI flags;
+:mod:`jobs.tasks` registers it. Everything else (reading, validation, the actor pool, retries, writing, resume,
+tracking, the CLI subcommand) is derived from these declarations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from functools import cached_property
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from .. import schema as S
+from ..storage import redact_uri
+
+# Work-row columns every task carries between the stages (the input fields, the row's state, its timings, the
+# model that made it); a task adds its own result columns (``Task.work_fields``) and the waveforms come last.
+WORK_COMMON = [
+    *S.INPUT,
+    pa.field("status", pa.string()), pa.field("error_kind", pa.string()), pa.field("error", pa.string()),
+    pa.field("duration_s", pa.float64()),
+    pa.field("t_start", pa.float64()), pa.field("decode_s", pa.float64()), pa.field("model_s", pa.float64()),
+    pa.field("model_source", pa.string()), pa.field("model_hash", pa.string()),
+]
+WAV_COLUMNS = ("wav", "out_wav")  # the input waveform (decode -> model) and the output one (model -> encode)
+
+_PCM_BYTES_PER_S = 2 * S.SAMPLE_RATE
+
+# what a missing required manifest field is reported as
+_MISSING = {
+    "audio": ("missing_field", "no audio (field 'audio')"),
+    "ref_audio": ("missing_field", "no reference audio (field 'ref_audio', or --reference for all rows)"),
+    "text": ("invalid_text", "text is empty"),
+}
+
+
+def output_row_type(name: str, schema: pa.Schema) -> type:
+    """A dataclass with one field per column of ``schema`` (each defaulting to null): a misspelt column is a
+    TypeError where the row is made, and an attribute that is not a column cannot be set (slots)."""
+    return dataclasses.make_dataclass(name, [(f.name, Any, dataclasses.field(default=None)) for f in schema],
+                                      slots=True, kw_only=True)
+
+
+def mark_error(row: dict, error: Exception, prefix: str = "") -> None:
+    """Turn a work row into an error row: its kind (``error.kind``, else model_error) and a scrubbed message."""
+    from ..storage import scrub
+
+    row["status"] = "error"
+    row["error_kind"] = getattr(error, "kind", "model_error")
+    row["error"] = scrub(f"{prefix}{error}" if str(error) else f"{prefix}{type(error).__name__}")
+
+
+class Task:
+    """One batch task. Subclasses set the class attributes and implement :meth:`run` and :meth:`output_fields`'
+    values in :meth:`output_row`."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # one line for ``gpa-batch --help``
+    example: ClassVar[str] = ""  # a command line for the subcommand's help
+    manifest_names: ClassVar[tuple[str, ...]] = ()  # GPA training manifests' ``task`` values (input only)
+    # manifest fields this task reads: field -> required; the other canonical fields are read when present
+    manifest_fields: ClassVar[dict[str, bool]] = {}
+    # input fields decoded by the CPU stage ("audio" -> the wav column). References are not: they repeat across
+    # many rows, so each actor decodes and encodes every distinct reference once (jobs.speakers.SpeakerCache).
+    audio_fields: ClassVar[tuple[str, ...]] = ()
+    options_class: ClassVar[type] = object  # the task's options dataclass (gpa.TranscribeOptions, ...)
+    job_settings: ClassVar[tuple[str, ...]] = ("batch_size", "seed")  # options the job sets from its own flags
+    work_fields: ClassVar[list[pa.Field]] = []  # result columns the model stage fills in
+    output_fields: ClassVar[list[pa.Field]] = []  # output columns after schema.COMMON
+    # metrics: the output columns holding the audio seconds read and written, which of them the throughput and
+    # RTFx count, and the column WER/CER are measured against (None: no WER)
+    audio_in_column: ClassVar[str | None] = None
+    audio_out_column: ClassVar[str | None] = None
+    work_audio: ClassVar[str] = "in"
+    reference_field: ClassVar[str | None] = None
+
+    # --- declarations derived once -----------------------------------------------------------------------------
+
+    @cached_property
+    def output_schema(self) -> pa.Schema:
+        return S.with_hf_features(pa.schema(S.COMMON + self.output_fields))
+
+    @cached_property
+    def row_type(self) -> type:
+        """The typed output row (one field per output column)."""
+        return output_row_type(f"{self.name.title()}Row", self.output_schema)
+
+    def table(self, rows: list) -> pa.Table:
+        """Typed output rows as a table of exactly :attr:`output_schema`."""
+        names = self.output_schema.names
+        return pa.Table.from_pydict({n: [getattr(r, n) for r in rows] for n in names}, schema=self.output_schema)
+
+    def option_fields(self) -> dict[str, dataclasses.Field]:
+        """The task options a user may set (the options dataclass's fields less the job's own settings)."""
+        return {f.name: f for f in dataclasses.fields(self.options_class) if f.name not in self.job_settings}
+
+    def option_keys(self) -> str:
+        """The option keys with their types, as ``--option`` errors and help list them."""
+        return ", ".join(f"{n} ({str(f.type).replace(' | None', ' or None')})" for n, f in self.option_fields().items())
+
+    # --- manifest rows -----------------------------------------------------------------------------------------
+
+    def validate(self, row: dict[str, Any], reference: str | None, max_text_chars: int) -> tuple[str, str] | None:
+        """(error kind, reason) when the (already type-checked) row cannot be processed, else None."""
+        for name, required in self.manifest_fields.items():
+            if required and not row.get(name) and not (name == "ref_audio" and reference):
+                return _MISSING.get(name, ("missing_field", f"no {name} (field {name!r})"))
+        return None
+
+    def id_from_row(self, row: dict[str, Any], audio: str | None, segment: str, ref: str) -> str | None:
+        """The id of a row without one, from what it asks for (``audio`` and ``ref`` as written, redacted;
+        ``segment`` its ``@begin-end``); None when it asks for too little to name it."""
+        return f"{audio}{segment}" if audio else None
+
+    # --- options -----------------------------------------------------------------------------------------------
+
+    def options(self, config) -> Any:
+        """The task options of ``config`` (its ``options`` plus the job's seed and batch size)."""
+        for name in self.job_settings:
+            if name in config.options:  # the job's own would silently win (batch_size sizes the windows too)
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{name} is a job setting: use {flag} (or {name}: at the top of a --config file)")
+        unknown = sorted(set(config.options) - set(self.option_fields()))
+        if unknown:
+            raise ValueError(f"unknown option {', '.join(unknown)} for {self.name}; valid keys: {self.option_keys()}")
+        given = {**config.options, "seed": config.seed}
+        if config.batch_size is not None:  # else the options' own default (the job fills it in for_cluster)
+            given["batch_size"] = config.batch_size
+        options = self.options_class(**given)
+        if "max_text_chars" in self.job_settings:
+            options.max_text_chars = config.max_text_chars
+        return options
+
+    def job_params(self, config) -> dict[str, Any]:
+        """The task's own job settings recorded as MLflow params (beside the shared ones)."""
+        return {}
+
+    # --- the command line --------------------------------------------------------------------------------------
+
+    def add_arguments(self, group: argparse._ArgumentGroup, default) -> None:
+        """Add this task's own flags to the subcommand's task group; ``default(name)`` is a JobConfig default as
+        help text."""
+
+    # --- rows ----------------------------------------------------------------------------------------------------
+
+    def lengths(self, rows: pa.Table) -> np.ndarray:
+        """Rough cost of each row before decoding (to sort rows into similar-length batches), in seconds: the audio
+        segment's duration when known, else the manifest's duration hint, else the file's size as if it were 16 kHz
+        16-bit PCM (formats differ, but files of one archive compare well by size), else 0."""
+        def column(name: str) -> np.ndarray:
+            return rows.column(name).to_numpy(zero_copy_only=False).astype(np.float64)  # nulls -> nan
+
+        segment = column("end_time") - column("begin_time")
+        known = np.where(np.isnan(segment), column("duration_hint"), segment)
+        return np.nan_to_num(np.where(np.isnan(known), column("size_bytes") / _PCM_BYTES_PER_S, known))
+
+    def run(self, model, rows: list[dict], waves: dict[str, list], options, speakers, quality: bool
+            ) -> list[np.ndarray | None]:
+        """Fill each row's result fields (or its error) in place; return the output waveforms (or Nones)."""
+        raise NotImplementedError
+
+    def output_row(self, row: dict, audio: dict | None, config, params: dict | None, model_info: dict):
+        """The typed output row (:attr:`row_type`) of a finished work row; ``audio`` is its encoded
+        ``{bytes, path}`` and ``params`` the task options as a dict (``dataclasses.asdict``)."""
+        raise NotImplementedError
+
+    def common(self, row: dict, params: dict | None, model_info: dict) -> dict[str, Any]:
+        """The values of :data:`jobs.schema.COMMON` for a work row."""
+        return {
+            "id": row["id"], "status": row["status"], "error_kind": row.get("error_kind"), "error": row.get("error"),
+            "model_source": model_info.get("source"), "model_hash": model_info.get("hash"),
+            "params": _params(params, row.get("seed")) if params is not None else None, "seed": row.get("seed"),
+            "duration_s": row.get("duration_s"), "run_id": model_info.get("run_id"),
+            "input_version": row.get("input_version"),
+        }
+
+
+class VoiceTask(Task):
+    """What synthesize and convert share: a reference voice per row (``ref_audio`` or ``--reference``), output
+    audio, and quality measures that ``--no-quality`` turns off."""
+
+    quality_checks: ClassVar[str] = "the quality measures"  # what --no-quality skips
+
+    def add_arguments(self, group, default) -> None:
+        group.add_argument("--reference", metavar="URI",
+                           help="reference voice for rows without ref_audio (default: none, each row names its own)")
+        group.add_argument("--no-quality", dest="quality", action="store_false",
+                           help=f"skip {self.quality_checks} (default: measured)")
+
+    def voice_cloning(self, model, rows: list[dict], speakers, generate) -> tuple[list, list, list[int]]:
+        """Resolve each row's reference speaker, call ``generate(indices, speakers)`` for the rows that have one,
+        and copy the results (tokens, counts, or the error) into the rows.
+
+        Returns the output waveforms (None where there is none), every row's speaker and the indices of the ok rows.
+        """
+        refs = speakers.resolve(model, rows)
+        todo = [i for i, r in enumerate(refs) if r is not None]
+        outputs: list[np.ndarray | None] = [None] * len(rows)
+        if not todo:
+            return outputs, refs, []
+        results = generate(todo, [refs[i] for i in todo])
+        for i, result in zip(todo, results, strict=True):
+            row = rows[i]
+            if not result.ok:
+                mark_error(row, result.error)
+                continue
+            outputs[i] = np.asarray(result.audio, dtype=np.float32)
+            row.update(global_tokens=list(map(int, result.global_tokens)),
+                       semantic_tokens=list(map(int, result.semantic_tokens)),
+                       num_generated_tokens=len(result.generated_ids), truncated=bool(result.truncated))
+            source = getattr(result, "source_semantic_tokens", None)  # conversion only
+            if source is not None:
+                row["source_semantic_tokens"] = list(map(int, source))
+        return outputs, refs, [i for i in todo if rows[i]["status"] == "ok"]
+
+
+def uri_of(row: dict, field: str) -> str | None:
+    """A row's audio URI as an output column: without credentials."""
+    return redact_uri(row[field]) if row.get(field) else None
+
+
+def _params(params: dict, seed: int | None) -> str:
+    return json.dumps({**params, "seed": seed}, sort_keys=True, default=str)
+
+
+def _short_hash(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
