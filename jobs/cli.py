@@ -1,4 +1,4 @@
-"""``gpa-batch transcribe|synthesize|convert|demo``: the command line of the batch jobs.
+"""``gpa-batch transcribe|synthesize|convert|demo|export``: the command line of the batch jobs.
 
 Also a valid ``ray job submit`` entrypoint: with ``RAY_ADDRESS`` set it joins that cluster, else it starts Ray
 locally for the duration of the job. Flags override the ``--config`` YAML file, which overrides the defaults.
@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Batch ASR, voice-cloning TTS and voice conversion with GPA on Ray Data: "
                     "manifests or bucket prefixes in, Parquet and an MLflow run out.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{transcribe,synthesize,convert,demo}")
+    commands = parser.add_subparsers(dest="command", required=True,
+                                     metavar="{transcribe,synthesize,convert,demo,export}")
     for job in JOBS:
         helps = {"transcribe": "speech -> text (ASR)", "synthesize": "text + reference voice -> speech (TTS)",
                  "convert": "speech + reference voice -> the same speech in that voice"}
@@ -41,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="checkpoint to use instead of the generated tiny one (e.g. AutoArk-AI/GPA)")
     demo.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite in the output)")
     demo.add_argument("--seed", type=int, default=0)
+    from .export import EXAMPLES as EXPORT_EXAMPLES
+    from .export import add_arguments as add_export_arguments
+
+    add_export_arguments(commands.add_parser(
+        "export", help="write a job's committed rows as files: transcripts (txt, srt, vtt, json, jsonl) or audio "
+                       "(wav, flac) with a manifest",
+        epilog=EXPORT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter))
     return parser
 
 
@@ -201,6 +209,10 @@ EXIT_RETRY = 75  # EX_TEMPFAIL: some rows met an unreachable store; rerunning fi
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "export":
+        from .export import run_command
+
+        return run_command(args)
     if args.command == "demo":
         from .demo import run_demo
 
