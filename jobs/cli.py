@@ -119,6 +119,8 @@ def _add_job_arguments(p: argparse.ArgumentParser) -> None:
                       help="skip round-trip ASR and speaker similarity")
     task.add_argument("--keep-max-cer", type=float, help="synthesize quality gate: max CER (default 0.5)")
     task.add_argument("--keep-min-similarity", type=float, help="synthesize quality gate: min similarity (0.5)")
+    task.add_argument("--keep-tokens", action="store_true",
+                      help="transcribe: keep each row's GLM and semantic token ids (glm_tokens, semantic_tokens)")
 
     track = p.add_argument_group("tracking")
     track.add_argument("--mlflow-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else an sqlite "

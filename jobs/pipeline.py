@@ -521,7 +521,7 @@ def _error_rows(config: JobConfig, errors: list[dict], run_id: str, params: dict
 
 def _light_columns(task) -> list[str]:
     return [n for n in task.schema().names if n not in ("audio", "segments", "global_tokens", "semantic_tokens",
-                                                         "source_semantic_tokens")]
+                                                         "source_semantic_tokens", "glm_tokens")]
 
 
 def _first(table: pa.Table | None, column: str):
@@ -579,7 +579,7 @@ def _artifacts(config: JobConfig, new_files: list[str], light: pa.Table | None) 
                 name = storage.safe_name(row["id"], ".flac")
                 artifacts[f"samples/{name}"] = flac
                 row["audio_file"] = name
-            for key in ("global_tokens", "semantic_tokens", "source_semantic_tokens"):
+            for key in ("global_tokens", "semantic_tokens", "source_semantic_tokens", "glm_tokens"):
                 if row.get(key) is not None:
                     row[key] = f"{len(row[key])} tokens"
             samples.append(row)

@@ -57,6 +57,9 @@ TRANSCRIBE = [
     pa.field("reference", pa.string()),
     pa.field("wer", pa.float64()),
     pa.field("cer", pa.float64()),
+    # --keep-tokens: the prompt's GLM and BiCodec semantic token ids (null without it, and in earlier outputs)
+    pa.field("glm_tokens", TOKENS),
+    pa.field("semantic_tokens", TOKENS),
 ]
 
 SYNTHESIZE = [

@@ -30,6 +30,7 @@ WORK_SCHEMA = pa.schema([
     ("num_glm_tokens", pa.int32()), ("num_semantic_tokens", pa.int32()), ("num_generated_tokens", pa.int32()),
     ("truncated", pa.bool_()),
     ("global_tokens", S.TOKENS), ("source_semantic_tokens", S.TOKENS), ("semantic_tokens", S.TOKENS),
+    ("glm_tokens", S.TOKENS),
     ("asr_text", pa.string()), ("speaker_similarity", pa.float64()), ("source_similarity", pa.float64()),
     ("model_source", pa.string()), ("model_hash", pa.string()),
     ("wav", S.WAV), ("out_wav", S.WAV),
@@ -133,6 +134,8 @@ class TranscribeTask(Task):
                 segments=[{"start": s.start + offset, "end": s.end + offset, "text": s.text} for s in result.segments],
                 num_glm_tokens=len(result.glm_tokens), num_semantic_tokens=len(result.semantic_tokens),
                 num_generated_tokens=len(result.generated_ids), truncated=bool(result.truncated),
+                # a few bytes per second of audio beside its samples; output_row keeps them with --keep-tokens
+                glm_tokens=list(map(int, result.glm_tokens)), semantic_tokens=list(map(int, result.semantic_tokens)),
             )
         return [None] * len(rows)
 
@@ -147,6 +150,8 @@ class TranscribeTask(Task):
             num_generated_tokens=row.get("num_generated_tokens"), truncated=row.get("truncated"),
             reference=reference,
         )
+        if config.keep_tokens:
+            out.update(glm_tokens=row.get("glm_tokens"), semantic_tokens=row.get("semantic_tokens"))
         if row["status"] == "ok" and reference:
             out["wer"], out["cer"] = error_rates(reference, row.get("out_text") or "")
         return out
