@@ -88,3 +88,17 @@ def test_rows_keep_the_models_tokens_beside_rows_of_an_output_without_them(ray_a
                                            {}, {})
     kept = TASKS["transcribe"].output_row(work, None, config, {}, {})
     assert "glm_tokens" not in plain and (kept["glm_tokens"], kept["semantic_tokens"]) == ([1, 2], [3])
+
+
+def test_a_part_without_the_token_columns_reads_them_as_token_nulls(tmp_path):
+    """Readers that ask a part for the new columns get them typed as the schema says, so parts of both versions
+    concatenate."""
+    from jobs.output import read_parquet
+
+    old = output_part("transcribe", [{"id": "a", "status": "ok"}], without=("glm_tokens", "semantic_tokens"))
+    new = output_part("transcribe", [{"id": "b", "status": "ok", "glm_tokens": [4, 5], "semantic_tokens": [6]}])
+    store = write_output(str(tmp_path / "out"), "transcribe", [old, new])
+    parts = [read_parquet(f, ["id", "glm_tokens", "semantic_tokens"]) for f in store.files()]
+    assert all(p.schema.field("glm_tokens").type == pa.list_(pa.int32()) for p in parts)
+    assert pa.concat_tables(parts).to_pylist() == [{"id": "a", "glm_tokens": None, "semantic_tokens": None},
+                                                   {"id": "b", "glm_tokens": [4, 5], "semantic_tokens": [6]}]
