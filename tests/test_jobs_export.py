@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from jobs_helpers import output_part, uncommitted_leftovers, write_output
+from jobs_helpers import free_port, output_part, uncommitted_leftovers, write_output
 
 from gpa.audio import encode_flac
 from jobs import storage
@@ -180,3 +180,14 @@ def test_the_demo_closing_hint_runs_as_printed(tmp_path):
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(list((tmp_path / "subtitles").glob("*.srt"))) == 2 and store.files()
+
+
+def test_an_unreachable_store_is_one_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+           "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_MAX_ATTEMPTS": "1", "AWS_RETRY_MODE": "standard"}
+    done = subprocess.run([sys.executable, "-m", "jobs", "export", "s3://bucket/out", "--format", "srt", "--dest",
+                           str(tmp_path / "d")], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1 and done.stdout == "" and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    assert done.stderr.startswith("gpa-batch export: EndpointConnectionError: Could not connect")
+    assert not (tmp_path / "d").exists()
