@@ -1,7 +1,7 @@
 """``gpa``: one-off use of the library from a shell.
 
 gpa transcribe FILE... --model SRC
-gpa synthesize --text "..." --reference REF.wav --out X.wav --model SRC
+gpa synthesize --text "..." --reference REF.wav --out X.wav --model SRC   (.wav .flac .ogg .mp3)
 gpa convert SOURCE REFERENCE --out X.wav --model SRC
 gpa make-checkpoint DIR [--seed N] [--arch qwen3|qwen2] [--size tiny|tiny-alt|real]
 """
@@ -13,6 +13,7 @@ import json
 import sys
 
 DEFAULT_MODEL = "AutoArk-AI/GPA"
+OUT_HELP = "audio file to write: .wav, .flac, .ogg or .mp3 (16 kHz mono); missing folders are created"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,13 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synthesize", help="text to speech in the voice of a reference recording")
     p.add_argument("--text", required=True)
     p.add_argument("--reference", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help=OUT_HELP)
     model_args(p)
 
     p = sub.add_parser("convert", help="say SOURCE's words in REFERENCE's voice")
     p.add_argument("source")
     p.add_argument("reference")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help=OUT_HELP)
     model_args(p)
 
     p = sub.add_parser("convert-weights", help="convert pickle weights (.bin/.pt) to safetensors, safely, once")
@@ -61,11 +62,45 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .errors import GPAError
 
+    if getattr(args, "out", None) is not None:
+        try:  # before the model loads and generates: a bad --out must not cost a generation
+            args.out_format = prepare_out(args.out)
+        except ValueError as exc:
+            print(f"gpa {args.command}: --out {args.out}: {exc}", file=sys.stderr)
+            return 2
     try:
         return _run(args)
     except GPAError as exc:  # an unusable checkpoint or input: a message, not a traceback
         print(f"gpa {args.command}: {exc.kind}: {exc}", file=sys.stderr)
         return 1
+
+
+# --out extensions and their soundfile formats (16 kHz mono; WAV and FLAC as 16-bit PCM)
+OUT_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".mp3": "MP3"}
+
+
+def prepare_out(out: str) -> str:
+    """The soundfile format of ``out`` (from its extension), with its folder created when missing; ValueError for
+    an extension this libsndfile cannot write, or a path that cannot be written."""
+    import os
+
+    import soundfile as sf
+
+    if os.path.isdir(out):
+        raise ValueError("is a directory; name the audio file to write")
+    extension = os.path.splitext(out)[1].lower()
+    fmt = OUT_FORMATS.get(extension)
+    if fmt is None or fmt not in sf.available_formats():  # MP3 needs libsndfile >= 1.1
+        usable = ", ".join(e for e, f in OUT_FORMATS.items() if f in sf.available_formats())
+        raise ValueError(f"cannot write {extension or 'a file without an extension'}; use one of {usable}")
+    folder = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:  # a file where a folder should be, no permission
+        raise ValueError(f"cannot create its folder ({exc.strerror or type(exc).__name__})") from None
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"cannot write into {folder} (permission denied)")
+    return fmt
 
 
 def _run(args) -> int:
@@ -128,7 +163,8 @@ def _run(args) -> int:
     if not result.ok:
         print(f"ERROR {result.error.kind}: {result.error}", file=sys.stderr)
         return 1
-    sf.write(args.out, result.audio, result.sample_rate, subtype="PCM_16")
+    sf.write(args.out, result.audio, result.sample_rate, format=args.out_format,
+             subtype="PCM_16" if args.out_format in ("WAV", "FLAC") else None)
     note = " (stopped at max_new_tokens: output may be cut)" if result.truncated else ""
     print(f"wrote {args.out}: {len(result.audio) / result.sample_rate:.2f} s{note}")
     return 0

@@ -1,4 +1,4 @@
-"""``gpa-batch <task>|demo``: the command line of the batch jobs, one subcommand per task of :mod:`jobs.tasks`.
+"""``gpa-batch <task>|demo|export``: the command line of the batch jobs, one subcommand per task of :mod:`jobs.tasks`.
 
 Also a valid ``ray job submit`` entrypoint: with ``RAY_ADDRESS`` set it joins that cluster, else it starts Ray
 locally for the duration of the job. Flags override the ``--config`` YAML file, which overrides the defaults.
@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="checkpoint to use instead of the generated tiny one (e.g. AutoArk-AI/GPA)")
     demo.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite in the output)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the tiny checkpoint and the jobs (default: 0)")
+    from .export import EXAMPLES as EXPORT_EXAMPLES
+    from .export import add_arguments as add_export_arguments
+
+    add_export_arguments(commands.add_parser(
+        "export", help="write a job's committed rows as files: transcripts (txt, srt, vtt, json, jsonl) or audio "
+                       "(wav, flac) with a manifest",
+        epilog=EXPORT_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter))
     return parser
 
 
@@ -269,6 +276,10 @@ EXIT_RETRY = 75  # EX_TEMPFAIL: some rows met an unreachable store; rerunning fi
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "export":
+        from .export import run_command
+
+        return run_command(args)
     if args.command == "demo":
         from .demo import run_demo
 

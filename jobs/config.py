@@ -65,6 +65,7 @@ class JobConfig:
     quality: bool = True  # synthesize: round-trip ASR + speaker similarity; convert: similarities
     keep_max_cer: float = 0.5
     keep_min_similarity: float = 0.5
+    keep_tokens: bool = False  # transcribe: rows keep their GLM and semantic token ids (synthesize, convert: always)
     rows_per_part: int | None = 1000  # rows per Parquet part (also the unit of work a killed run can lose)
     audio_storage: str = "inline"  # inline: FLAC bytes in the Parquet; objects: FLAC files under <output>/audio/
     # resume
@@ -113,6 +114,8 @@ class JobConfig:
             if f.type in ("str", "str | None") and value is not None and not isinstance(value, str):
                 # a YAML value that read as a number, say
                 raise ValueError(f"--{f.name.replace('_', '-')} must be text, got {value!r} (quote it in YAML)")
+        if self.keep_tokens and self.job != "transcribe":
+            raise ValueError(f"--keep-tokens is for transcribe: {self.job} rows always keep their tokens")
         if self.audio_storage not in ("inline", "objects"):
             raise ValueError("--audio-storage must be inline or objects")
         if self.input_format not in ("auto", "jsonl", "csv", "parquet"):

@@ -20,6 +20,19 @@ RANDOM_WEIGHTS_NOTE = (
 )
 
 
+def reading_hint(root: Path, job: str) -> str:
+    """How to read what the demo wrote (each line works as printed)."""
+    output = root / job
+    export = "--format srt --dest " + str(root / "subtitles") if job == "transcribe" else \
+        "--format wav --dest " + str(root / f"{job}-wav")
+    return (f"results under {root}/<job>/ (Parquet parts, listed in _gpa_batch/commit.json); to read them:\n"
+            f"  python -c \"from jobs.output import OutputStore; "
+            f"print(OutputStore('{output}').dataset().to_table(columns=['id', 'status', 'text']).to_pandas())\"\n"
+            f"  gpa-batch export {output} {export}\n"
+            f"  with Hugging Face datasets: see docs/outputs.md (datasets decodes the audio column only with "
+            f"torchcodec and FFmpeg installed; the recipe there decodes it with soundfile)")
+
+
 def run_demo(*, output: str = "gpa-demo", jobs: list[str] | None = None, model: str | None = None,
              mlflow_uri: str | None = None, seed: int = 0) -> int:
     from .pipeline import run_job
@@ -56,8 +69,7 @@ def run_demo(*, output: str = "gpa-demo", jobs: list[str] | None = None, model: 
         if started:
             shutdown_ray()
     print()
-    print(f"results under {root}/<job>/data/*.parquet; read them with pyarrow or\n"
-          f"  datasets.load_dataset('parquet', data_files='{root}/transcribe/data/*.parquet')")
+    print(reading_hint(root, jobs[0]))
     if options:
         print(RANDOM_WEIGHTS_NOTE)
     return 0

@@ -34,6 +34,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -41,6 +42,9 @@ import pyarrow.parquet as pq
 
 from . import schema as S
 from . import storage
+
+if TYPE_CHECKING:
+    import pyarrow.dataset
 
 FORMAT = "gpa-batch-output/1"
 # A running job refreshes its lease every HEARTBEAT_S; a lease older than LEASE_S belongs to a dead run (a driver
@@ -117,7 +121,8 @@ def _read_columns(part: pq.ParquetFile, columns: list[str]) -> pa.Table:
     table = part.read(columns=[c for c in columns if c in names])
     for name in columns:
         if name not in names:
-            kind = next((f.type for f in S.COMMON if f.name == name), pa.string())
+            kind = next((f.type for f in (*S.COMMON, *S.TRANSCRIBE, *S.SYNTHESIZE, *S.CONVERT) if f.name == name),
+                        pa.string())
             table = table.append_column(pa.field(name, kind), pa.nulls(table.num_rows, kind))
     return table.select(columns)
 
@@ -167,6 +172,28 @@ class OutputStore:
         """Full URIs of the committed Parquet files (what a reader should read)."""
         commit = commit or self.load()
         return [storage.join(self.uri, p["path"]) for p in commit.parts]
+
+    def dataset(self, commit: Commit | None = None) -> pyarrow.dataset.Dataset:
+        """The committed parts as one :mod:`pyarrow.dataset` on the output's filesystem (local, or the object store
+        with the endpoint and credentials of the AWS environment, as the jobs use): ``.to_table(columns=...)``,
+        ``.to_batches()``, filters. Its schema unites the parts' schemas, so a column that parts written by an
+        earlier version lack reads as nulls."""
+        import pyarrow.dataset as ds
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+        commit = commit or self.load()
+        files = self.files(commit)
+        filesystem = None
+        if storage.is_uri(self.uri):  # pyarrow's own S3 client knows neither s3fs' settings nor AWS_ENDPOINT_URL
+            fs, _ = storage.filesystem(self.uri)
+            filesystem = PyFileSystem(FSSpecHandler(fs))
+            files = [storage.filesystem(f)[1] for f in files]
+        if not files:
+            return ds.dataset([], schema=S.output_schema(commit.job) if commit.job else pa.schema([]),
+                              format="parquet", filesystem=filesystem)
+        found = ds.dataset(files, format="parquet", filesystem=filesystem)
+        schema = pa.unify_schemas([f.physical_schema for f in found.get_fragments()], promote_options="permissive")
+        return ds.dataset(files, schema=schema, format="parquet", filesystem=filesystem)
 
     def read(self, columns: list[str] | None = None, commit: Commit | None = None) -> pa.Table | None:
         files = self.files(commit)

@@ -98,7 +98,7 @@ def _artifacts(config: JobConfig, new_files: list[str], light: pa.Table | None) 
                 name = storage.safe_name(row["id"], ".flac")
                 artifacts[f"samples/{name}"] = flac
                 row["audio_file"] = name
-            for key in ("global_tokens", "semantic_tokens", "source_semantic_tokens"):
+            for key in ("global_tokens", "semantic_tokens", "source_semantic_tokens", "glm_tokens"):
                 if row.get(key) is not None:
                     row[key] = f"{len(row[key])} tokens"
             samples.append(row)

@@ -114,3 +114,37 @@ class MlflowServer:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
+
+
+def output_part(job: str, rows: list[dict], without: tuple[str, ...] = ()):
+    """A Parquet part of ``job``'s output schema holding ``rows`` (missing keys null); ``without``: columns to leave
+    out, as in a part that an earlier version wrote."""
+    from jobs import schema as S
+
+    schema = S.output_schema(job)
+    table = S.rows_to_table(rows, schema)
+    return table.drop_columns(list(without)) if without else table
+
+
+def write_output(uri: str, job: str, parts: list, complete: bool = True):
+    """A committed output of ``job`` written through the output protocol as a run writes it (stage each part, then
+    commit): ``parts`` are tables (:func:`output_part`). Returns its OutputStore."""
+    from jobs.output import OutputStore
+
+    store = OutputStore(uri)
+    store.start()
+    records = [store.stage("r1", f"part-r1-{n:05d}.parquet", table) for n, table in enumerate(parts)]
+    store.commit(records, run={"run_id": "r1", "job": job}, complete=complete)
+    store.finish_run("r1")
+    return store
+
+
+def uncommitted_leftovers(store, job: str, row_id: str) -> None:
+    """What a killed run leaves: a staged part (never committed) and a part in ``data/`` that the commit file does
+    not list. Readers must not see either."""
+    from jobs import storage
+    from jobs.output import parquet_bytes
+
+    row = [{"id": row_id, "status": "ok", "text": "not committed"}]
+    store.stage("killed", "part-killed-00000.parquet", output_part(job, row))
+    storage.write_bytes(storage.join(store.data, "part-killed-00001.parquet"), parquet_bytes(output_part(job, row)))

@@ -43,3 +43,32 @@ def test_cli_transcribe_synthesize_convert(tiny_checkpoint, tmp_path, capsys):
     assert main(["convert", str(wav), str(wav), "--out", str(out), "--model", str(tiny_checkpoint),
                  "--max-new-tokens", "80"]) == 0
     assert sf.info(out).frames > 0
+
+
+def test_synthesize_out_into_a_missing_folder_and_as_mp3(tiny_checkpoint, tmp_path, capsys):
+    t = np.arange(24000) / 16000
+    wav = tmp_path / "ref.wav"
+    sf.write(wav, (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32), 16000)
+    for out, fmt in ((tmp_path / "new" / "deeper" / "tts.mp3", "MP3"), (tmp_path / "tts.ogg", "OGG")):
+        code = main(["synthesize", "--text", "Hello.", "--reference", str(wav), "--out", str(out), "--model",
+                     str(tiny_checkpoint), "--max-new-tokens", "40"])
+        assert code == 0 and sf.info(out).format == fmt and sf.info(out).frames > 0
+
+
+def test_bad_out_is_refused_in_one_line_before_the_model_loads(tmp_path, capsys):
+    wav = tmp_path / "ref.wav"
+    sf.write(wav, np.zeros(8000, np.float32), 16000)
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    # the model does not exist: reaching it would be a different error (unreadable checkpoint)
+    cases = {"x.aac": "cannot write .aac; use one of .wav, .flac, .ogg", "noext": "without an extension",
+             str(a_file / "x.wav"): "cannot create its folder", str(tmp_path): "is a directory"}
+    for out, reason in cases.items():
+        target = out if "/" in out else str(tmp_path / out)
+        assert main(["synthesize", "--text", "Hi.", "--reference", str(wav), "--out", target,
+                     "--model", str(tmp_path / "no-model")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and reason in err and "Traceback" not in err, err
+        assert err.startswith(f"gpa synthesize: --out {target}: ")
+    assert main(["convert", str(wav), str(wav), "--out", str(tmp_path / "vc.m4a"), "--model", "x"]) == 2
+    assert "cannot write .m4a" in capsys.readouterr().err

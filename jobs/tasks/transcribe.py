@@ -24,6 +24,7 @@ class TranscribeTask(Task):
         pa.field("out_text", pa.string()), pa.field("segments", pa.list_(S.SEGMENT)),
         pa.field("num_glm_tokens", pa.int32()), pa.field("num_semantic_tokens", pa.int32()),
         pa.field("num_generated_tokens", pa.int32()), pa.field("truncated", pa.bool_()),
+        pa.field("glm_tokens", S.TOKENS), pa.field("semantic_tokens", S.TOKENS),
     ]
     output_fields = [
         pa.field("audio_uri", pa.string()),
@@ -38,6 +39,9 @@ class TranscribeTask(Task):
         pa.field("reference", pa.string()),  # the manifest's text: what WER/CER are measured against
         pa.field("wer", pa.float64()),
         pa.field("cer", pa.float64()),
+        # --keep-tokens: the prompt's GLM and BiCodec semantic token ids (null without it, and in earlier outputs)
+        pa.field("glm_tokens", S.TOKENS),
+        pa.field("semantic_tokens", S.TOKENS),
     ]
     audio_in_column = "duration_s"
     work_audio = "in"
@@ -55,6 +59,8 @@ class TranscribeTask(Task):
                 segments=[{"start": s.start + offset, "end": s.end + offset, "text": s.text} for s in result.segments],
                 num_glm_tokens=len(result.glm_tokens), num_semantic_tokens=len(result.semantic_tokens),
                 num_generated_tokens=len(result.generated_ids), truncated=bool(result.truncated),
+                # a few bytes per second of audio beside its samples; output_row keeps them with --keep-tokens
+                glm_tokens=list(map(int, result.glm_tokens)), semantic_tokens=list(map(int, result.semantic_tokens)),
             )
         return [None] * len(rows)
 
@@ -70,7 +76,14 @@ class TranscribeTask(Task):
             num_glm_tokens=row.get("num_glm_tokens"), num_semantic_tokens=row.get("num_semantic_tokens"),
             num_generated_tokens=row.get("num_generated_tokens"), truncated=row.get("truncated"),
             reference=reference, wer=wer, cer=cer,
+            glm_tokens=row.get("glm_tokens") if config.keep_tokens else None,
+            semantic_tokens=row.get("semantic_tokens") if config.keep_tokens else None,
         )
+
+    def add_arguments(self, group, default):
+        group.add_argument("--keep-tokens", action="store_true",
+                           help="keep each row's GLM and semantic token ids (columns glm_tokens, semantic_tokens; "
+                                "default: token counts only)")
 
 
 TASK = TranscribeTask()
