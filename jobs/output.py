@@ -121,8 +121,7 @@ def _read_columns(part: pq.ParquetFile, columns: list[str]) -> pa.Table:
     table = part.read(columns=[c for c in columns if c in names])
     for name in columns:
         if name not in names:
-            kind = next((f.type for f in (*S.COMMON, *S.TRANSCRIBE, *S.SYNTHESIZE, *S.CONVERT) if f.name == name),
-                        pa.string())
+            kind = next((f.type for f in S.output_fields() if f.name == name), pa.string())
             table = table.append_column(pa.field(name, kind), pa.nulls(table.num_rows, kind))
     return table.select(columns)
 

@@ -45,6 +45,13 @@ COMMON = [
     pa.field("input_version", pa.string()),  # --glob: the file's size and ETag/mtime as listed (else null)
 ]
 
+def output_fields() -> list[pa.Field]:
+    """Every task's output columns (a column two tasks share has one type)."""
+    from .tasks import TASKS
+
+    return [f for task in TASKS.values() for f in task.output_schema]
+
+
 def output_schema(job: str) -> pa.Schema:
     """The output schema of the task called ``job``: :data:`COMMON`, then the task's own columns (declared in
     its module, :mod:`jobs.tasks`)."""

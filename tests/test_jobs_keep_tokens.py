@@ -39,8 +39,10 @@ def test_keep_tokens_is_a_transcribe_flag():
         return config_from_args(args.command, args)
 
     assert config("transcribe", "--keep-tokens").keep_tokens and not config("transcribe").keep_tokens
-    with pytest.raises(ValueError, match="--keep-tokens is for transcribe: synthesize rows always keep"):
+    with pytest.raises(SystemExit):  # not a synthesize flag: a usage error
         config("synthesize", "--keep-tokens")
+    with pytest.raises(ValueError, match="--keep-tokens is for transcribe: synthesize rows always keep"):
+        JobConfig(job="synthesize", input="m.jsonl", output="o", model="m", keep_tokens=True)  # from a --config file
 
 
 def test_rows_keep_the_models_tokens_beside_rows_of_an_output_without_them(ray_address, tiny_checkpoint,
@@ -87,7 +89,8 @@ def test_rows_keep_the_models_tokens_beside_rows_of_an_output_without_them(ray_a
     plain = TASKS["transcribe"].output_row(work, None, JobConfig(job="transcribe", input="i", output="o", model="m"),
                                            {}, {})
     kept = TASKS["transcribe"].output_row(work, None, config, {}, {})
-    assert "glm_tokens" not in plain and (kept["glm_tokens"], kept["semantic_tokens"]) == ([1, 2], [3])
+    assert plain.glm_tokens is None and plain.semantic_tokens is None
+    assert (kept.glm_tokens, kept.semantic_tokens) == ([1, 2], [3])
 
 
 def test_a_part_without_the_token_columns_reads_them_as_token_nulls(tmp_path):
