@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal, get_args
 
 import torch
+
+from .errors import GPAError
 
 _lock = threading.Lock()
 _depth = 0  # GPA calls in progress, all threads together
@@ -95,3 +97,39 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_padding: float =
     if current:
         batches.append(current)
     return batches
+
+
+def isolated(run: Callable[[list], list], items: list, batch_size: int, size: Callable | None = None) -> list:
+    """``run`` over ``items`` in batches (of similar ``size`` when given); when a batch fails, its items are retried
+    one by one so the failure lands only on the items that cause it. Returns one output or :class:`GPAError` per
+    item."""
+    order = sorted(range(len(items)), key=lambda i: size(items[i])) if size else list(range(len(items)))
+    outputs: list = [None] * len(items)
+    for first in range(0, len(order), max(1, batch_size)):
+        chunk = order[first : first + batch_size]
+        try:
+            results = run([items[i] for i in chunk])
+        except Exception as exc:
+            if len(chunk) == 1:
+                results = [as_error(exc)]
+            else:
+                results = []
+                for i in chunk:
+                    try:
+                        results.append(run([items[i]])[0])
+                    except Exception as single_exc:
+                        results.append(as_error(single_exc))
+        for i, result in zip(chunk, results, strict=True):
+            outputs[i] = result
+    return outputs
+
+
+def as_error(exc: Exception) -> GPAError:
+    """``exc`` as the error of the items it failed (a GPU out of memory also frees the cache for the next batch)."""
+    if isinstance(exc, GPAError):
+        return exc
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        torch.cuda.empty_cache()
+    error = GPAError(f"{type(exc).__name__}: {str(exc)[:300]}")
+    error.__cause__ = exc
+    return error

@@ -26,7 +26,7 @@ from .chunking import clean_text, join_speech, join_texts, split_audio, split_te
 from .errors import EmptyGeneration, GPAError, InvalidText, TooShortAudio
 from .generation import GenerationOutput, generate
 from .glm_tokenizer import GLMSpeechTokenizer, GLMTokenizerConfig
-from .inference import Precision, check_precision
+from .inference import Precision, check_precision, isolated
 from .llm import load_llm, load_tokenizer
 from .options import ConvertOptions, GenerationOptions, SynthesizeOptions, TranscribeOptions
 from .profiling import stage
@@ -226,7 +226,8 @@ class GPA:
             windows = self.transcription_windows(samples, options)
             pieces += [_Piece(i, k, start, end, samples[start:end]) for k, (start, end) in enumerate(windows)]
 
-        tokens = _isolated(lambda batch: self.tokenize_speech([p.audio for p in batch]), pieces, options.batch_size)
+        tokens = isolated(lambda batch: self.tokenize_speech([p.audio for p in batch]), pieces, options.batch_size,
+                          _size)
 
         def generate_batch(batch: list[int]) -> list[GenerationOutput]:
             return self.generate_transcription([tokens[k] for k in batch], options,
@@ -239,7 +240,7 @@ class GPA:
             result.semantic_tokens += [int(x) for x in speech.semantic]
             result.generated_ids += generation.ids
             result.truncated |= generation.hit_max_new_tokens
-            [text] = self.detokenize_text([generation])
+            [text] = self.detokenize_text([generation.ids])
             result.segments.append(Segment(piece.start / SAMPLE_RATE, piece.end / SAMPLE_RATE, text))
         for result in results:
             if result.error is None:
@@ -278,7 +279,7 @@ class GPA:
             return self.generate_synthesis([p.text for p in batch], [speakers[p.item] for p in batch], options,
                                            seeds=[piece_seed(seeds[p.item], p.index) for p in batch])
 
-        generations = _isolated(generate_batch, pieces, options.batch_size)
+        generations = isolated(generate_batch, pieces, options.batch_size, _size)
         speech = self._detokenize_pieces(pieces, speakers, generations, options.batch_size)
         self._assemble_audio(results, pieces, generations, speech, options.crossfade_s)
         return results
@@ -312,7 +313,8 @@ class GPA:
             results[i].chunks = len(windows)
             pieces += [_Piece(i, k, start, end, samples[start:end]) for k, (start, end) in enumerate(windows)]
 
-        semantic = _isolated(lambda batch: self.tokenize_source([p.audio for p in batch]), pieces, options.batch_size)
+        semantic = isolated(lambda batch: self.tokenize_source([p.audio for p in batch]), pieces, options.batch_size,
+                            _size)
         def generate_batch(batch: list[int]) -> list[GenerationOutput]:
             return self.generate_conversion(
                 [semantic[k] for k in batch], [speakers[pieces[k].item] for k in batch], options,
@@ -399,15 +401,16 @@ class GPA:
         limits = self._token_limits(options, "vc", seconds, options.max_new_tokens_per_second)
         return self._generate(prompt_ids, "vc", options, seeds, limits)
 
-    def detokenize_text(self, generations: Sequence[GenerationOutput]) -> list[str]:
-        """Transcription's detokenize stage: the text of each generation."""
-        return [prompts.text_from_generation(self.tokenizer, self.layout, g.ids) for g in generations]
+    def detokenize_text(self, generated_ids: Sequence[Sequence[int]]) -> list[str]:
+        """Transcription's detokenize stage: the text of each generation (its ``GenerationOutput.ids``)."""
+        return [prompts.text_from_generation(self.tokenizer, self.layout, list(ids)) for ids in generated_ids]
 
-    def detokenize_speech(self, global_tokens: Sequence[np.ndarray],
-                          generations: Sequence[GenerationOutput]) -> list[tuple[np.ndarray, np.ndarray | None]]:
-        """Synthesis's and conversion's detokenize stage: each generation's semantic tokens and BiCodec's waveform
-        of them in the voice of its global tokens (None when the generation holds no semantic token)."""
-        semantic = [prompts.semantic_from_generation(self.layout, g.ids) for g in generations]
+    def detokenize_speech(self, global_tokens: Sequence[np.ndarray], generated_ids: Sequence[Sequence[int]]
+                          ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Synthesis's and conversion's detokenize stage: the semantic tokens of each generation (its
+        ``GenerationOutput.ids``) and BiCodec's waveform of them in the voice of its global tokens (None when the
+        generation holds no semantic token)."""
+        semantic = [prompts.semantic_from_generation(self.layout, list(ids)) for ids in generated_ids]
         decodable = [i for i, s in enumerate(semantic) if len(s)]
         waves: list[np.ndarray | None] = [None] * len(semantic)
         if decodable:
@@ -424,7 +427,7 @@ class GPA:
         keys = [_reference_key(r) for r in references]
         unique = {k: r for k, r in zip(keys, references, strict=True) if not isinstance(r, Speaker)}
         unique_keys = list(unique)
-        encoded = _isolated(lambda batch: self.speakers([unique[k] for k in batch]), unique_keys, 16)
+        encoded = isolated(lambda batch: self.speakers([unique[k] for k in batch]), unique_keys, 16)
         by_key = dict(zip(unique_keys, encoded, strict=True))
         speakers: list[Speaker | None] = []
         for i, (key, ref) in enumerate(zip(keys, references, strict=True)):
@@ -460,7 +463,7 @@ class GPA:
     def _detokenize_pieces(self, pieces: list[_Piece], speakers, generations: list, batch_size: int) -> list:
         def run(batch: list[int]) -> list:
             return self.detokenize_speech([speakers[pieces[k].item].global_tokens for k in batch],
-                                          [generations[k] for k in batch])
+                                          [generations[k].ids for k in batch])
 
         return _after(generations, run, batch_size, lambda k: _size(pieces[k]))
 
@@ -558,37 +561,12 @@ def _reference_key(reference) -> object:
     return ("object", id(reference))
 
 
-def _isolated(run: Callable[[list], list], items: list, batch_size: int, size: Callable | None = None) -> list:
-    """``run`` over ``items`` in batches of similar ``size``; when a batch fails, its items are retried one by one
-    so the failure lands only on the items that cause it. Returns one output or :class:`GPAError` per item."""
-    size = size or _size
-    order = sorted(range(len(items)), key=lambda i: size(items[i]))
-    outputs: list = [None] * len(items)
-    for first in range(0, len(order), max(1, batch_size)):
-        chunk = order[first : first + batch_size]
-        try:
-            results = run([items[i] for i in chunk])
-        except Exception as exc:
-            if len(chunk) == 1:
-                results = [_as_error(exc)]
-            else:
-                results = []
-                for i in chunk:
-                    try:
-                        results.append(run([items[i]])[0])
-                    except Exception as single_exc:
-                        results.append(_as_error(single_exc))
-        for i, result in zip(chunk, results, strict=True):
-            outputs[i] = result
-    return outputs
-
-
 def _after(previous: list, run: Callable[[list[int]], list], batch_size: int, size: Callable[[int], int]) -> list:
     """The next stage: ``run`` over the indices whose ``previous`` output is not an error (in isolated batches);
     earlier errors pass through."""
     live = [k for k, out in enumerate(previous) if not isinstance(out, GPAError)]
     outputs = list(previous)
-    for k, out in zip(live, _isolated(run, live, batch_size, size), strict=True):
+    for k, out in zip(live, isolated(run, live, batch_size, size), strict=True):
         outputs[k] = out
     return outputs
 
@@ -597,16 +575,6 @@ def _size(item) -> int:
     if isinstance(item, _Piece):
         return len(item.audio) if item.audio is not None else len(item.text)
     return 0
-
-
-def _as_error(exc: Exception) -> GPAError:
-    if isinstance(exc, GPAError):
-        return exc
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        torch.cuda.empty_cache()
-    error = GPAError(f"{type(exc).__name__}: {str(exc)[:300]}")
-    error.__cause__ = exc
-    return error
 
 
 __all__ = ["GPA", "GenerationOptions", "clean_text"]

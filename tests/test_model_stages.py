@@ -19,7 +19,7 @@ def test_transcription_stages_apart_equal_transcribe(tiny_model):
     options = TranscribeOptions(max_new_tokens=12)
     tokens = _round_trip(tiny_model.tokenize_speech(windows))
     generations = tiny_model.generate_transcription(tokens, options)
-    texts = tiny_model.detokenize_text(generations)
+    texts = tiny_model.detokenize_text([g.ids for g in generations])
     for window, speech, generation, text in zip(windows, tokens, generations, texts, strict=True):
         [whole] = tiny_model.transcribe([(window, 16000)], options)
         assert whole.ok, whole.error
@@ -39,7 +39,7 @@ def test_synthesis_stages_apart_equal_synthesize(tiny_model):
 
     generations = tiny_model.generate_synthesis(texts, [speaker, speaker], options,
                                                 seeds=[piece_seed(s, 0) for s in seeds])
-    speech = tiny_model.detokenize_speech([speaker.global_tokens] * 2, generations)
+    speech = tiny_model.detokenize_speech([speaker.global_tokens] * 2, [g.ids for g in generations])
     for result, generation, (semantic, wave) in zip(whole, generations, speech, strict=True):
         assert result.ok, result.error
         assert result.generated_ids == generation.ids
@@ -57,7 +57,7 @@ def test_conversion_stages_apart_equal_convert(tiny_model):
     semantic = tiny_model.tokenize_source(sources)
     generations = tiny_model.generate_conversion(semantic, [speaker, speaker], options,
                                                  seeds=[piece_seed(s, 0) for s in (1, 2)])
-    speech = tiny_model.detokenize_speech([speaker.global_tokens] * 2, generations)
+    speech = tiny_model.detokenize_speech([speaker.global_tokens] * 2, [g.ids for g in generations])
     for result, source, generation, (out, wave) in zip(whole, semantic, generations, speech, strict=True):
         assert result.ok, result.error
         assert result.source_semantic_tokens == source.tolist()
@@ -89,7 +89,7 @@ def test_each_stage_runs_on_a_gpa_holding_only_its_components(tiny_checkpoint, t
     options = TranscribeOptions(max_new_tokens=10)
     tokens = encoders.tokenize_speech(windows)
     generations = language_model.generate_transcription(_round_trip(tokens), options)
-    texts = encoders.detokenize_text(generations)
+    texts = encoders.detokenize_text([g.ids for g in generations])
     assert [r.text for r in tiny_model.transcribe([(w, 16000) for w in windows], options)] == texts
     with pytest.raises(RuntimeError, match="without its llm"):
         encoders.generate_transcription(tokens, options)
@@ -111,7 +111,7 @@ def test_long_inputs_through_the_stages_apart_equal_the_task_methods(tiny_model)
     tokens = tiny_model.tokenize_speech([audio[a:b] for a, b in windows])
     generations = tiny_model.generate_transcription(tokens, options, seconds=[(b - a) / 16000 for a, b in windows])
     [whole] = tiny_model.transcribe([(audio, 16000)], options)
-    assert whole.text == join_texts(tiny_model.detokenize_text(generations))
+    assert whole.text == join_texts(tiny_model.detokenize_text([g.ids for g in generations]))
     assert [(s.start, s.end) for s in whole.segments] == [(a / 16000, b / 16000) for a, b in windows]
     assert whole.generated_ids == [t for g in generations for t in g.ids]
 
@@ -122,7 +122,8 @@ def test_long_inputs_through_the_stages_apart_equal_the_task_methods(tiny_model)
     assert len(chunks) > 1
     generations = tiny_model.generate_synthesis(chunks, [speaker] * len(chunks), synth,
                                                 seeds=[piece_seed(9, k) for k in range(len(chunks))])
-    waves = [w for _, w in tiny_model.detokenize_speech([speaker.global_tokens] * len(chunks), generations)]
+    waves = [w for _, w in tiny_model.detokenize_speech([speaker.global_tokens] * len(chunks),
+                                                        [g.ids for g in generations])]
     [result] = tiny_model.synthesize([text], [speaker], synth, seeds=[9])
     assert result.chunks == len(chunks)
     # batched decoding of equal-length pieces differs from one by one in float rounding only
