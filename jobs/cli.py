@@ -112,6 +112,10 @@ def _add_job_arguments(p: argparse.ArgumentParser, task: Task) -> dict[str, argp
                       "--bucket-batches rows")
     pool.add_argument("--encoder-batch-size", type=int, metavar="N",
                       help="clips per speech-encoder call, GLM tokenizer and BiCodec (default: theirs, 32 and 16)")
+    pool.add_argument("--stages", choices=("fused", "split"),
+                      help="fused: one actor pool runs the whole model; split: tokenize (speech encoders), generate "
+                      "(the LLM) and detokenize (BiCodec decoder) in pools of their own, sharing each actor's GPUs, "
+                      f"token ids between them (default: {_default('stages')})")
     pool.add_argument("--bucket-batches", type=int,
                       help="rows per actor call = batch size x this; they are sorted by length first (default: "
                       f"{_default('bucket_batches')})")

@@ -45,6 +45,9 @@ class JobConfig:
     # whole batch's activations at once, so LLM-sized batches of long clips would not fit a card
     encoder_batch_size: int | None = None
     bucket_batches: int = 4  # each actor call sorts batch_size * bucket_batches rows by length first
+    # fused: one actor pool runs GPA whole; split: tokenize, generate and detokenize run in actor pools of their own
+    # (token ids between them), sharing each actor's GPU share (docs/architecture.md)
+    stages: str = "fused"
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
     # None: 1 with a GPU (its decoding loop keeps a core busy), else 0.5 (<= 0.5 on small machines, or the CPU
     # stages starve)
@@ -116,6 +119,8 @@ class JobConfig:
                 raise ValueError(f"--{f.name.replace('_', '-')} must be text, got {value!r} (quote it in YAML)")
         if self.keep_tokens and self.job != "transcribe":
             raise ValueError(f"--keep-tokens is for transcribe: {self.job} rows always keep their tokens")
+        if self.stages not in ("fused", "split"):
+            raise ValueError(f"--stages must be fused or split, got {self.stages!r}")
         if self.audio_storage not in ("inline", "objects"):
             raise ValueError("--audio-storage must be inline or objects")
         if self.input_format not in ("auto", "jsonl", "csv", "parquet"):

@@ -116,7 +116,7 @@ def _run(config: JobConfig, run_id: str, started: float, params: dict, store: Ou
 def _run_pipeline(config: JobConfig, rows: pa.Table, run_id: str, params: dict, progress: bool | None) -> None:
     import ray
 
-    from .stages import GPAStage, decode_batch, encode_batch, make_sink
+    from .stages import GPAStage, decode_batch, encode_batch, make_sink, model_stages
 
     task = get_task(config.job)
     ctx = ray.data.DataContext.get_current()
@@ -133,13 +133,17 @@ def _run_pipeline(config: JobConfig, rows: pa.Table, run_id: str, params: dict, 
     ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=window, zero_copy_batch=True,
                         fn_kwargs={"job": config.job, "max_duration_s": config.max_duration_s,
                                    "max_bytes": config.max_input_bytes}, **cpu_args)
-    ds = ds.map_batches(
-        GPAStage, fn_constructor_kwargs={"config": config, "options": options}, batch_format="pyarrow",
-        batch_size=window,
-        compute=ray.data.ActorPoolStrategy(min_size=config.actors[0], max_size=config.actors[1]),
-        num_gpus=config.gpus_per_actor, num_cpus=config.cpus_per_actor,
-        **({"memory": config.memory_per_actor_mb * 2**20} if config.memory_per_actor_mb else {}),
-    )
+    stages = model_stages(config)
+    log.info("model stages: %s; %d:%d actors each", ", ".join(m.describe(config) for m in stages), *config.actors)
+    for model_stage in stages:
+        memory = config.memory_per_actor_mb * model_stage.share * 2**20
+        ds = ds.map_batches(
+            GPAStage, fn_constructor_kwargs={"config": config, "options": options, "stage": model_stage.stage},
+            batch_format="pyarrow", batch_size=window,
+            compute=ray.data.ActorPoolStrategy(min_size=config.actors[0], max_size=config.actors[1]),
+            num_gpus=config.gpus_per_actor * model_stage.share, num_cpus=config.cpus_per_actor * model_stage.share,
+            **({"memory": memory} if memory else {}),
+        )
     ds = ds.map_batches(encode_batch, batch_format="pyarrow", batch_size=window,
                         fn_kwargs={"config": config, "run_id": run_id, "params": params}, **cpu_args)
     # the write gathers rows_per_part rows per part; it must not be fused with encode, or encoding would wait for

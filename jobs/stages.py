@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -95,25 +96,56 @@ def decode_batch(batch: pa.Table, job: str, max_duration_s: float, max_bytes: in
 # --- GPA -------------------------------------------------------------------------------------------------------
 
 
-class GPAStage:
-    """One model per actor; each call gets ``batch_size * bucket_batches`` rows, which GPA sorts by length and
-    runs in batches of ``batch_size`` (similar lengths together: little padding)."""
+@dataclass(frozen=True)
+class ModelStage:
+    """One actor pool of the model part of a job: which stage it runs (None: all of them) and what each of its
+    actors asks of a node."""
 
-    def __init__(self, config: JobConfig, options=None):
+    stage: str | None
+    share: float  # of an actor's --gpus-per-actor, --cpus-per-actor and --memory-per-actor-mb
+
+    def describe(self, config: JobConfig) -> str:
+        gpus, cpus = config.gpus_per_actor * self.share, config.cpus_per_actor * self.share
+        return f"{self.stage or 'model'} ({gpus:g} GPU, {cpus:g} CPU per actor)"
+
+
+def model_stages(config: JobConfig) -> list[ModelStage]:
+    """The model's actor pools: one running GPA whole (``--stages fused``), or tokenize, generate and (for tasks
+    that make audio) detokenize, each with a share of an actor's resources, most of it for the LLM's decoding."""
+    if config.stages == "fused":
+        return [ModelStage(None, 1.0)]
+    if get_task(config.job).detokenize_components(config.quality):
+        return [ModelStage("tokenize", 0.25), ModelStage("generate", 0.5), ModelStage("detokenize", 0.25)]
+    return [ModelStage("tokenize", 0.25), ModelStage("generate", 0.75)]
+
+
+class GPAStage:
+    """One model per actor, running one stage of the task (``tokenize``, ``generate`` or ``detokenize``, each
+    loading only the GPA components it needs) or all of them (``stage=None``). Each call gets
+    ``batch_size * bucket_batches`` rows, which GPA sorts by length and runs in batches of ``batch_size`` (similar
+    lengths together: little padding)."""
+
+    def __init__(self, config: JobConfig, options=None, stage: str | None = None):
         import torch
 
         from gpa import GPA
+        from gpa.model import COMPONENTS
 
         # run_job passes a config with these defaults filled in; anyone else gets them for this process's GPUs
         self.config = config.for_cluster(cluster_gpus=torch.cuda.device_count())
         self.task = get_task(self.config.job)
+        self.stage = stage
         threads = self.config.torch_threads or max(1, int(round(self.config.cpus_per_actor)))
         torch.set_num_threads(threads)
         device = self.config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = getattr(torch, self.config.model_dtype(device))
-        self.model = GPA.from_pretrained(self.config.model, device=device, dtype=dtype, cache_dir=self.config.cache_dir)
+        components = {None: COMPONENTS, "tokenize": self.task.tokenize_components, "generate": ("llm",),
+                      "detokenize": self.task.detokenize_components(self.config.quality)}[stage]
+        self.model = GPA.from_pretrained(self.config.model, device=device, dtype=dtype, cache_dir=self.config.cache_dir,
+                                         components=components)
         if self.config.encoder_batch_size:
-            self.model.glm.batch_size = self.model.bicodec.batch_size = self.config.encoder_batch_size
+            for name in {"glm", "bicodec"} & set(components):
+                getattr(self.model, name).batch_size = self.config.encoder_batch_size
         # the driver's options (built and checked once), else this config's
         self.options = options if options is not None else self.task.options(self.config)
         self.speakers = SpeakerCache(max_duration_s=self.config.max_duration_s,
@@ -135,22 +167,34 @@ class GPAStage:
         for i, row in enumerate(rows):
             row["model_source"], row["model_hash"] = self.source, self.model.content_hash
             if i in live:
-                row["model_s"] = per_row
-        # the input waveform is not needed downstream: do not ship it through the object store again
+                row["model_s"] = (row.get("model_s") or 0.0) + per_row  # summed over the stages
+        if self.stage in ("tokenize", "generate"):  # token ids go on, not audio
+            return work_table(rows, {})
         return work_table(rows, {"out_wav": outputs})
+
+    def _work(self, rows: list[dict], waves: dict[str, list]) -> list:
+        task, model, options, quality = self.task, self.model, self.options, self.config.quality
+        if self.stage is None:
+            return task.run(model, rows, waves, options, self.speakers, quality)
+        if self.stage == "tokenize":
+            task.tokenize(model, rows, waves, options, self.speakers, quality)
+        elif self.stage == "generate":
+            task.generate(model, rows, options)
+        else:
+            return task.detokenize(model, rows, options, quality)
+        return [None] * len(rows)
 
     def _run(self, rows: list[dict], waves: dict[str, list]) -> list:
         snapshot = copy.deepcopy(rows)
         try:
-            return self.task.run(self.model, rows, waves, self.options, self.speakers, self.config.quality)
+            return self._work(rows, waves)
         except Exception as exc:  # the whole call failed (e.g. a crash outside GPA's per-item handling)
             log.warning("model call over %d rows failed (%s); retrying them one by one", len(rows), type(exc).__name__)
         outputs = []
         for k, original in enumerate(snapshot):
             row = copy.deepcopy(original)
             try:
-                out = self.task.run(self.model, [row], {n: [v[k]] for n, v in waves.items()}, self.options,
-                                    self.speakers, self.config.quality)[0]
+                out = self._work([row], {n: [v[k]] for n, v in waves.items()})[0]
             except Exception as exc:
                 mark_error(row, exc if hasattr(exc, "kind") else RuntimeError(f"{type(exc).__name__}: {exc}"))
                 out = None

@@ -40,22 +40,22 @@ def decoded(rows: list[dict]):
 def test_a_crashing_batch_is_retried_row_by_row(stage, monkeypatch):
     batch = decoded([("a", AUDIO / "espeak_short.flac"), ("b", AUDIO / "espeak_weather.flac"),
                      ("c", AUDIO / "missing.flac")])
-    real = stage.model.transcribe
+    real = stage.model.generate_transcription
 
-    def crashes_on_batches(audios, options=None):
-        if len(audios) > 1:
+    def crashes_on_batches(tokens, options, **kwargs):
+        if len(tokens) > 1:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return real(audios, options)
+        return real(tokens, options, **kwargs)
 
-    monkeypatch.setattr(stage.model, "transcribe", crashes_on_batches)
+    monkeypatch.setattr(stage.model, "generate_transcription", crashes_on_batches)
     rows = {r["id"]: r for r in stage(batch).drop(["wav", "out_wav"]).to_pylist()}
     assert rows["a"]["status"] == rows["b"]["status"] == "ok" and rows["a"]["num_glm_tokens"] > 0
     assert rows["c"]["error_kind"] == "unreadable_audio"  # decode error, passed through untouched
 
-    def always_crashes(audios, options=None):
+    def always_crashes(tokens, options, **kwargs):
         raise RuntimeError("segfault-ish failure with s3://key:secret@bucket/x?sig=1")
 
-    monkeypatch.setattr(stage.model, "transcribe", always_crashes)
+    monkeypatch.setattr(stage.model, "generate_transcription", always_crashes)
     out = stage(batch)
     rows = {r["id"]: r for r in out.drop(["wav", "out_wav"]).to_pylist()}
     assert out.num_rows == 3 and rows["a"]["error_kind"] == rows["b"]["error_kind"] == "model_error"

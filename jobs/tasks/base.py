@@ -29,6 +29,10 @@ WORK_COMMON = [
     pa.field("t_start", pa.float64()), pa.field("decode_s", pa.float64()), pa.field("model_s", pa.float64()),
     pa.field("model_source", pa.string()), pa.field("model_hash", pa.string()),
 ]
+# What the staged pipeline's stages hand on, per row (a row's input is cut into pieces: audio windows, text chunks)
+PIECE_RANGE = pa.struct([("start", pa.int64()), ("end", pa.int64())])  # a window's samples in the row's audio
+TOKEN_LISTS = pa.list_(S.TOKENS)  # one token list per piece
+EMBEDDING = pa.list_(pa.float32())  # a BiCodec speaker embedding
 WAV_COLUMNS = ("wav", "out_wav")  # the input waveform (decode -> model) and the output one (model -> encode)
 
 _PCM_BYTES_PER_S = 2 * S.SAMPLE_RATE
@@ -161,10 +165,34 @@ class Task:
         known = np.where(np.isnan(segment), column("duration_hint"), segment)
         return np.nan_to_num(np.where(np.isnan(known), column("size_bytes") / _PCM_BYTES_PER_S, known))
 
+    # --- the staged pipeline: tokenize -> generate -> detokenize, token ids between (docs/architecture.md) -------
+
+    tokenize_components: ClassVar[tuple[str, ...]] = ()  # the GPA components the tokenize stage loads
+
+    def detokenize_components(self, quality: bool) -> tuple[str, ...]:
+        """The GPA components the detokenize stage loads; none: the task has no such stage (its generate stage
+        finishes the rows)."""
+        return ()
+
+    def tokenize(self, model, rows: list[dict], waves: dict[str, list], options, speakers, quality: bool) -> None:
+        """Cut each live row's input into pieces and fill in their token ids (or the row's error)."""
+        raise NotImplementedError
+
+    def generate(self, model, rows: list[dict], options) -> None:
+        """Fill in each live row's generated token ids (or its error)."""
+        raise NotImplementedError
+
+    def detokenize(self, model, rows: list[dict], options, quality: bool) -> list[np.ndarray | None]:
+        """Finish each live row from its generated ids; return the output waveforms (or Nones)."""
+        return [None] * len(rows)
+
     def run(self, model, rows: list[dict], waves: dict[str, list], options, speakers, quality: bool
             ) -> list[np.ndarray | None]:
-        """Fill each row's result fields (or its error) in place; return the output waveforms (or Nones)."""
-        raise NotImplementedError
+        """All the stages in one process (``--stages fused``): fill each row's result fields (or its error) in
+        place; return the output waveforms (or Nones)."""
+        self.tokenize(model, rows, waves, options, speakers, quality)
+        self.generate(model, rows, options)
+        return self.detokenize(model, rows, options, quality)
 
     def output_row(self, row: dict, audio: dict | None, config, params: dict | None, model_info: dict):
         """The typed output row (:attr:`row_type`) of a finished work row; ``audio`` is its encoded
@@ -194,31 +222,92 @@ class VoiceTask(Task):
         group.add_argument("--no-quality", dest="quality", action="store_false",
                            help=f"skip {self.quality_checks} (default: measured)")
 
-    def voice_cloning(self, model, rows: list[dict], speakers, generate) -> tuple[list, list, list[int]]:
-        """Resolve each row's reference speaker, call ``generate(indices, speakers)`` for the rows that have one,
-        and copy the results (tokens, counts, or the error) into the rows.
+    # --- the staged pipeline ----------------------------------------------------------------------------------
+    piece_column: ClassVar[str] = ""  # the per-row list of pieces the generate stage works on
 
-        Returns the output waveforms (None where there is none), every row's speaker and the indices of the ok rows.
-        """
-        refs = speakers.resolve(model, rows)
-        todo = [i for i, r in enumerate(refs) if r is not None]
-        outputs: list[np.ndarray | None] = [None] * len(rows)
-        if not todo:
-            return outputs, refs, []
-        results = generate(todo, [refs[i] for i in todo])
-        for i, result in zip(todo, results, strict=True):
+    def detokenize_components(self, quality: bool) -> tuple[str, ...]:
+        return ("bicodec",)
+
+    def tokenize_speakers(self, model, rows: list[dict], speakers) -> None:
+        """Each live row's reference voice: its global tokens and speaker embedding (or the row's error)."""
+        for row, speaker in zip(rows, speakers.resolve(model, rows), strict=True):
+            if speaker is not None and row["status"] == "ok":
+                row["global_tokens"] = [int(x) for x in speaker.global_tokens]
+                row["speaker_embedding"] = [float(x) for x in np.asarray(speaker.embedding).reshape(-1)]
+
+    def generate_pieces(self, model, rows: list[dict], batch: list[tuple[int, int]], options) -> list:
+        """The GenerationOutput of each ``(row, piece)`` of ``batch``."""
+        raise NotImplementedError
+
+    def piece_size(self, rows: list[dict]):
+        """A piece's size, to batch similar pieces together."""
+        return lambda piece: len(rows[piece[0]][self.piece_column][piece[1]])
+
+    def generate(self, model, rows, options):
+        pieces = live_pieces(rows, self.piece_column)
+        generations = run_pieces(lambda batch: self.generate_pieces(model, rows, batch, options), pieces, rows,
+                                 options.batch_size, size=self.piece_size(rows))
+        for (i, _), generation in zip(pieces, generations, strict=True):
             row = rows[i]
-            if not result.ok:
-                mark_error(row, result.error)
+            if generation is None or row["status"] != "ok":
                 continue
-            outputs[i] = np.asarray(result.audio, dtype=np.float32)
-            row.update(global_tokens=list(map(int, result.global_tokens)),
-                       semantic_tokens=list(map(int, result.semantic_tokens)),
-                       num_generated_tokens=len(result.generated_ids), truncated=bool(result.truncated))
-            source = getattr(result, "source_semantic_tokens", None)  # conversion only
-            if source is not None:
-                row["source_semantic_tokens"] = list(map(int, source))
-        return outputs, refs, [i for i in todo if rows[i]["status"] == "ok"]
+            row["piece_generated"] = [*(row.get("piece_generated") or []), list(generation.ids)]
+            row["num_generated_tokens"] = (row.get("num_generated_tokens") or 0) + len(generation.ids)
+            row["truncated"] = bool(row.get("truncated")) or generation.hit_max_new_tokens
+
+    def detokenize(self, model, rows, options, quality):
+        from gpa.chunking import join_speech
+        from gpa.errors import EmptyGeneration
+
+        pieces = live_pieces(rows, "piece_generated")
+
+        def run(batch):
+            return model.detokenize_speech([np.asarray(rows[i]["global_tokens"]) for i, _ in batch],
+                                           [rows[i]["piece_generated"][k] for i, k in batch])
+
+        speech = run_pieces(run, pieces, rows, options.batch_size,
+                            size=lambda p: len(rows[p[0]]["piece_generated"][p[1]]))
+        parts: dict[int, list] = {}
+        for (i, k), out in zip(pieces, speech, strict=True):
+            if out is None or rows[i]["status"] != "ok":
+                continue
+            semantic, wave = out
+            if wave is None:
+                count = len(rows[i]["piece_generated"][k])
+                mark_error(rows[i], EmptyGeneration(f"the model generated no semantic tokens (piece {k + 1}, "
+                                                    f"{count} tokens)"))
+                continue
+            parts.setdefault(i, []).append((semantic, wave))
+        outputs: list[np.ndarray | None] = [None] * len(rows)
+        for i, pieces_of_row in parts.items():
+            if rows[i]["status"] == "ok":
+                rows[i]["semantic_tokens"] = [int(t) for semantic, _ in pieces_of_row for t in semantic]
+                outputs[i] = join_speech([w for _, w in pieces_of_row], S.SAMPLE_RATE, options.crossfade_s)
+        ok = [i for i, out in enumerate(outputs) if out is not None]
+        if quality:
+            self.measure(model, rows, outputs, ok, options)
+        return outputs
+
+    def measure(self, model, rows: list[dict], outputs: list, ok: list[int], options) -> None:
+        """The quality measures of the finished rows ``ok`` (``--no-quality`` skips them)."""
+
+
+def live_pieces(rows: list[dict], column: str) -> list[tuple[int, int]]:
+    """``(row index, piece index)`` of every piece of the rows still ok, from their per-piece list ``column``."""
+    return [(i, k) for i, row in enumerate(rows) if row["status"] == "ok" for k in range(len(row.get(column) or []))]
+
+
+def run_pieces(run, pieces: list[tuple[int, int]], rows: list[dict], batch_size: int, size=None) -> list:
+    """``run(batch of pieces)`` in isolated batches (a failing piece fails alone); each failed piece's error becomes
+    its row's. Returns one output per piece (None where it failed)."""
+    from gpa.errors import GPAError
+    from gpa.inference import isolated
+
+    outputs = isolated(run, pieces, batch_size, size)
+    for (i, _), out in zip(pieces, outputs, strict=True):
+        if isinstance(out, GPAError) and rows[i]["status"] == "ok":
+            mark_error(rows[i], out)
+    return [None if isinstance(out, GPAError) else out for out in outputs]
 
 
 def uri_of(row: dict, field: str) -> str | None:

@@ -3,13 +3,23 @@ to the reference and to the source."""
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 from gpa import ConvertOptions
 
 from .. import schema as S
 from ..quality import similarity
-from .base import VoiceTask, _short_hash, uri_of
+from .base import (
+    EMBEDDING,
+    PIECE_RANGE,
+    TOKEN_LISTS,
+    VoiceTask,
+    _short_hash,
+    mark_error,
+    run_pieces,
+    uri_of,
+)
 
 
 class ConvertTask(VoiceTask):
@@ -28,6 +38,9 @@ class ConvertTask(VoiceTask):
         pa.field("semantic_tokens", S.TOKENS), pa.field("num_generated_tokens", pa.int32()),
         pa.field("truncated", pa.bool_()), pa.field("speaker_similarity", pa.float64()),
         pa.field("source_similarity", pa.float64()),
+        pa.field("speaker_embedding", EMBEDDING), pa.field("source_embedding", EMBEDDING),
+        pa.field("piece_ranges", pa.list_(PIECE_RANGE)), pa.field("piece_source_tokens", TOKEN_LISTS),
+        pa.field("piece_generated", TOKEN_LISTS),
     ]
     output_fields = [
         pa.field("source_id", pa.string()),
@@ -56,15 +69,69 @@ class ConvertTask(VoiceTask):
             return None
         return f"{audio}{segment}>{_short_hash(ref)}" if ref else f"{audio}{segment}"
 
-    def run(self, model, rows, waves, options, speakers, quality):
-        outputs, refs, ok = self.voice_cloning(model, rows, speakers, lambda todo, refs: model.convert(
-            [(waves["wav"][i], S.SAMPLE_RATE) for i in todo], refs, options, seeds=[rows[i]["seed"] for i in todo]))
-        if quality:
-            similarity(model, [rows[i] for i in ok], [outputs[i] for i in ok], "speaker_similarity",
-                       [refs[i].embedding for i in ok])
-            similarity(model, [rows[i] for i in ok], [outputs[i] for i in ok], "source_similarity",
-                       None, sources=[waves["wav"][i] for i in ok])
+    # the staged pipeline
+    tokenize_components = ("bicodec",)
+    piece_column = "piece_source_tokens"
+
+    def tokenize(self, model, rows, waves, options, speakers, quality):
+        from gpa.errors import GPAError
+
+        self.tokenize_speakers(model, rows, speakers)
+        pieces, audio, sources = [], [], {}
+        for i, row in enumerate(rows):
+            if row["status"] != "ok":
+                continue
+            try:
+                sources[i] = model.load((waves["wav"][i], S.SAMPLE_RATE))
+            except GPAError as exc:
+                mark_error(row, exc)
+                continue
+            windows = model.conversion_windows(sources[i], options)
+            row.update(piece_ranges=[{"start": a, "end": b} for a, b in windows], piece_source_tokens=[])
+            pieces += [(i, k) for k in range(len(windows))]
+            audio += [sources[i][a:b] for a, b in windows]
+        where = {piece: n for n, piece in enumerate(pieces)}
+        tokens = run_pieces(lambda batch: model.tokenize_source([audio[where[p]] for p in batch]), pieces, rows,
+                            options.batch_size, size=lambda p: len(audio[where[p]]))
+        for (i, _), semantic in zip(pieces, tokens, strict=True):
+            if semantic is not None and rows[i]["status"] == "ok":
+                rows[i]["piece_source_tokens"].append([int(x) for x in semantic])
+        live = [i for i in sources if rows[i]["status"] == "ok"]
+        if quality and live:  # the source's voice, for the source similarity (the audio does not travel on)
+            try:
+                embeddings = model.speaker_embeddings([(sources[i], S.SAMPLE_RATE) for i in live])
+            except GPAError:
+                return  # quality is best effort
+            for i, embedding in zip(live, embeddings, strict=True):
+                rows[i]["source_embedding"] = [float(x) for x in np.asarray(embedding).reshape(-1)]
+
+    def generate_pieces(self, model, rows, batch, options):
+        from gpa.model import piece_seed
+        from gpa.results import Speaker
+
+        def seconds(i, k) -> float:
+            window = rows[i]["piece_ranges"][k]
+            return (window["end"] - window["start"]) / S.SAMPLE_RATE
+
+        return model.generate_conversion(
+            [np.asarray(rows[i]["piece_source_tokens"][k]) for i, k in batch],
+            [Speaker(np.asarray(rows[i]["global_tokens"]), np.asarray(rows[i]["speaker_embedding"])) for i, _ in batch],
+            options, seeds=[piece_seed(rows[i]["seed"], k) for i, k in batch],
+            seconds=[seconds(i, k) for i, k in batch])
+
+    def detokenize(self, model, rows, options, quality):
+        outputs = super().detokenize(model, rows, options, quality)
+        for row, out in zip(rows, outputs, strict=True):
+            if out is not None:
+                row["source_semantic_tokens"] = [t for tokens in row["piece_source_tokens"] for t in tokens]
         return outputs
+
+    def measure(self, model, rows, outputs, ok, options):
+        similarity(model, [rows[i] for i in ok], [outputs[i] for i in ok], "speaker_similarity",
+                   [rows[i]["speaker_embedding"] for i in ok])
+        with_source = [i for i in ok if rows[i].get("source_embedding")]
+        similarity(model, [rows[i] for i in with_source], [outputs[i] for i in with_source], "source_similarity",
+                   [rows[i]["source_embedding"] for i in with_source])
 
     def output_row(self, row, audio, config, params, model_info):
         ok = row["status"] == "ok"

@@ -13,7 +13,7 @@ from gpa.errors import InvalidText
 
 from .. import schema as S
 from ..quality import error_rates, round_trip, similarity
-from .base import VoiceTask, _short_hash, uri_of
+from .base import EMBEDDING, TOKEN_LISTS, VoiceTask, _short_hash, mark_error, uri_of
 
 
 class SynthesizeTask(VoiceTask):
@@ -31,6 +31,8 @@ class SynthesizeTask(VoiceTask):
         pa.field("global_tokens", S.TOKENS), pa.field("semantic_tokens", S.TOKENS),
         pa.field("num_generated_tokens", pa.int32()), pa.field("truncated", pa.bool_()),
         pa.field("asr_text", pa.string()), pa.field("speaker_similarity", pa.float64()),
+        pa.field("speaker_embedding", EMBEDDING), pa.field("piece_texts", pa.list_(pa.string())),
+        pa.field("piece_generated", TOKEN_LISTS),
     ]
     output_fields = [
         pa.field("text", pa.string()),
@@ -85,14 +87,35 @@ class SynthesizeTask(VoiceTask):
     def lengths(self, rows):
         return pc.fill_null(pc.utf8_length(rows.column("text")), 0).to_numpy().astype(np.float64)
 
-    def run(self, model, rows, waves, options, speakers, quality):
-        outputs, refs, ok = self.voice_cloning(model, rows, speakers, lambda todo, refs: model.synthesize(
-            [rows[i]["text"] for i in todo], refs, options, seeds=[rows[i]["seed"] for i in todo]))
-        if quality:
-            round_trip(model, [rows[i] for i in ok], [outputs[i] for i in ok], options.batch_size)
-            similarity(model, [rows[i] for i in ok], [outputs[i] for i in ok], "speaker_similarity",
-                       [refs[i].embedding for i in ok])
-        return outputs
+    # the staged pipeline
+    tokenize_components = ("bicodec",)
+    piece_column = "piece_texts"
+
+    def detokenize_components(self, quality):
+        return ("glm", "bicodec", "llm") if quality else ("bicodec",)  # the round-trip ASR needs all of GPA
+
+    def tokenize(self, model, rows, waves, options, speakers, quality):
+        self.tokenize_speakers(model, rows, speakers)
+        for row in rows:
+            if row["status"] == "ok":
+                try:
+                    row["piece_texts"] = model.synthesis_chunks(row["text"], options)
+                except InvalidText as exc:
+                    mark_error(row, exc)
+
+    def generate_pieces(self, model, rows, batch, options):
+        from gpa.model import piece_seed
+        from gpa.results import Speaker
+
+        return model.generate_synthesis(
+            [rows[i]["piece_texts"][k] for i, k in batch],
+            [Speaker(np.asarray(rows[i]["global_tokens"]), np.asarray(rows[i]["speaker_embedding"])) for i, _ in batch],
+            options, seeds=[piece_seed(rows[i]["seed"], k) for i, k in batch])
+
+    def measure(self, model, rows, outputs, ok, options):
+        round_trip(model, [rows[i] for i in ok], [outputs[i] for i in ok], options.batch_size)
+        similarity(model, [rows[i] for i in ok], [outputs[i] for i in ok], "speaker_similarity",
+                   [rows[i]["speaker_embedding"] for i in ok])
 
     def output_row(self, row, audio, config, params, model_info):
         ok = row["status"] == "ok"

@@ -8,7 +8,7 @@ from gpa import TranscribeOptions
 
 from .. import schema as S
 from ..quality import error_rates
-from .base import Task, mark_error, uri_of
+from .base import PIECE_RANGE, TOKEN_LISTS, Task, live_pieces, mark_error, run_pieces, uri_of
 
 
 class TranscribeTask(Task):
@@ -25,6 +25,8 @@ class TranscribeTask(Task):
         pa.field("num_glm_tokens", pa.int32()), pa.field("num_semantic_tokens", pa.int32()),
         pa.field("num_generated_tokens", pa.int32()), pa.field("truncated", pa.bool_()),
         pa.field("glm_tokens", S.TOKENS), pa.field("semantic_tokens", S.TOKENS),
+        pa.field("piece_ranges", pa.list_(PIECE_RANGE)), pa.field("piece_glm_tokens", TOKEN_LISTS),
+        pa.field("piece_semantic_tokens", TOKEN_LISTS),
     ]
     output_fields = [
         pa.field("audio_uri", pa.string()),
@@ -47,22 +49,71 @@ class TranscribeTask(Task):
     work_audio = "in"
     reference_field = "reference"
 
-    def run(self, model, rows, waves, options, speakers, quality):
-        results = model.transcribe([(w, S.SAMPLE_RATE) for w in waves["wav"]], options)
-        for row, result in zip(rows, results, strict=True):
-            if not result.ok:
-                mark_error(row, result.error)
+    # the staged pipeline: the generate stage also detokenizes (text needs only the tokenizer every stage has)
+    tokenize_components = ("glm", "bicodec")
+
+    def tokenize(self, model, rows, waves, options, speakers, quality):
+        from gpa.errors import GPAError
+
+        pieces, audio = [], []
+        for i, row in enumerate(rows):
+            if row["status"] != "ok":
                 continue
+            try:
+                samples = model.load((waves["wav"][i], S.SAMPLE_RATE))
+            except GPAError as exc:
+                mark_error(row, exc)
+                continue
+            windows = model.transcription_windows(samples, options)
+            row.update(piece_ranges=[{"start": a, "end": b} for a, b in windows], piece_glm_tokens=[],
+                       piece_semantic_tokens=[])
+            pieces += [(i, k) for k in range(len(windows))]
+            audio += [samples[a:b] for a, b in windows]
+        where = {piece: n for n, piece in enumerate(pieces)}
+        tokens = run_pieces(lambda batch: model.tokenize_speech([audio[where[p]] for p in batch]), pieces, rows,
+                            options.batch_size, size=lambda p: len(audio[where[p]]))
+        for (i, _), speech in zip(pieces, tokens, strict=True):
+            if speech is not None and rows[i]["status"] == "ok":
+                rows[i]["piece_glm_tokens"].append([int(x) for x in speech.glm])
+                rows[i]["piece_semantic_tokens"].append([int(x) for x in speech.semantic])
+
+    def generate(self, model, rows, options):
+        import numpy as np
+
+        from gpa.chunking import join_texts
+        from gpa.results import SpeechTokens
+
+        pieces = live_pieces(rows, "piece_ranges")
+
+        def seconds(piece) -> float:
+            window = rows[piece[0]]["piece_ranges"][piece[1]]
+            return (window["end"] - window["start"]) / S.SAMPLE_RATE
+
+        def run(batch):
+            tokens = [SpeechTokens(np.asarray(rows[i]["piece_glm_tokens"][k]),
+                                   np.asarray(rows[i]["piece_semantic_tokens"][k])) for i, k in batch]
+            return model.generate_transcription(tokens, options, seconds=[seconds(p) for p in batch])
+
+        generations = run_pieces(run, pieces, rows, options.batch_size, size=seconds)
+        texts = model.detokenize_text([g.ids if g else [] for g in generations])
+        done: dict[int, list] = {}
+        for (i, k), generation, text in zip(pieces, generations, texts, strict=True):
+            if rows[i]["status"] == "ok":
+                done.setdefault(i, []).append((k, generation, text))
+        for i, parts in done.items():
+            row = rows[i]
             offset = row.get("begin_time") or 0.0  # segment times are in the source file's timeline
+            windows = row["piece_ranges"]
             row.update(
-                out_text=result.text,
-                segments=[{"start": s.start + offset, "end": s.end + offset, "text": s.text} for s in result.segments],
-                num_glm_tokens=len(result.glm_tokens), num_semantic_tokens=len(result.semantic_tokens),
-                num_generated_tokens=len(result.generated_ids), truncated=bool(result.truncated),
-                # a few bytes per second of audio beside its samples; output_row keeps them with --keep-tokens
-                glm_tokens=list(map(int, result.glm_tokens)), semantic_tokens=list(map(int, result.semantic_tokens)),
+                out_text=join_texts([text for _, _, text in parts]),
+                segments=[{"start": windows[k]["start"] / S.SAMPLE_RATE + offset,
+                           "end": windows[k]["end"] / S.SAMPLE_RATE + offset, "text": text} for k, _, text in parts],
+                glm_tokens=[t for tokens in row["piece_glm_tokens"] for t in tokens],
+                semantic_tokens=[t for tokens in row["piece_semantic_tokens"] for t in tokens],
+                num_generated_tokens=sum(len(g.ids) for _, g, _ in parts),
+                truncated=any(g.hit_max_new_tokens for _, g, _ in parts),
             )
-        return [None] * len(rows)
+            row.update(num_glm_tokens=len(row["glm_tokens"]), num_semantic_tokens=len(row["semantic_tokens"]))
 
     def output_row(self, row, audio, config, params, model_info):
         reference = row.get("text")
