@@ -119,10 +119,30 @@ def _add_job_arguments(p: argparse.ArgumentParser) -> None:
     track.add_argument("--run-name")
     track.add_argument("--samples", type=int, help="sample outputs logged as artifacts (default 3)")
     p.add_argument("--json", dest="print_json", action="store_true", help="print the summary as JSON")
-    progress = p.add_mutually_exclusive_group()
-    progress.add_argument("--progress", dest="progress", action="store_const", const=True)
-    progress.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+    _add_resume_arguments(p)
+    _add_progress_arguments(p)
     p.add_argument("--debug-delay-s", type=float, help=argparse.SUPPRESS)
+
+
+def _add_resume_arguments(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("rerunning into an existing output (docs/jobs.md, Resume)")
+    group.add_argument("--mode", choices=("resume", "redo", "new"),
+                       help="resume (default): process only rows without a result, refused if the output's rows were "
+                       "made by another model or other output-changing settings; redo: process every row again with "
+                       "this model and settings, replacing the old rows; new: refuse an output that already has rows")
+
+
+def _add_progress_arguments(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("progress")
+    progress = group.add_mutually_exclusive_group()
+    progress.add_argument("--progress", dest="progress", action="store_const", const=True,
+                          help="show progress: Ray Data's bars on a terminal, else a line every --progress-every-s "
+                          "(default: on)")
+    progress.add_argument("--no-progress", dest="progress", action="store_const", const=False,
+                          help="no progress bars or lines, only the summary")
+    group.add_argument("--progress-every-s", type=float, metavar="S",
+                       help="seconds between progress lines when stderr is not a terminal (a log file, a pipe, ray "
+                       "job submit; default 30)")
 
 
 def config_from_args(job: str, args: argparse.Namespace) -> JobConfig:
@@ -149,7 +169,7 @@ def config_from_args(job: str, args: argparse.Namespace) -> JobConfig:
     options = dict(values.pop("options", None) or {})
     field_map = dict(values.pop("field_map", None) or {})
     for key, value in given.items():
-        if key in ("command", "config", "print_json", "progress", "option", "field_map"):
+        if key in ("command", "config", "print_json", "progress", "progress_every_s", "option", "field_map"):
             continue
         if key.startswith("opt_"):
             options[key[4:]] = value
@@ -211,11 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     from .manifest import InputError
-    from .pipeline import JobError, check_config, ensure_ray, run_job, shutdown_ray
+    from .pipeline import JobError, check_config, check_output_identity, ensure_ray, run_job, shutdown_ray
     from .summary import format_summary, summary_dict
 
     try:
         check_config(config)  # seconds before Ray would have started
+        check_output_identity(config)  # a rerun with another model or settings (--mode)
     except JobError as exc:
         print(f"gpa-batch {config.job}: {exc}", file=sys.stderr)
         return 1
@@ -224,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         with _interrupt_on_termination():
             try:
                 started = ensure_ray()
-                result = run_job(config, progress=getattr(args, "progress", None))
+                result = run_job(config, progress=getattr(args, "progress", None),
+                                 progress_every_s=getattr(args, "progress_every_s", None))
             finally:
                 if started:
                     shutdown_ray()

@@ -19,6 +19,7 @@ import pyarrow as pa
 from . import schema as S
 from . import storage
 from .config import JobConfig
+from .resume import check_actor_model
 from .tasks import TASKS, WAV_COLUMNS, WORK_SCHEMA, SpeakerCache, _error
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class GPAStage:
     """One model per actor; each call gets ``batch_size * bucket_batches`` rows, which GPA sorts by length and
     runs in batches of ``batch_size`` (similar lengths together: little padding)."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, expected_model: str | None = None):
         import torch
 
         from gpa import GPA
@@ -111,6 +112,7 @@ class GPAStage:
         device = self.config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = getattr(torch, self.config.model_dtype(device))
         self.model = GPA.from_pretrained(self.config.model, device=device, dtype=dtype, cache_dir=self.config.cache_dir)
+        check_actor_model(expected_model, self.model.content_hash)  # before any row: see jobs.resume
         self.options = self.task.options(self.config)
         self.speakers = SpeakerCache(max_duration_s=self.config.max_duration_s,
                                      max_bytes=self.config.max_input_bytes)
@@ -159,10 +161,11 @@ class GPAStage:
 # --- encode ----------------------------------------------------------------------------------------------------
 
 
-def encode_batch(batch: pa.Table, config: dict, run_id: str, params: dict) -> pa.Table:
+def encode_batch(batch: pa.Table, config: dict, run_id: str, params: dict, progress=None) -> pa.Table:
     """Finished work rows -> output rows: FLAC audio (inline or as objects), metrics, timings.
 
-    ``params`` are the task options as a dict, made once by the driver (this CPU stage never imports torch).
+    ``params`` are the task options as a dict, made once by the driver (this CPU stage never imports torch);
+    ``progress``: the driver's tally actor (:mod:`jobs.progress`), told of each finished window.
     """
     from gpa.audio import encode_flac
 
@@ -197,7 +200,12 @@ def encode_batch(batch: pa.Table, config: dict, run_id: str, params: dict) -> pa
                           "encode_s": time.perf_counter() - start,
                           "latency_s": end - row["t_start"] if row.get("t_start") else None, "finished_at": end}
         out_rows.append(out)
-    return S.rows_to_table(out_rows, task.schema())
+    table = S.rows_to_table(out_rows, task.schema())
+    if progress is not None:
+        from .progress import window_counts
+
+        progress.add.remote(window_counts(config_obj.job, table))  # not waited for
+    return table
 
 
 def _write_audio_object(uri: str, flac: bytes, name: str) -> None:
