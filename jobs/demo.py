@@ -20,6 +20,12 @@ RANDOM_WEIGHTS_NOTE = (
 )
 
 
+def already_done_note(job: str, rows: int, output: Path) -> str:
+    """What a rerun of the demo says: it resumed an output that was already complete, so nothing ran again."""
+    return (f"{job}: already done, {rows} rows in {output} from an earlier demo (a rerun resumes, it does not "
+            f"recompute); to run it again: rm -rf {output.parent}, or gpa-batch demo --output ANOTHER_DIR")
+
+
 def run_demo(*, output: str = "gpa-demo", jobs: list[str] | None = None, model: str | None = None,
              mlflow_uri: str | None = None, seed: int = 0) -> int:
     from .pipeline import ensure_ray, run_job, shutdown_ray
@@ -51,6 +57,8 @@ def run_demo(*, output: str = "gpa-demo", jobs: list[str] | None = None, model: 
             result = run_job(config)
             print()
             print(format_summary(result))
+            if result.processed == 0 and result.complete:
+                print(already_done_note(job, result.committed_rows, root / job))
     finally:
         if started:
             shutdown_ray()
