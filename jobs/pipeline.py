@@ -173,7 +173,8 @@ def check_output_identity(config: JobConfig, store: OutputStore | None = None) -
         recorded = resume.recorded_identity(commit.runs, store.read) if commit.rows else None
     except Exception as exc:  # not a directory, an unreachable store, a commit file of something else
         raise JobError(f"cannot read what {storage.redact_uri(store.uri)} holds ({_root_cause(exc)})") from None
-    model_hash = resume.driver_model_hash(config.model)
+    # a first run has nothing to compare with: its rows tell the model's hash, at no cost to the driver
+    model_hash = resume.driver_model_hash(config.model) if commit.rows else None
     current = resume.identity(model_hash, resume.output_settings(config, task_params(config)))
     try:
         resume.check_identity(config.mode, store.uri, commit.rows, recorded, current)
