@@ -27,7 +27,7 @@ MODES = ("resume", "redo", "new")
 NEUTRAL_OPTIONS = ("batch_size", "engine")
 
 
-class ModelChanged(RuntimeError):
+class ModelChangedError(RuntimeError):
     """The model actors loaded is not the one that made the output's rows (raised in an actor)."""
 
 
@@ -119,9 +119,10 @@ def _shown(value) -> str:
 
 
 def check_actor_model(expected: str | None, loaded: str) -> None:
-    """Raise :class:`ModelChanged` in a model actor whose checkpoint is not the one that made the output's rows
+    """Raise :class:`ModelChangedError` in a model actor whose checkpoint is not the one that made the output's rows
     (when the driver could not hash the model itself)."""
     if expected and loaded and loaded != expected:
-        raise ModelChanged(f"the output's rows were made by model {expected[:12]}, this run's is {loaded[:12]}; pass "
-                           f"--mode redo to recompute every row with it, or write to a new --output")
+        raise ModelChangedError(f"the output's rows were made by model {expected[:12]}, this run's is "
+                                f"{loaded[:12]}; pass --mode redo to recompute every row with it, or write to a new "
+                                f"--output")
 

@@ -125,13 +125,31 @@ def test_an_output_written_before_identities_were_recorded_still_resumes(
 
 def test_an_actor_loading_another_model_than_the_expected_one_stops_before_any_row(tiny_checkpoint):
     """The check for models the driver cannot hash (s3:// prefixes, Hugging Face ids): the actor's."""
-    from jobs.resume import ModelChanged
+    from jobs.resume import ModelChangedError
     from jobs.stages import GPAStage
 
     cfg = config("m.jsonl", "out", tiny_checkpoint, device="cpu", gpus_per_actor=0.0).to_dict()
-    with pytest.raises(ModelChanged, match="made by model 0123456789ab, this run's is [0-9a-f]{12}; pass --mode redo"):
+    with pytest.raises(ModelChangedError, match="made by model 0123456789ab, this run's is [0-9a-f]{12}; pass --mode"):
         GPAStage(cfg, expected_model="0123456789abcdef")
     assert GPAStage(cfg, expected_model=None).model.content_hash
+
+
+def test_a_model_the_driver_cannot_hash_is_checked_by_the_actors(
+        ray_address, tiny_checkpoint, other_checkpoint, manifest, tmp_path, monkeypatch):
+    """As for an s3:// prefix or a Hugging Face id (the driver does not download them): the run stops as the actors
+    load the other model, with the same advice, and commits nothing."""
+    import jobs.resume
+
+    out = tmp_path / "out"
+    run_job(config(manifest, out, tiny_checkpoint, limit=2))  # a row left for the actors of the next run
+    before = commit_body(out)
+    monkeypatch.setattr(jobs.resume, "driver_model_hash", lambda model: None)
+    with pytest.raises(JobError, match=r"ModelChangedError: the output's rows were made by model [0-9a-f]{12}, this "
+                                       r"run's is [0-9a-f]{12}; pass --mode redo"):
+        run_job(config(manifest, out, other_checkpoint))
+    assert commit_body(out) == before
+    resumed = run_job(config(manifest, out, tiny_checkpoint))  # the same model: resumes
+    assert resumed.processed == 1 and resumed.already_done == 2 and resumed.complete
 
 
 def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
