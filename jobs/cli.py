@@ -140,9 +140,19 @@ def _add_progress_arguments(p: argparse.ArgumentParser) -> None:
                           "(default: on)")
     progress.add_argument("--no-progress", dest="progress", action="store_const", const=False,
                           help="no progress bars or lines, only the summary")
-    group.add_argument("--progress-every-s", type=float, metavar="S",
+    group.add_argument("--progress-every-s", type=_positive_seconds, metavar="S",
                        help="seconds between progress lines when stderr is not a terminal (a log file, a pipe, ray "
                        "job submit; default 30)")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value
 
 
 def config_from_args(job: str, args: argparse.Namespace) -> JobConfig:

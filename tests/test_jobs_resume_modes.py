@@ -224,6 +224,10 @@ def test_mode_and_progress_flags(capsys):
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args([*base, "--mode", "fresh"])
     assert exit_.value.code == 2 and "invalid choice: 'fresh'" in capsys.readouterr().err
+    for bad in ("0", "-1", "nan", "soon"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*base, "--progress-every-s", bad])
+        assert "expected a number of seconds above 0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--mode must be resume, redo or new"):
         JobConfig(job="transcribe", input="m", output="o", model="m", mode="fresh")
     with pytest.raises(SystemExit):
