@@ -22,8 +22,9 @@ import pyarrow.compute as pc
 from . import storage
 
 MODES = ("resume", "redo", "new")
-# task options that never change a row's result: a row's seed comes from its id, not its batch (tasks.row_seed),
-# and both engines generate the same tokens (docs/fidelity.md)
+# task options that are not a row's recipe: a row's tokens do not depend on its batch mates nor on the engine
+# (equal on a CPU; in bfloat16 on a GPU they differ by rounding only, docs/performance.md), so a rerun on other
+# hardware, with another batch size or engine, resumes
 NEUTRAL_OPTIONS = ("batch_size", "engine")
 
 
