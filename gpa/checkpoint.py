@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .content_hash import COMPLETE_MARKER, content_hash, file_sha256  # noqa: F401 (re-exported)
 from .errors import CheckpointError
 from .storage import exclusive_lock, filesystem, is_uri, redact_uri
 
@@ -189,7 +190,6 @@ def abbreviate(items: list[str], limit: int = 8) -> str:
 
 # --- where a checkpoint comes from -------------------------------------------------------------------------------
 
-COMPLETE_MARKER = ".gpa-complete.json"
 HF_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -352,32 +352,6 @@ def parameter_counts(directory: str | os.PathLike) -> dict[str, int]:
                 total += sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
         counts[name] = total
     return counts
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def content_hash(directory: str | os.PathLike) -> str:
-    """sha256 over every file of a checkpoint (relative path and contents): a stable id of the weights."""
-    directory = Path(directory)
-    marker = directory / COMPLETE_MARKER
-    if marker.is_file():
-        files = {k: v["sha256"] for k, v in json.loads(marker.read_text())["files"].items()}
-    else:
-        files = {
-            p.relative_to(directory).as_posix(): file_sha256(p)
-            for p in sorted(directory.rglob("*"))
-            if p.is_file() and not p.name.startswith(".")
-        }
-    digest = hashlib.sha256()
-    for relative, sha in sorted(files.items()):
-        digest.update(f"{relative}\0{sha}\n".encode())
-    return digest.hexdigest()
 
 
 def convert_to_safetensors(path: str | os.PathLike) -> Path:

@@ -178,12 +178,22 @@ def _add_job_arguments(p: argparse.ArgumentParser, task: Task) -> dict[str, argp
                         help="print the summary as JSON (default: off, as text)")
     progress = report.add_mutually_exclusive_group()
     progress.add_argument("--progress", dest="progress", action="store_const", const=True,
-                          help="show Ray Data's progress bars (default: only on a terminal)")
+                          help="show progress: Ray Data's bars on a terminal, else a line every --progress-every-s "
+                          "(default: on)")
     progress.add_argument("--no-progress", dest="progress", action="store_const", const=False,
-                          help="hide them (default: shown only on a terminal)")
+                          help="no progress bars or lines, only the summary")
+    report.add_argument("--progress-every-s", type=_positive_seconds, metavar="S",
+                        help="seconds between progress lines when stderr is not a terminal (a log file, a pipe, ray "
+                        "job submit; default: 30)")
+    resume = p.add_argument_group("rerunning into an existing output (docs/jobs.md, Resume)")
+    resume.add_argument("--mode", choices=("resume", "redo", "new"),
+                        help="resume (default): process only rows without a result, refused if the output's rows were "
+                        "made by another model or other output-changing settings; redo: process every row again "
+                        "with this model and settings, replacing the old rows; new: refuse an output that already "
+                        "has rows")
     p.add_argument("--debug-delay-s", type=float, help=argparse.SUPPRESS)
     return {"required": required, "input and output": io, "actor pool and batching": pool, "task": group,
-            "tracking": track, "reporting": report}
+            "tracking": track, "reporting": report, "resume": resume}
 
 
 _OPTION_HELP = {
@@ -202,6 +212,16 @@ def _option_type(f: dataclasses.Field) -> type:
 
 def _option_default(f: dataclasses.Field) -> str:
     return "the checkpoint's generation config" if f.default is None else str(f.default)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value
 
 
 def config_from_args(job: str, args: argparse.Namespace) -> JobConfig:
@@ -228,7 +248,7 @@ def config_from_args(job: str, args: argparse.Namespace) -> JobConfig:
     options = dict(values.pop("options", None) or {})
     field_map = dict(values.pop("field_map", None) or {})
     for key, value in given.items():
-        if key in ("command", "config", "print_json", "progress", "option", "field_map"):
+        if key in ("command", "config", "print_json", "progress", "progress_every_s", "option", "field_map"):
             continue
         if key.startswith("opt_"):
             options[key[4:]] = value
@@ -295,12 +315,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     from .errors import JobError
     from .manifest import InputError
-    from .pipeline import check_config, run_job
+    from .pipeline import check_config, check_output_identity, run_job
     from .ray_runtime import ensure_ray, shutdown_ray
     from .summary import format_summary, summary_dict
 
     try:
         check_config(config)  # seconds before Ray would have started
+        check_output_identity(config)  # a rerun with another model or settings (--mode)
     except JobError as exc:
         print(f"gpa-batch {config.job}: {exc}", file=sys.stderr)
         return 1
@@ -309,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         with _interrupt_on_termination():
             try:
                 started = ensure_ray()
-                result = run_job(config, progress=getattr(args, "progress", None))
+                result = run_job(config, progress=getattr(args, "progress", None),
+                                 progress_every_s=getattr(args, "progress_every_s", None))
             finally:
                 if started:
                     shutdown_ray()

@@ -73,6 +73,7 @@ class JobConfig:
     audio_storage: str = "inline"  # inline: FLAC bytes in the Parquet; objects: FLAC files under <output>/audio/
     # resume
     retry_errors: bool = False
+    mode: str = "resume"  # resume | redo | new: what a rerun does with rows of another model or settings (jobs.resume)
     takeover: bool = False  # take the output from a run whose lease has not expired (it is known to be dead)
     # tracking
     mlflow_uri: str | None = None
@@ -123,6 +124,8 @@ class JobConfig:
             raise ValueError(f"--stages must be fused or split, got {self.stages!r}")
         if self.audio_storage not in ("inline", "objects"):
             raise ValueError("--audio-storage must be inline or objects")
+        if self.mode not in ("resume", "redo", "new"):
+            raise ValueError(f"--mode must be resume, redo or new, got {self.mode!r}")
         if self.input_format not in ("auto", "jsonl", "csv", "parquet"):
             raise ValueError("--format must be auto, jsonl, csv or parquet")
         if self.convention not in ("auto", "canonical", "gpa", "nemo"):

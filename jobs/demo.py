@@ -33,6 +33,12 @@ def reading_hint(root: Path, job: str) -> str:
             f"torchcodec and FFmpeg installed; the recipe there decodes it with soundfile)")
 
 
+def already_done_note(job: str, rows: int, output: Path) -> str:
+    """What a rerun of the demo says: it resumed an output that was already complete, so nothing ran again."""
+    return (f"{job}: already done, {rows} rows in {output} from an earlier demo (a rerun resumes, it does not "
+            f"recompute); to run it again: rm -rf {output.parent}, or gpa-batch demo --output ANOTHER_DIR")
+
+
 def run_demo(*, output: str = "gpa-demo", jobs: list[str] | None = None, model: str | None = None,
              mlflow_uri: str | None = None, seed: int = 0) -> int:
     from .pipeline import run_job
@@ -65,6 +71,8 @@ def run_demo(*, output: str = "gpa-demo", jobs: list[str] | None = None, model: 
             result = run_job(config)
             print()
             print(format_summary(result))
+            if result.processed == 0 and result.complete:
+                print(already_done_note(job, result.committed_rows, root / job))
     finally:
         if started:
             shutdown_ray()

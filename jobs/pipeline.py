@@ -45,7 +45,7 @@ def check_config(config: JobConfig) -> None:
     task_params(config)  # unknown or invalid task options
 
 
-def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
+def run_job(config: JobConfig, *, progress: bool | None = None, progress_every_s: float | None = None) -> JobResult:
     """Run one job to the end: its output is committed (or untouched) when this returns or raises."""
     started = time.time()
     run_id = new_run_id()
@@ -63,6 +63,7 @@ def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
     with storage_failures("could not read the output's lease"):
         store.check_free(run_id, config.takeover)  # before anything is read or logged for a run that cannot go on
         store.check_ours()
+    run_identity = check_output_identity(config, store)
     inputs = load_inputs(config.job, config.input, glob=config.glob, input_format=config.input_format,
                          field_map=config.field_map, reference=config.reference,
                          max_text_chars=config.max_text_chars, convention=config.convention,
@@ -73,14 +74,15 @@ def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
                            run_name=config.run_name or f"{config.job}-{run_id}",
                            tags={"gpa_batch.job": config.job, "gpa_batch.run_id": run_id})
     try:
-        return _run(config, run_id, started, params, store, inputs, tracking, progress)
+        return _run(config, run_id, started, params, store, inputs, tracking, (progress, progress_every_s),
+                    run_identity)
     except BaseException as exc:
         track_failure(config, inputs, run_id, params, tracking, exc)
         raise
 
 
 def _run(config: JobConfig, run_id: str, started: float, params: dict, store: OutputStore, inputs: InputRows,
-         tracking: JobTracking, progress: bool | None) -> JobResult:
+         tracking: JobTracking, progress: tuple[bool | None, float | None], run_identity: dict) -> JobResult:
     with storage_failures("could not take over the output"):
         store.start(run_id, config.takeover)  # takes ownership, adopts parts of an interrupted run, removes debris
     tracking.own_output(lambda: store.is_current(run_id), store.output_id)
@@ -93,13 +95,14 @@ def _run(config: JobConfig, run_id: str, started: float, params: dict, store: Ou
                     store.stage(run_id, f"part-{run_id}-invalid.parquet",
                                 _error_rows(config, plan.invalid, run_id, params))
             if plan.todo.num_rows:
-                _run_pipeline(config, plan.todo, run_id, params, progress)
+                _run_pipeline(config, plan.todo, run_id, params, progress, run_identity["expected_model"])
             with storage_failures("could not commit the run"):
                 records, unavailable, new_rows = verified_records(store, run_id, plan.expected,
                                                                    _light_columns(get_task(config.job)))
                 wall_s = time.time() - started
                 run_info = {"run_id": run_id, "job": config.job, "started": started, "wall_s": wall_s,
-                            "rows": sum(plan.expected.values()), "input": storage.redact_uri(config.input)}
+                            "rows": sum(plan.expected.values()), "input": storage.redact_uri(config.input),
+                            "mode": config.mode, "identity": _made_by(run_identity, new_rows)}
                 # rows the store could not serve are retried by the next run: the output is not complete
                 plan.unavailable = unavailable
                 commit = store.commit(records, run=run_info, complete=plan.complete, supersede=plan.supersede)
@@ -113,14 +116,68 @@ def _run(config: JobConfig, run_id: str, started: float, params: dict, store: Ou
             raise
 
 
-def _run_pipeline(config: JobConfig, rows: pa.Table, run_id: str, params: dict, progress: bool | None) -> None:
+def check_output_identity(config: JobConfig, store: OutputStore | None = None) -> dict:
+    """Refuse (JobError) a run that ``config.mode`` forbids on this output: by default, one whose model or
+    output-changing settings differ from those that made its rows (see :mod:`jobs.resume`). Reads the commit file
+    and hashes a local model; the CLI calls it before Ray starts, run_job again. Returns this run's identity, with
+    ``expected_model``: the hash the actors must load when the driver could not hash the model itself."""
+    from . import resume
+
+    store = store or OutputStore(config.output)
+    try:
+        commit = store.load()
+        recorded = resume.recorded_identity(commit.runs, store.read) if commit.rows else None
+    except Exception as exc:  # not a directory, an unreachable store, a commit file of something else
+        raise JobError(f"cannot read what {storage.redact_uri(store.uri)} holds ({root_cause(exc)})") from None
+    # a first run has nothing to compare with: its rows tell the model's hash, at no cost to the driver
+    model_hash = resume.driver_model_hash(config.model) if commit.rows else None
+    current = resume.identity(model_hash, resume.output_settings(config, task_params(config)))
+    try:
+        resume.check_identity(config.mode, store.uri, commit.rows, recorded, current)
+    except ValueError as exc:
+        raise JobError(str(exc)) from None
+    keeps_rows = config.mode == "resume" and recorded is not None
+    recorded_model = recorded.get("model_hash") if recorded else None
+    return {**current, "recorded_model": recorded_model if keeps_rows else None,
+            "expected_model": recorded_model if keeps_rows and model_hash is None else None}
+
+
+def _made_by(run_identity: dict, new_rows: pa.Table | None) -> dict:
+    """The identity this run records: its model's hash as the driver or, failing that, its rows know it (a run
+    that made no rows keeps the output's)."""
+    from . import resume
+
+    model_hash = run_identity.get("model_hash")
+    if model_hash is None and new_rows is not None:
+        hashes = {h for h in new_rows.column("model_hash").to_pylist() if h}
+        model_hash = hashes.pop() if len(hashes) == 1 else None
+    return resume.identity(model_hash or run_identity.get("recorded_model"), run_identity["settings"])
+
+
+def _run_pipeline(config: JobConfig, rows: pa.Table, run_id: str, params: dict,
+                  progress: tuple[bool | None, float | None] = (None, None), expected_model: str | None = None) -> None:
+    import ray
+
+    from .progress import DEFAULT_EVERY_S, ProgressLines
+
+    show, every_s = progress
+    ctx = ray.data.DataContext.get_current()
+    # Ray Data's bars on a terminal; in a log, our periodic lines (bars there are a wall of carriage returns)
+    ctx.enable_progress_bars = show is not False and sys.stderr.isatty()
+    if show is False or sys.stderr.isatty():
+        _run_stages(config, rows, run_id, params, expected_model, None)
+        return
+    with ProgressLines(config.job, rows.num_rows, every_s or DEFAULT_EVERY_S) as lines:
+        _run_stages(config, rows, run_id, params, expected_model, lines.tally)
+
+
+def _run_stages(config: JobConfig, rows: pa.Table, run_id: str, params: dict, expected_model: str | None,
+                tally) -> None:
     import ray
 
     from .stages import GPAStage, decode_batch, encode_batch, make_sink, model_stages
 
     task = get_task(config.job)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = progress if progress is not None else sys.stderr.isatty()
     order = pipeline_order(task, rows)
     window = config.window_rows
     # take() copies each window into its own buffers: a slice would ship the whole table with every block
@@ -138,14 +195,15 @@ def _run_pipeline(config: JobConfig, rows: pa.Table, run_id: str, params: dict, 
     for model_stage in stages:
         memory = config.memory_per_actor_mb * model_stage.share * 2**20
         ds = ds.map_batches(
-            GPAStage, fn_constructor_kwargs={"config": config, "options": options, "stage": model_stage.stage},
+            GPAStage, fn_constructor_kwargs={"config": config, "options": options, "stage": model_stage.stage,
+                                             "expected_model": expected_model},
             batch_format="pyarrow", batch_size=window,
             compute=ray.data.ActorPoolStrategy(min_size=config.actors[0], max_size=config.actors[1]),
             num_gpus=config.gpus_per_actor * model_stage.share, num_cpus=config.cpus_per_actor * model_stage.share,
             **({"memory": memory} if memory else {}),
         )
     ds = ds.map_batches(encode_batch, batch_format="pyarrow", batch_size=window,
-                        fn_kwargs={"config": config, "run_id": run_id, "params": params}, **cpu_args)
+                        fn_kwargs={"config": config, "run_id": run_id, "params": params, "progress": tally}, **cpu_args)
     # the write gathers rows_per_part rows per part; it must not be fused with encode, or encoding would wait for
     # a whole part's rows instead of streaming window by window (hence no memory reservation here)
     try:

@@ -41,6 +41,8 @@ def plan_run(config: JobConfig, inputs: InputRows, store: OutputStore) -> Plan:
     versions = {i: v for i, v in zip(inputs.table.column("id").to_pylist(),
                                      inputs.table.column("input_version").to_pylist(), strict=True) if v is not None}
     done, redo = resume_plan(store.index(), config.retry_errors, wanted, versions)
+    if config.mode == "redo":  # every input row again; the new rows supersede the committed ones
+        redo = set(done)
     finished = done - redo
     todo = inputs.table
     if finished:

@@ -63,7 +63,8 @@ def job_params(config: JobConfig, inputs: InputRows, model_source: str, model_ha
         "encoder_batch_size": config.encoder_batch_size or "",
         "bucket_batches": config.bucket_batches, "actors_min": config.actors[0], "actors_max": config.actors[1],
         "gpus_per_actor": config.gpus_per_actor,
-        "cpus_per_actor": config.cpus_per_actor, "retry_errors": config.retry_errors, "seed": config.seed,
+        "cpus_per_actor": config.cpus_per_actor, "retry_errors": config.retry_errors, "mode": config.mode,
+        "seed": config.seed,
         "limit": config.limit if config.limit is not None else "", "audio_storage": config.audio_storage,
         "max_duration_s": config.max_duration_s, "quality": config.quality,
     }

@@ -20,6 +20,7 @@ import pyarrow as pa
 from . import schema as S
 from . import storage
 from .config import JobConfig
+from .resume import check_actor_model
 from .speakers import SpeakerCache
 from .tasks import WAV_COLUMNS, get_task, mark_error, work_schema
 
@@ -125,7 +126,7 @@ class GPAStage:
     ``batch_size * bucket_batches`` rows, which GPA sorts by length and runs in batches of ``batch_size`` (similar
     lengths together: little padding)."""
 
-    def __init__(self, config: JobConfig, options=None, stage: str | None = None):
+    def __init__(self, config: JobConfig, options=None, stage: str | None = None, expected_model: str | None = None):
         import torch
 
         from gpa import GPA
@@ -143,6 +144,7 @@ class GPAStage:
                       "detokenize": self.task.detokenize_components(self.config.quality)}[stage]
         self.model = GPA.from_pretrained(self.config.model, device=device, dtype=dtype, cache_dir=self.config.cache_dir,
                                          components=components)
+        check_actor_model(expected_model, self.model.content_hash)  # before any row: see jobs.resume
         if self.config.encoder_batch_size:
             for name in {"glm", "bicodec"} & set(components):
                 getattr(self.model, name).batch_size = self.config.encoder_batch_size
@@ -207,10 +209,11 @@ class GPAStage:
 # --- encode ----------------------------------------------------------------------------------------------------
 
 
-def encode_batch(batch: pa.Table, config: JobConfig, run_id: str, params: dict) -> pa.Table:
+def encode_batch(batch: pa.Table, config: JobConfig, run_id: str, params: dict, progress=None) -> pa.Table:
     """Finished work rows -> output rows: FLAC audio (inline or as objects), metrics, timings.
 
-    ``params`` are the task options as a dict, made once by the driver (this CPU stage never imports torch).
+    ``params`` are the task options as a dict, made once by the driver (this CPU stage never imports torch);
+    ``progress``: the driver's tally actor (:mod:`jobs.progress`), told of each finished window.
     """
     from gpa.audio import encode_flac
 
@@ -241,7 +244,12 @@ def encode_batch(batch: pa.Table, config: JobConfig, run_id: str, params: dict) 
                        "encode_s": time.perf_counter() - start,
                        "latency_s": end - row["t_start"] if row.get("t_start") else None, "finished_at": end}
         out_rows.append(out)
-    return task.table(out_rows)
+    table = task.table(out_rows)
+    if progress is not None:
+        from .progress import window_counts
+
+        progress.add.remote(window_counts(config.job, table))  # not waited for
+    return table
 
 
 def _write_audio_object(uri: str, flac: bytes, name: str) -> None:

@@ -46,6 +46,8 @@ def format_summary(result: JobResult) -> str:
     m = result.metrics
     if m.get("rows_per_s"):
         perf = f"  throughput      {m['rows_per_s']:.2f} rows/s, {m.get('throughput_audio_s_per_s', 0):.2f} audio-s/s"
+        if "rtfx" in m:  # audio seconds per second of model time (per actor); the audio-s/s above is per wall second
+            perf += f", RTFx {m['rtfx']:.1f}"
         if "latency_p50_s" in m:
             perf += f", latency p50 {m['latency_p50_s']:.2f} s p95 {m['latency_p95_s']:.2f} s"
         lines.append(perf)

@@ -388,6 +388,13 @@ def test_demo_prints_counts_matching_the_example_manifest(ray_address, tmp_path)
     assert (tmp_path / "demo" / "transcribe" / "_SUCCESS").exists()
     assert "mlflow          sqlite:///" in out
 
+    # a second demo resumes the complete output: nothing recomputed, and it says so (README, quick start)
+    again = subprocess.run([sys.executable, "-m", "jobs", "demo", "--output", str(tmp_path / "demo")], cwd=ROOT,
+                           env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"this run        0 rows: 0 ok, 0 error; {len(rows)} already done" in again.stdout
+    assert f"transcribe: already done, {len(rows)} rows in {tmp_path / 'demo' / 'transcribe'}" in again.stdout
+
 
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_listed_file_rewritten_in_place_is_redone(where, ray_address, tiny_checkpoint, mlflow_uri, tmp_path,

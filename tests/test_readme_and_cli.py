@@ -72,3 +72,28 @@ def test_bad_out_is_refused_in_one_line_before_the_model_loads(tmp_path, capsys)
         assert err.startswith(f"gpa synthesize: --out {target}: ")
     assert main(["convert", str(wav), str(wav), "--out", str(tmp_path / "vc.m4a"), "--model", "x"]) == 2
     assert "cannot write .m4a" in capsys.readouterr().err
+
+
+def test_readme_says_where_the_tools_are_and_what_a_second_demo_does():
+    """The quick start's claims: the tools live in the Makefile's venv (named as the project's scripts), and a
+    second ``make demo`` prints the note the demo prints for an output that is already complete."""
+    from jobs.demo import EXAMPLES, already_done_note
+
+    text = README.read_text()
+    quick = text[text.index("## Quick start"): text.index("## Using the library")]
+    makefile = (README.parent / "Makefile").read_text()
+    venv = re.search(r"^VENV := (\S+)$", makefile, re.M).group(1)
+    project = (README.parent / "pyproject.toml").read_text()
+    scripts = re.findall(r"^([\w-]+) = ", project[project.index("[project.scripts]"):].split("\n\n")[0], re.M)
+    assert {"gpa", "gpa-batch"} <= set(scripts) and re.search(r"^demo: .*\n\t\$\(BIN\)/gpa-batch demo$", makefile,
+                                                             re.M)
+    for tool in ("gpa", "gpa-batch"):
+        assert f"`{venv}/bin/{tool}`" in quick
+    assert f"source {venv}/bin/activate" in quick
+
+    rows = len((EXAMPLES / "transcribe.jsonl").read_text().splitlines())
+    note = already_done_note("transcribe", rows, Path("/x/gpa-demo/transcribe"))
+    claimed = re.search(r"\(`(transcribe: already done, \d+ rows in) \.\.\./gpa-demo/transcribe \.\.\.`\)",
+                        quick).group(1)
+    assert note.startswith(f"{claimed} /x/gpa-demo/transcribe") and "rm -rf /x/gpa-demo" in note
+    assert "rm -rf gpa-demo" in quick and re.search(r"`make test` takes about \d+ minutes on 2 CPU cores", quick)
