@@ -181,7 +181,7 @@ def _add_job_arguments(p: argparse.ArgumentParser, task: Task) -> dict[str, argp
                           help="show progress: Ray Data's bars on a terminal, else a line every --progress-every-s "
                           "(default: on)")
     progress.add_argument("--no-progress", dest="progress", action="store_const", const=False,
-                          help="no progress bars or lines, only the summary")
+                          help="no progress bars or lines, only the summary (default: off)")
     report.add_argument("--progress-every-s", type=_positive_seconds, metavar="S",
                         help="seconds between progress lines when stderr is not a terminal (a log file, a pipe, ray "
                         "job submit; default: 30)")

@@ -128,7 +128,7 @@ def test_an_actor_loading_another_model_than_the_expected_one_stops_before_any_r
     from jobs.resume import ModelChangedError
     from jobs.stages import GPAStage
 
-    cfg = config("m.jsonl", "out", tiny_checkpoint, device="cpu", gpus_per_actor=0.0).to_dict()
+    cfg = config("m.jsonl", "out", tiny_checkpoint, device="cpu", gpus_per_actor=0.0)
     with pytest.raises(ModelChangedError, match="made by model 0123456789ab, this run's is [0-9a-f]{12}; pass --mode"):
         GPAStage(cfg, expected_model="0123456789abcdef")
     assert GPAStage(cfg, expected_model=None).model.content_hash
