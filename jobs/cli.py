@@ -187,10 +187,10 @@ def _add_job_arguments(p: argparse.ArgumentParser, task: Task) -> dict[str, argp
                         "job submit; default: 30)")
     resume = p.add_argument_group("rerunning into an existing output (docs/jobs.md, Resume)")
     resume.add_argument("--mode", choices=("resume", "redo", "new"),
-                        help="resume (default): process only rows without a result, refused if the output's rows were "
-                        "made by another model or other output-changing settings; redo: process every row again "
-                        "with this model and settings, replacing the old rows; new: refuse an output that already "
-                        "has rows")
+                        help="resume: process only rows without a result, refused if the output's rows were made by "
+                        "another model or other output-changing settings; redo: process every row again with this "
+                        "model and settings, replacing the old rows; new: refuse an output that already has rows "
+                        "(default: resume)")
     p.add_argument("--debug-delay-s", type=float, help=argparse.SUPPRESS)
     return {"required": required, "input and output": io, "actor pool and batching": pool, "task": group,
             "tracking": track, "reporting": report, "resume": resume}
