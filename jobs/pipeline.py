@@ -82,10 +82,11 @@ def check_config(config: JobConfig) -> None:
     task_params(config)  # unknown or invalid task options
 
 
-def run_job(config: JobConfig, *, progress: bool | None = None) -> JobResult:
-    """Run one job to the end: its output is committed (or untouched) when this returns or raises."""
+def run_job(config: JobConfig, *, progress: bool | None = None, run_id: str | None = None) -> JobResult:
+    """Run one job to the end: its output is committed (or untouched) when this returns or raises. ``run_id``: the
+    caller's (to find the run's log, :func:`run_log_uri`), else a new one."""
     started = time.time()
-    run_id = new_run_id()
+    run_id = run_id or new_run_id()
     check_config(config)
     cluster_gpus, cluster_cpus = _cluster_resources(config)
     if cluster_gpus == 0 and config.gpus_per_actor is None and config.device is None and _on_cluster():
@@ -122,7 +123,7 @@ def _run(config: JobConfig, run_id: str, started: float, params: dict, store: Ou
         store.start(run_id, config.takeover)  # takes ownership, adopts parts of an interrupted run, removes debris
     tracking.own_output(lambda: store.is_current(run_id), store.output_id)
     # a heartbeat tells later runs that this one is alive, until it is reported (an output's own MLflow store too)
-    with store.holding(run_id):
+    with _run_log(store.uri, run_id), store.holding(run_id):
         try:
             with _storage_failures("could not take over the output"):
                 plan = _plan(config, inputs, store)
@@ -148,6 +149,46 @@ def _run(config: JobConfig, run_id: str, started: float, params: dict, store: Ou
         except BaseException as exc:
             _track_failure(config, inputs, run_id, params, tracking, exc)
             raise
+
+
+def run_log_uri(output: str, run_id: str) -> str:
+    """Where a run's log goes: its lines, and the traceback of what ended it."""
+    return storage.join(storage.normalize(output), "_gpa_batch", "logs", f"{run_id}.log")
+
+
+class _LinesHandler(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@contextlib.contextmanager
+def _run_log(output: str, run_id: str):
+    """Keep what this run logs (our loggers, Ray Data's) and, when it fails, the full traceback, in
+    :func:`run_log_uri`: written once when the run ends, as an object store cannot append; credentials scrubbed."""
+    import traceback
+
+    handler = _LinesHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger(name) for name in ("jobs", "gpa", "ray.data")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield
+    except BaseException as exc:
+        handler.lines.append("".join(traceback.format_exception(exc)).rstrip())
+        raise
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+        uri = run_log_uri(output, run_id)
+        try:
+            storage.write_bytes(uri, "".join(storage.scrub(line, 1 << 20) + "\n" for line in handler.lines).encode())
+        except Exception as exc:  # the store failing now must not hide why the run ended
+            log.warning("could not write the run's log %s (%s)", storage.redact_uri(uri), type(exc).__name__)
 
 
 def _track_failure(config: JobConfig, inputs: InputRows, run_id: str, params: dict, tracking: JobTracking,
@@ -438,10 +479,11 @@ _RAY_DIR_PREFIX = "gpa-batch-ray-"
 _OWNER_FILE = "gpa-batch-owner.pid"
 
 
-def ensure_ray(num_cpus: int | None = None) -> bool:
+def ensure_ray(num_cpus: int | None = None, *, logging_level: int = logging.INFO) -> bool:
     """Connect to ``RAY_ADDRESS`` when set, else start a local Ray in a temporary directory of its own (removed by
     :func:`shutdown_ray`, at exit too; one left by a killed run is removed by the next start). Returns True when
-    this call started it; a failure to start or connect is a :class:`JobError` of one line."""
+    this call started it; a failure to start or connect is a :class:`JobError` of one line. ``logging_level``: of
+    Ray's own driver-side messages (see :mod:`jobs.logs`)."""
     import atexit
 
     import ray
@@ -450,7 +492,7 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
         return False
     try:
         if os.environ.get("RAY_ADDRESS"):
-            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True, logging_level=logging_level)
         else:
             _remove_orphaned_ray_dirs()
             temp = tempfile.mkdtemp(prefix=_RAY_DIR_PREFIX)
@@ -458,7 +500,8 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
             with open(os.path.join(temp, _OWNER_FILE), "w") as f:
                 f.write(str(os.getpid()))
             atexit.register(shutdown_ray)  # an exit that skips the caller's finally (sys.exit in a library, ...)
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, _temp_dir=temp)
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, _temp_dir=temp,
+                     logging_level=logging_level)
     except Exception as exc:
         shutdown_ray()
         where = os.environ.get("RAY_ADDRESS") or "a local Ray"
