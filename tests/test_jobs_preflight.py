@@ -242,3 +242,25 @@ print(sorted(m for m in ("torch", "ray", "transformers", "mlflow") if m in sys.m
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]" and not (tmp_path / "out").exists()
+
+
+def test_an_unforeseen_error_is_one_line_and_its_traceback_only_with_verbose(tmp_path, monkeypatch, capsys):
+    import jobs.preflight
+    from jobs.cli import main
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug nobody foresaw")
+
+    monkeypatch.setattr(jobs.preflight, "check_model", broken)
+    for name in ("RAY_DATA_LOG_LEVEL", "MLFLOW_LOGGING_LEVEL"):  # main() sets them: undone after the test
+        monkeypatch.setenv(name, "WARNING")
+    argv = transcribe(tmp_path / "out", tmp_path / "model")
+    assert main([str(a) for a in argv]) == 1
+    err = capsys.readouterr().err
+    assert err == ("gpa-batch transcribe: failed: RuntimeError: a bug nobody foresaw; --verbose shows the "
+                   "traceback\n")
+    assert main([str(a) for a in argv] + ["--verbose"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "in broken" in err
+    assert err.endswith("gpa-batch transcribe: failed: RuntimeError: a bug nobody foresaw\n")
+    assert not (tmp_path / "out").exists()
