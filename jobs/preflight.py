@@ -84,7 +84,8 @@ def check_output_free(config: JobConfig) -> None:
 def check_input(config: JobConfig, s3: _S3Clients) -> None:
     """The input exists and, for a manifest, its first rows carry the fields the job needs."""
     where = storage.redact_uri(config.input)
-    if _is_s3(config.input):
+    # a manifest may be readable with s3:GetObject alone, which HeadBucket does not take: its read says what fails
+    if _is_s3(config.input) and config.glob:
         s3.bucket(config.input, "--input")
     if config.glob:
         if not storage.is_uri(config.input) and not os.path.isdir(storage.normalize(config.input)):
