@@ -25,13 +25,12 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .checkpoint_files import CHECKPOINT_COMPONENTS, HF_REPO_ID, PICKLE_SUFFIXES
 from .content_hash import COMPLETE_MARKER, content_hash, file_sha256  # noqa: F401 (re-exported)
 from .errors import CheckpointError
 from .storage import exclusive_lock, filesystem, is_uri, redact_uri
 
 log = logging.getLogger(__name__)
-
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
@@ -190,7 +189,6 @@ def abbreviate(items: list[str], limit: int = 8) -> str:
 
 # --- where a checkpoint comes from -------------------------------------------------------------------------------
 
-HF_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def default_cache_dir() -> Path:
@@ -333,10 +331,6 @@ def _download_hf(repo_id: str, cache_dir: str | os.PathLike | None) -> Path:
             f"cannot download {repo_id!r} from the Hugging Face Hub ({type(exc).__name__}); without a network, "
             "download it elsewhere and pass the local directory or an s3:// copy as the model source"
         ) from None
-
-
-CHECKPOINT_COMPONENTS = {"LLM": ".", "GLM speech tokenizer": "glm-4-voice-tokenizer", "BiCodec": "BiCodec",
-                         "wav2vec2": "BiCodec/wav2vec2-large-xlsr-53"}
 
 
 def parameter_counts(directory: str | os.PathLike) -> dict[str, int]:

@@ -53,11 +53,16 @@ def _import_s3fs() -> None:
         import s3fs  # noqa: F401
 
 
+def s3_endpoint() -> str | None:
+    """The S3 endpoint the AWS environment names (None: AWS itself)."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem for ``uri`` and the path inside it."""
     if uri.startswith("s3://") or uri.startswith("s3a://"):
         _import_s3fs()
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = s3_endpoint()
         client_kwargs = {"endpoint_url": endpoint} if endpoint else {}
         fs = fsspec.filesystem("s3", client_kwargs=client_kwargs)
         return fs, fs._strip_protocol(uri)

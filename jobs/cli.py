@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import sys
+import traceback
 from typing import Any
 
 from gpa.options import ENGINES
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
             task.name, help=task.summary, description=f"{task.name}: {task.summary}",
             epilog=f"example:\n  {task.example}\n\n{EPILOG}", formatter_class=argparse.RawDescriptionHelpFormatter,
             argument_default=argparse.SUPPRESS), task)
+        _add_run_control_arguments(commands.choices[task.name])
     demo = commands.add_parser("demo", help="run the jobs on the bundled examples with a tiny random checkpoint")
     demo.add_argument("--output", default="gpa-demo", help="where results go (default: ./gpa-demo)")
     demo.add_argument("--jobs", default="transcribe",
@@ -224,6 +226,45 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _add_run_control_arguments(p: argparse.ArgumentParser) -> None:
+    run = p.add_argument_group("run control")
+    run.add_argument("--dry-run", action="store_true", default=False,
+                     help="check the model, input and output, print the plan (rows, estimated audio hours, batches, "
+                          "resources) and exit; starts no Ray and writes nothing (default: off)")
+    verbosity = run.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const="verbose",
+                           default="default", help="also show Ray's and MLflow's own messages, and the traceback of "
+                                               "a fatal error (default: off)")
+    verbosity.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const="quiet",
+                           help="only warnings and errors before the summary (default: off)")
+
+
+def _fatal(config: JobConfig, exc: Exception, verbosity: str, run_id: str | None) -> int:
+    """An error nobody foresaw: one line (what, and where the traceback is), the traceback only with --verbose."""
+    from .errors import root_cause
+
+    if verbosity == "verbose":
+        traceback.print_exc()
+    hint = _log_hint(config, run_id) if run_id else ""
+    if not hint and verbosity != "verbose":
+        hint = "; --verbose shows the traceback"
+    print(f"gpa-batch {config.job}: failed: {root_cause(exc)}{hint}", file=sys.stderr)
+    return 1
+
+
+def _log_hint(config: JobConfig, run_id: str) -> str:
+    """Where the run's log (with the traceback) is, once the run has started and written it."""
+    from . import storage
+    from .logs import run_log_uri
+
+    uri = run_log_uri(config.output, run_id)
+    try:
+        written = storage.exists(uri)
+    except Exception:  # the store that failed the run may fail this too
+        written = False
+    return f" (full log: {storage.redact_uri(uri)})" if written else ""
+
+
 def config_from_args(job: str, args: argparse.Namespace) -> JobConfig:
     values: dict[str, Any] = {}
     given = vars(args)
@@ -248,7 +289,8 @@ def config_from_args(job: str, args: argparse.Namespace) -> JobConfig:
     options = dict(values.pop("options", None) or {})
     field_map = dict(values.pop("field_map", None) or {})
     for key, value in given.items():
-        if key in ("command", "config", "print_json", "progress", "progress_every_s", "option", "field_map"):
+        if key in ("command", "config", "print_json", "progress", "progress_every_s", "option", "field_map", "dry_run",
+                   "verbosity"):
             continue
         if key.startswith("opt_"):
             options[key[4:]] = value
@@ -309,35 +351,54 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_demo(output=args.output, jobs=[j.strip() for j in args.jobs.split(",") if j.strip()],
                         model=args.model, mlflow_uri=args.mlflow_uri, seed=args.seed)
+    dry_run, verbosity = getattr(args, "dry_run", False), getattr(args, "verbosity", "default")
     try:
         config = config_from_args(args.command, args)
     except ValueError as exc:
         parser.error(str(exc))
+    from .logs import configure_logging, quiet_ray_console
+
+    ray_logging_level = configure_logging(verbosity)
     from .errors import JobError
     from .manifest import InputError
+    from .output import new_run_id
     from .pipeline import check_config, check_output_identity, run_job
+    from .preflight import dry_run_plan, format_plan, preflight
     from .ray_runtime import ensure_ray, shutdown_ray
     from .summary import format_summary, summary_dict
 
     try:
         check_config(config)  # seconds before Ray would have started
+        checked = preflight(config)
         check_output_identity(config)  # a rerun with another model or settings (--mode)
-    except JobError as exc:
+        if dry_run:
+            plan = dry_run_plan(config, checked)
+            print(json.dumps(plan, indent=1) if getattr(args, "print_json", False) else format_plan(plan))
+            return 0
+    except (InputError, JobError) as exc:
         print(f"gpa-batch {config.job}: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        return _fatal(config, exc, verbosity, None)
     started = False
+    run_id = new_run_id()
     try:
         with _interrupt_on_termination():
             try:
-                started = ensure_ray()
+                started = ensure_ray(logging_level=ray_logging_level)
+                quiet_ray_console(verbosity)
                 result = run_job(config, progress=getattr(args, "progress", None),
-                                 progress_every_s=getattr(args, "progress_every_s", None))
+                                 progress_every_s=getattr(args, "progress_every_s", None), run_id=run_id)
             finally:
                 if started:
                     shutdown_ray()
     except (InputError, JobError) as exc:
-        print(f"gpa-batch {config.job}: {exc}", file=sys.stderr)
+        if verbosity == "verbose":
+            traceback.print_exc()
+        print(f"gpa-batch {config.job}: {exc}{_log_hint(config, run_id)}", file=sys.stderr)
         return 1
+    except Exception as exc:
+        return _fatal(config, exc, verbosity, run_id)
     except KeyboardInterrupt:  # run_job has ended its MLflow run and given the output up: no traceback to read
         print(f"gpa-batch {config.job}: interrupted; finished parts are kept and rerunning the same command "
               "resumes the job", file=sys.stderr)

@@ -709,3 +709,39 @@ def _echo(row: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             echo[key] = float(value)
     return echo
+
+
+# --- preflight: can the manifest's columns serve the job? -------------------------------------------------------
+
+def check_columns(job: str, uri: str, *, input_format: str = "auto", field_map: dict[str, str] | None = None,
+                  reference: str | None = None, convention: str = "auto", rows: int = 100) -> None:
+    """Raise :class:`InputError` when none of the manifest's first ``rows`` rows has a field ``job`` needs (a CSV
+    without an ``audio`` column, ``--field-map audio=nosuch``), naming the columns it has and the ``--field-map``
+    to use. Such a job would end with every row a ``missing_field`` error; one row without the field is that row's
+    error, as always."""
+    task = get_task(job)
+    uri = storage.normalize(uri)
+    records = [r for r in itertools.islice(read_records(uri, input_format), rows) if isinstance(r, dict)]
+    if field_map:
+        convention = "field_map"
+    elif convention == "auto":
+        convention = detect_convention(records)
+    canonical = [_canonical(r, convention, field_map or {}) for r in records]
+    if convention == "gpa":  # other jobs' rows of a mixed training manifest say nothing about this job's fields
+        canonical = [r for r in canonical if str(r.get("__task__", "")).strip().lower() in task.manifest_names]
+    if not canonical:
+        return
+    columns = sorted({str(k) for r in records for k in r})
+    # the fields the task cannot do without (synthesize and convert take --reference instead of ref_audio)
+    for name in (name for name, required in task.manifest_fields.items() if required):
+        if name == "ref_audio" and reference:
+            continue
+        if any(isinstance(r.get(name), str) and r[name].strip() for r in canonical):
+            continue
+        shown = ", ".join(columns[:20]) + (f", ... ({len(columns) - 20} more)" if len(columns) > 20 else "")
+        mapped = (field_map or {}).get(name)
+        problem = (f"--field-map {name}={mapped} names no column with values" if mapped
+                   else f"no {name!r} column")
+        hint = "; or pass --reference FILE for every row" if name == "ref_audio" else ""
+        raise InputError(f"{storage.redact_uri(uri)}: {problem} in its first {len(records)} rows ({job} needs "
+                         f"it); its columns are {shown or 'none'}: pass --field-map {name}=COLUMN{hint}")

@@ -23,6 +23,7 @@ from .bookkeeping import JobResult, run_result, verified_records
 from .cluster import cluster_resources, on_cluster
 from .config import JobConfig
 from .errors import JobError, root_cause, storage_failures
+from .logs import run_log
 from .manifest import InputRows, load_inputs
 from .output import OutputStore, new_run_id
 from .plan import pipeline_order, plan_run
@@ -45,10 +46,12 @@ def check_config(config: JobConfig) -> None:
     task_params(config)  # unknown or invalid task options
 
 
-def run_job(config: JobConfig, *, progress: bool | None = None, progress_every_s: float | None = None) -> JobResult:
-    """Run one job to the end: its output is committed (or untouched) when this returns or raises."""
+def run_job(config: JobConfig, *, progress: bool | None = None, progress_every_s: float | None = None,
+            run_id: str | None = None) -> JobResult:
+    """Run one job to the end: its output is committed (or untouched) when this returns or raises. ``run_id``: the
+    caller's (to find the run's log, :func:`jobs.logs.run_log_uri`), else a new one."""
     started = time.time()
-    run_id = new_run_id()
+    run_id = run_id or new_run_id()
     check_config(config)
     cluster_gpus, cluster_cpus = cluster_resources(config)
     if cluster_gpus == 0 and config.gpus_per_actor is None and config.device is None and on_cluster():
@@ -87,7 +90,7 @@ def _run(config: JobConfig, run_id: str, started: float, params: dict, store: Ou
         store.start(run_id, config.takeover)  # takes ownership, adopts parts of an interrupted run, removes debris
     tracking.own_output(lambda: store.is_current(run_id), store.output_id)
     # a heartbeat tells later runs that this one is alive, until it is reported (an output's own MLflow store too)
-    with store.holding(run_id):
+    with run_log(store.uri, run_id), store.holding(run_id):
         try:
             with storage_failures("could not take over the output"):
                 plan = plan_run(config, inputs, store)

@@ -76,11 +76,11 @@ def pipeline_order(task, rows: pa.Table) -> np.ndarray:
         return pc.sort_indices(keys, [("audio", "ascending"), ("begin", "ascending")]).to_numpy()
     lengths = task.lengths(rows)
     if not lengths.all():  # no duration in the manifest: local files are ordered by their size
-        lengths = task.lengths(_with_local_sizes(rows, lengths == 0))
+        lengths = task.lengths(with_local_sizes(rows, lengths == 0))
     return np.argsort(-lengths, kind="stable")
 
 
-def _with_local_sizes(rows: pa.Table, unknown: np.ndarray) -> pa.Table:
+def with_local_sizes(rows: pa.Table, unknown: np.ndarray) -> pa.Table:
     """``rows`` with ``size_bytes`` filled in for the ``unknown`` rows whose audio is a local file. (Objects in a
     store would cost a request each: a manifest of them is ordered within each window only, see docs/jobs.md.)"""
     from concurrent.futures import ThreadPoolExecutor

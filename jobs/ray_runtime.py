@@ -26,10 +26,11 @@ _RAY_DIR_PREFIX = "gpa-batch-ray-"
 _OWNER_FILE = "gpa-batch-owner.pid"
 
 
-def ensure_ray(num_cpus: int | None = None) -> bool:
+def ensure_ray(num_cpus: int | None = None, *, logging_level: int = logging.INFO) -> bool:
     """Connect to ``RAY_ADDRESS`` when set, else start a local Ray in a temporary directory of its own (removed by
     :func:`shutdown_ray`, at exit too; one left by a killed run is removed by the next start). Returns True when
-    this call started it; a failure to start or connect is a :class:`JobError` of one line."""
+    this call started it; a failure to start or connect is a :class:`JobError` of one line. ``logging_level``: of
+    Ray's own driver-side messages (see :mod:`jobs.logs`)."""
     import atexit
 
     import ray
@@ -38,7 +39,7 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
         return False
     try:
         if os.environ.get("RAY_ADDRESS"):
-            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True, logging_level=logging_level)
         else:
             _remove_orphaned_ray_dirs()
             temp = tempfile.mkdtemp(prefix=_RAY_DIR_PREFIX)
@@ -46,7 +47,8 @@ def ensure_ray(num_cpus: int | None = None) -> bool:
             with open(os.path.join(temp, _OWNER_FILE), "w") as f:
                 f.write(str(os.getpid()))
             atexit.register(shutdown_ray)  # an exit that skips the caller's finally (sys.exit in a library, ...)
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, _temp_dir=temp)
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, _temp_dir=temp,
+                     logging_level=logging_level)
     except Exception as exc:
         shutdown_ray()
         where = os.environ.get("RAY_ADDRESS") or "a local Ray"

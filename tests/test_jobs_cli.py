@@ -285,7 +285,7 @@ def test_manifest_flags_fill_the_job_config():
         config(["transcribe", "--input", "m", "--output", "o", "--model", "m", "--max-input-mb", "0"])
 
 
-def test_a_ray_that_cannot_start_is_one_line_and_leaves_no_directory(tmp_path, monkeypatch, capsys):
+def test_a_ray_that_cannot_start_is_one_line_and_leaves_no_directory(tmp_path, monkeypatch, capsys, tiny_checkpoint):
     import tempfile
 
     from jobs.cli import main
@@ -296,7 +296,7 @@ def test_a_ray_that_cannot_start_is_one_line_and_leaves_no_directory(tmp_path, m
     monkeypatch.setattr(tempfile, "tempdir", str(long_tmp))
     (tmp_path / "m.jsonl").write_text('{"id": "a", "audio": "a.wav"}\n')
     code = main(["transcribe", "--input", str(tmp_path / "m.jsonl"), "--output", str(tmp_path / "out"),
-                 "--model", str(tmp_path / "model")])
+                 "--model", str(tiny_checkpoint)])  # a model that passes preflight
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "Traceback" not in err[0]
     assert err[0].startswith("gpa-batch transcribe: could not start or connect to a local Ray (")
