@@ -182,6 +182,18 @@ def test_the_demo_closing_hint_runs_as_printed(tmp_path):
     assert len(list((tmp_path / "subtitles").glob("*.srt"))) == 2 and store.files()
 
 
+@pytest.mark.parametrize("job", ["transcribe", "synthesize", "convert"])
+def test_the_demo_hint_reads_each_jobs_output_in_any_folder(job, tmp_path):
+    root = tmp_path / "it's my demo"  # a shell's space and quote
+    write_output(str(root / job), job, [output_part(job, [{"id": "row-1", "status": "error", "error_kind": "x"}])])
+    pyarrow_line, export_line = reading_hint(root, job).splitlines()[1:3]
+    command = shlex.split(pyarrow_line.strip())
+    done = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert done.returncode == 0 and "row-1" in done.stdout, done.stderr[-2000:]
+    assert shlex.split(export_line)[1:3] == ["export", str(root / job)]
+
+
 def test_an_unreachable_store_is_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
            "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1",
