@@ -57,6 +57,9 @@ def test_subtitle_timing_formats_are_exact():
                                           "2\n00:00:01,250 --> 00:00:02,000\nb\nc\n")
     assert subtitles(segments, "vtt") == ("WEBVTT\n\n00:00:00.500 --> 00:00:01.250\na\n\n"
                                           "00:00:01.250 --> 00:00:02.000\nb\nc\n")
+    for fmt in ("srt", "vtt"):  # text that looks like a timing line stays text
+        cue = subtitles([{"start": 0.0, "end": 1.0, "text": "a --> b\n-->"}], fmt)
+        assert cue.count("-->") == 1 and "a -> b\n->\n" in cue
 
 
 def test_transcripts_export_in_every_format(tmp_path, capsys):
