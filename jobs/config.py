@@ -14,7 +14,7 @@ JOBS = tuple(TASKS)  # the registered tasks (jobs.tasks)
 
 # Items per model call when --batch-size is not given. On a GPU, decoding steps cost about the same for 8 rows as
 # for 128 (kernel launches, not arithmetic, bound them): an H200 transcribed 4.9 clips/s in batches of 8, 26.5 in
-# batches of 64 and 40 in batches of 128 (docs/jobs.md). 64 leaves room for long inputs on a 24 GB card.
+# batches of 64 and 40 in batches of 128 (docs/jobs.md).
 CPU_BATCH_SIZE = 8
 GPU_BATCH_SIZE = 256  # the static engine sizes its KV cache from the card's free memory
 

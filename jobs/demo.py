@@ -7,6 +7,7 @@ directory) runs the same thing with the released weights.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .config import JOBS, JobConfig
@@ -21,14 +22,21 @@ RANDOM_WEIGHTS_NOTE = (
 
 
 def reading_hint(root: Path, job: str) -> str:
-    """How to read what the demo wrote (each line works as printed)."""
+    """How to read what the demo wrote (each line works as printed, in a POSIX shell, whatever the folder's name)."""
+    from shlex import quote
+
+    from .schema import output_schema
+
     output = root / job
-    export = "--format srt --dest " + str(root / "subtitles") if job == "transcribe" else \
-        "--format wav --dest " + str(root / f"{job}-wav")
+    # columns this job's rows have (convert's have no text)
+    columns = [c for c in ("id", "status", "text", "duration_s") if c in output_schema(job).names][:3]
+    code = (f"from jobs.output import OutputStore; print(OutputStore({json.dumps(str(output))}).dataset()"
+            f".to_table(columns={json.dumps(columns)}).to_pandas())")
+    export = f"--format srt --dest {quote(str(root / 'subtitles'))}" if job == "transcribe" else \
+        f"--format wav --dest {quote(str(root / f'{job}-wav'))}"
     return (f"results under {root}/<job>/ (Parquet parts, listed in _gpa_batch/commit.json); to read them:\n"
-            f"  python -c \"from jobs.output import OutputStore; "
-            f"print(OutputStore('{output}').dataset().to_table(columns=['id', 'status', 'text']).to_pandas())\"\n"
-            f"  gpa-batch export {output} {export}\n"
+            f"  python -c {quote(code)}\n"
+            f"  gpa-batch export {quote(str(output))} {export}\n"
             f"  with Hugging Face datasets: see docs/outputs.md (datasets decodes the audio column only with "
             f"torchcodec and FFmpeg installed; the recipe there decodes it with soundfile)")
 

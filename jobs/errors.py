@@ -23,6 +23,12 @@ def root_cause(exc: BaseException) -> str:
     chain = _chain(exc)
     for error in chain:
         cause = getattr(error, "cause", None)
+        if _wraps_user_code(cause):
+            # Ray Data raises UserCodeException "from" what a map function raised, and only the traceback text
+            # crosses to the driver: the error raised inside our code is the one named before Ray's wrapper
+            line = _direct_cause_line(str(error))
+            if line:
+                return storage.scrub(line, 500)
         if isinstance(cause, BaseException):
             return root_cause(cause) if cause is not error else _line(cause)
     for error in chain:
@@ -30,6 +36,28 @@ def root_cause(exc: BaseException) -> str:
         if type(error).__module__.startswith("ray.") and len(lines) > 1:
             return storage.scrub(lines[-1].strip(), 500)
     return _line(chain[0])
+
+
+def _wraps_user_code(error: object) -> bool:
+    try:
+        from ray.exceptions import UserCodeException
+    except ImportError:
+        return False
+    return isinstance(error, UserCodeException)
+
+
+_DIRECT_CAUSE = "The above exception was the direct cause of the following exception:"
+
+
+def _direct_cause_line(traceback_text: str) -> str | None:
+    """The first line of the exception that the last one of a traceback text was raised from (the line after that
+    exception's frames), or None when the text names no cause."""
+    if _DIRECT_CAUSE not in traceback_text:
+        return None
+    lines = [line for line in traceback_text.rsplit(_DIRECT_CAUSE, 1)[0].splitlines() if line.strip()]
+    frames = [i for i, line in enumerate(lines) if line.startswith(" ")]  # "  File ...", code, carets
+    start = frames[-1] + 1 if frames else 0
+    return lines[start].strip() if start < len(lines) else None
 
 
 def _chain(exc: BaseException | None) -> list[BaseException]:

@@ -196,8 +196,9 @@ def subtitles(segments: list[dict], fmt: str) -> str:
     """SRT (numbered cues) or WebVTT (a ``WEBVTT`` header) of ``segments``."""
     blocks = []
     for number, s in enumerate(segments, 1):
-        # a blank line ends a cue in both formats: keep the text's lines, drop empty ones
-        text = "\n".join(line for line in s["text"].splitlines() if line.strip())
+        # a blank line ends a cue in both formats: keep the text's lines, drop empty ones; an arrow in the text
+        # would read as a timing line
+        text = "\n".join(line for line in s["text"].replace("-->", "->").splitlines() if line.strip())
         times = f"{timestamp(s['start'], fmt)} --> {timestamp(s['end'], fmt)}"
         blocks.append(f"{number}\n{times}\n{text}\n" if fmt == "srt" else f"{times}\n{text}\n")
     body = "\n".join(blocks)

@@ -6,8 +6,10 @@ import argparse
 import dataclasses
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -195,6 +197,7 @@ def test_the_driver_never_loads_torch(tmp_path):
     examples = ROOT / "manifests" / "examples"
     code = f"""
 import sys
+import tempfile
 from jobs.cli import build_parser, config_from_args
 from jobs.manifest import load_inputs
 from jobs.pipeline import task_params
@@ -260,6 +263,32 @@ def test_a_failure_is_named_by_what_the_ray_worker_raised():
     assert reason.startswith("gpa.errors.CheckpointError: no config.json in s3://")
     assert "bucket/model" in reason and "AKIA" not in reason and "Traceback" not in reason
     assert root_cause(FileNotFoundError("nope")) == "FileNotFoundError: nope"
+
+
+def test_a_map_function_failure_is_named_by_what_it_raised():
+    """Ray Data wraps what a map function raises in a UserCodeException whose cause stays behind in the worker:
+    the reason is still the error our code raised, not Ray's retry advice."""
+    import ray
+
+    from jobs.errors import root_cause
+
+    def fails_in_a_map(batch):  # nested: pickled by value, as a job's own map functions travel
+        from gpa.errors import CheckpointError
+
+        raise CheckpointError("no config.json in s3://AKIAIOSFODNN7EXAMPLE:wJalr@bucket/model")
+
+    temp = tempfile.mkdtemp(prefix="gpa-batch-test-ray-")  # short: Ray's socket paths are limited to 107 bytes
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        with pytest.raises(Exception) as failure:
+            ray.data.range(2).map_batches(fails_in_a_map).materialize()
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+    reason = root_cause(failure.value)
+    assert reason.startswith("gpa.errors.CheckpointError: no config.json in s3://"), reason
+    assert "bucket/model" in reason and "AKIA" not in reason
 
 
 def test_options_the_job_sets_itself_are_refused_as_options():

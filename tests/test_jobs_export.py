@@ -57,6 +57,9 @@ def test_subtitle_timing_formats_are_exact():
                                           "2\n00:00:01,250 --> 00:00:02,000\nb\nc\n")
     assert subtitles(segments, "vtt") == ("WEBVTT\n\n00:00:00.500 --> 00:00:01.250\na\n\n"
                                           "00:00:01.250 --> 00:00:02.000\nb\nc\n")
+    for fmt in ("srt", "vtt"):  # text that looks like a timing line stays text
+        cue = subtitles([{"start": 0.0, "end": 1.0, "text": "a --> b\n-->"}], fmt)
+        assert cue.count("-->") == 1 and "a -> b\n->\n" in cue
 
 
 def test_transcripts_export_in_every_format(tmp_path, capsys):
@@ -180,6 +183,18 @@ def test_the_demo_closing_hint_runs_as_printed(tmp_path):
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(list((tmp_path / "subtitles").glob("*.srt"))) == 2 and store.files()
+
+
+@pytest.mark.parametrize("job", ["transcribe", "synthesize", "convert"])
+def test_the_demo_hint_reads_each_jobs_output_in_any_folder(job, tmp_path):
+    root = tmp_path / "it's my demo"  # a shell's space and quote
+    write_output(str(root / job), job, [output_part(job, [{"id": "row-1", "status": "error", "error_kind": "x"}])])
+    pyarrow_line, export_line = reading_hint(root, job).splitlines()[1:3]
+    command = shlex.split(pyarrow_line.strip())
+    done = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert done.returncode == 0 and "row-1" in done.stdout, done.stderr[-2000:]
+    assert shlex.split(export_line)[1:3] == ["export", str(root / job)]
 
 
 def test_an_unreachable_store_is_one_line(tmp_path):

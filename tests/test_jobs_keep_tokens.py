@@ -45,6 +45,19 @@ def test_keep_tokens_is_a_transcribe_flag():
         JobConfig(job="synthesize", input="m.jsonl", output="o", model="m", keep_tokens=True)  # from a --config file
 
 
+def test_keep_tokens_is_recorded_with_the_runs_params(tmp_path):
+    """It decides which columns the rows fill, so MLflow's params and the metrics file say whether it was on."""
+    from jobs.manifest import load_inputs
+    from jobs.reporting import job_params
+
+    manifest = write_jsonl(tmp_path / "m.jsonl", [{"id": "a", "audio": str(EXAMPLES / "audio" / "jfk.flac")}])
+    inputs = load_inputs("transcribe", str(manifest))
+    for keep in (False, True):
+        config = JobConfig(job="transcribe", input=str(manifest), output=str(tmp_path / "o"), model="m",
+                           keep_tokens=keep).for_cluster(cluster_gpus=0)
+        assert job_params(config, inputs, "m", "", "run", {})["keep_tokens"] is keep
+
+
 def test_rows_keep_the_models_tokens_beside_rows_of_an_output_without_them(ray_address, tiny_checkpoint,
                                                                           tiny_model, tmp_path):
     from gpa import TranscribeOptions

@@ -134,12 +134,12 @@ class SynthesizeTask(VoiceTask):
         )
 
 
-
-TASK = SynthesizeTask()
-
 def passes_gate(cer: float | None, similarity_: float | None, config) -> bool:
     """The quality gate: intelligible (CER) and in the reference's voice (similarity); open with --no-quality."""
     if not config.quality:
         return True
     return (cer is not None and similarity_ is not None and cer <= config.keep_max_cer
             and similarity_ >= config.keep_min_similarity)
+
+
+TASK = SynthesizeTask()

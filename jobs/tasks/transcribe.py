@@ -131,6 +131,9 @@ class TranscribeTask(Task):
             semantic_tokens=row.get("semantic_tokens") if config.keep_tokens else None,
         )
 
+    def job_params(self, config):
+        return {"keep_tokens": config.keep_tokens}
+
     def add_arguments(self, group, default):
         group.add_argument("--keep-tokens", action="store_true",
                            help="keep each row's GLM and semantic token ids (columns glm_tokens, semantic_tokens; "
