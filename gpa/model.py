@@ -234,13 +234,15 @@ class GPA:
                                                seconds=[pieces[k].seconds for k in batch])
 
         generations = _after(tokens, generate_batch, options.batch_size, lambda k: _size(pieces[k]))
-        outputs = [g if isinstance(g, GPAError) else (t, g) for t, g in zip(tokens, generations, strict=True)]
-        for piece, result, (speech, generation) in _successful(results, pieces, outputs):
+        texts = _after(generations, lambda batch: self.detokenize_text([generations[k].ids for k in batch]),
+                       options.batch_size, lambda k: _size(pieces[k]))
+        outputs = [x if isinstance(x, GPAError) else (t, g, x) for t, g, x in zip(tokens, generations, texts,
+                                                                                   strict=True)]
+        for piece, result, (speech, generation, text) in _successful(results, pieces, outputs):
             result.glm_tokens += [int(x) for x in speech.glm]
             result.semantic_tokens += [int(x) for x in speech.semantic]
             result.generated_ids += generation.ids
             result.truncated |= generation.hit_max_new_tokens
-            [text] = self.detokenize_text([generation.ids])
             result.segments.append(Segment(piece.start / SAMPLE_RATE, piece.end / SAMPLE_RATE, text))
         for result in results:
             if result.error is None:
@@ -494,6 +496,8 @@ class _Missing:
         self._name, self._loaded = name, tuple(loaded)
 
     def __getattr__(self, attribute: str):
+        if attribute.startswith("__"):  # copy, pickle and hasattr ask for these: plain absence
+            raise AttributeError(attribute)
         raise RuntimeError(f"this GPA was loaded without its {self._name} (components={self._loaded}): "
                            f"load it with {self._name!r} among the components to use {attribute}")
 

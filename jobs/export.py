@@ -260,5 +260,9 @@ def run_command(args) -> int:
         print(f"gpa-batch export: {storage.scrub(message.splitlines()[0] if message else message)}",
               file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("gpa-batch export: interrupted; the files written so far are kept, rerunning writes them again",
+              file=sys.stderr)
+        return 130
     print(result.summary())
     return 1 if result.failed else 0

@@ -8,6 +8,7 @@ import logging
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import schema as S
 from . import storage
 from .bookkeeping import JobResult
 from .config import JobConfig
@@ -87,6 +88,7 @@ def _artifacts(config: JobConfig, new_files: list[str], light: pa.Table | None) 
 
     artifacts = {"config.yaml": yaml.safe_dump(redacted_config(config), sort_keys=False).encode(),
                  "errors.json": json.dumps(error_summary(light), indent=1).encode()}
+    token_columns = [f.name for f in get_task(config.job).output_schema if f.type == S.TOKENS]
     samples, n = [], 0
     for uri in new_files:
         if n >= config.samples:
@@ -99,7 +101,7 @@ def _artifacts(config: JobConfig, new_files: list[str], light: pa.Table | None) 
                 name = storage.safe_name(row["id"], ".flac")
                 artifacts[f"samples/{name}"] = flac
                 row["audio_file"] = name
-            for key in ("global_tokens", "semantic_tokens", "source_semantic_tokens", "glm_tokens"):
+            for key in token_columns:  # a count instead of every id
                 if row.get(key) is not None:
                     row[key] = f"{len(row[key])} tokens"
             samples.append(row)

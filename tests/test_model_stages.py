@@ -128,3 +128,13 @@ def test_long_inputs_through_the_stages_apart_equal_the_task_methods(tiny_model)
     assert result.chunks == len(chunks)
     # batched decoding of equal-length pieces differs from one by one in float rounding only
     np.testing.assert_allclose(result.audio, join_speech(waves, 16000, synth.crossfade_s), atol=2e-5)
+
+
+def test_a_stand_in_for_a_component_not_loaded_is_plainly_absent_to_copy_and_hasattr(tiny_checkpoint):
+    import copy
+
+    from gpa import GPA
+
+    encoders = GPA.from_pretrained(tiny_checkpoint, components=("bicodec",))
+    assert not hasattr(encoders.llm, "__deepcopy__") and not encoders.glm
+    copy.copy(encoders.llm)  # copy asks for dunders: absent, not an error

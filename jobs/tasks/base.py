@@ -319,7 +319,8 @@ def _params(params: dict, seed: int | None) -> str:
     return json.dumps({**params, "seed": seed}, sort_keys=True, default=str)
 
 
-def _short_hash(text: str) -> str:
+def short_hash(text: str) -> str:
+    """A short, stable digest of ``text`` (ids derived from what a row asks for)."""
     import hashlib
 
     return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]

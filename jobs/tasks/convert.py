@@ -15,9 +15,9 @@ from .base import (
     PIECE_RANGE,
     TOKEN_LISTS,
     VoiceTask,
-    _short_hash,
     mark_error,
     run_pieces,
+    short_hash,
     uri_of,
 )
 
@@ -67,7 +67,7 @@ class ConvertTask(VoiceTask):
     def id_from_row(self, row, audio, segment, ref):
         if not audio:
             return None
-        return f"{audio}{segment}>{_short_hash(ref)}" if ref else f"{audio}{segment}"
+        return f"{audio}{segment}>{short_hash(ref)}" if ref else f"{audio}{segment}"
 
     # the staged pipeline
     tokenize_components = ("bicodec",)

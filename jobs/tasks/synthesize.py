@@ -13,7 +13,7 @@ from gpa.errors import InvalidText
 
 from .. import schema as S
 from ..quality import error_rates, round_trip, similarity
-from .base import EMBEDDING, TOKEN_LISTS, VoiceTask, _short_hash, mark_error, uri_of
+from .base import EMBEDDING, TOKEN_LISTS, VoiceTask, mark_error, short_hash, uri_of
 
 
 class SynthesizeTask(VoiceTask):
@@ -68,7 +68,7 @@ class SynthesizeTask(VoiceTask):
         return None
 
     def id_from_row(self, row, audio, segment, ref):
-        return "tts-" + _short_hash(f"{row['text']}\0{ref}") if row.get("text") else None
+        return "tts-" + short_hash(f"{row['text']}\0{ref}") if row.get("text") else None
 
     def job_params(self, config):
         return {"keep_max_cer": config.keep_max_cer, "keep_min_similarity": config.keep_min_similarity}
