@@ -152,7 +152,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from jobs.config import JobConfig
-    from jobs.ray_runtime import ensure_ray, shutdown_ray
+    from jobs.run.ray_runtime import ensure_ray, shutdown_ray
 
     work = Path(tempfile.mkdtemp(prefix="gpa-batch-bench-"))
     model = args.model

@@ -15,10 +15,9 @@ import traceback
 from typing import Any
 
 from gpa.options import ENGINES
-
-from . import schema as S
-from .config import CPU_BATCH_SIZE, GPU_BATCH_SIZE, JobConfig, parse_actors
-from .tasks import TASKS, Task
+from jobs.config import CPU_BATCH_SIZE, GPU_BATCH_SIZE, JobConfig, parse_actors
+from jobs.io import schema as S
+from jobs.tasks import TASKS, Task
 
 # task options with a flag of their own (when the task's options have them); the others go through --option
 OPTION_FLAGS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "window_s")
@@ -46,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="checkpoint to use instead of the generated tiny one (e.g. AutoArk-AI/GPA)")
     demo.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: sqlite in the output)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the tiny checkpoint and the jobs (default: 0)")
-    from .export import EXAMPLES as EXPORT_EXAMPLES
-    from .export import add_arguments as add_export_arguments
+    from jobs.io.export import EXAMPLES as EXPORT_EXAMPLES
+    from jobs.io.export import add_arguments as add_export_arguments
 
     add_export_arguments(commands.add_parser(
         "export", help="write a job's committed rows as files: transcripts (txt, srt, vtt, json, jsonl) or audio "
@@ -241,7 +240,7 @@ def _add_run_control_arguments(p: argparse.ArgumentParser) -> None:
 
 def _fatal(config: JobConfig, exc: Exception, verbosity: str, run_id: str | None) -> int:
     """An error nobody foresaw: one line (what, and where the traceback is), the traceback only with --verbose."""
-    from .errors import root_cause
+    from jobs.run.errors import root_cause
 
     if verbosity == "verbose":
         traceback.print_exc()
@@ -254,8 +253,8 @@ def _fatal(config: JobConfig, exc: Exception, verbosity: str, run_id: str | None
 
 def _log_hint(config: JobConfig, run_id: str) -> str:
     """Where the run's log (with the traceback) is, once the run has started and written it."""
-    from . import storage
-    from .logs import run_log_uri
+    from jobs.io import storage
+    from jobs.run.logs import run_log_uri
 
     uri = run_log_uri(config.output, run_id)
     try:
@@ -271,7 +270,7 @@ def config_from_args(job: str, args: argparse.Namespace) -> JobConfig:
     if given.get("config"):
         import yaml
 
-        from . import storage
+        from jobs.io import storage
 
         try:
             loaded = yaml.load(storage.read_bytes(storage.normalize(given["config"])), _yaml_loader()) or {}
@@ -343,11 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "export":
-        from .export import run_command
+        from jobs.io.export import run_command
 
         return run_command(args)
     if args.command == "demo":
-        from .demo import run_demo
+        from jobs.demo import run_demo
 
         return run_demo(output=args.output, jobs=[j.strip() for j in args.jobs.split(",") if j.strip()],
                         model=args.model, mlflow_uri=args.mlflow_uri, seed=args.seed)
@@ -356,16 +355,16 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args.command, args)
     except ValueError as exc:
         parser.error(str(exc))
-    from .logs import configure_logging, quiet_ray_console
+    from jobs.run.logs import configure_logging, quiet_ray_console
 
     ray_logging_level = configure_logging(verbosity)
-    from .errors import JobError
-    from .manifest import InputError
-    from .output import new_run_id
-    from .pipeline import check_config, check_output_identity, run_job
-    from .preflight import dry_run_plan, format_plan, preflight
-    from .ray_runtime import ensure_ray, shutdown_ray
-    from .summary import format_summary, summary_dict
+    from jobs.io.manifest import InputError
+    from jobs.io.output import new_run_id
+    from jobs.pipeline import check_config, check_output_identity, run_job
+    from jobs.run.errors import JobError
+    from jobs.run.preflight import dry_run_plan, format_plan, preflight
+    from jobs.run.ray_runtime import ensure_ray, shutdown_ray
+    from jobs.run.summary import format_summary, summary_dict
 
     try:
         check_config(config)  # seconds before Ray would have started
@@ -431,11 +430,6 @@ def _interrupt_on_termination():
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def job_main(job: str) -> None:
-    """``python -m jobs.<job> ...``."""
-    sys.exit(main([job, *sys.argv[1:]]))
 
 
 if __name__ == "__main__":

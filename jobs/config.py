@@ -8,7 +8,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-from .tasks import TASKS, get_task
+from jobs.tasks import TASKS, get_task
 
 JOBS = tuple(TASKS)  # the registered tasks (jobs.tasks)
 
@@ -28,7 +28,7 @@ class JobConfig:
     # input
     glob: str | None = None  # list files under --input instead of reading a manifest
     input_format: str = "auto"  # auto | jsonl | csv | parquet
-    convention: str = "auto"  # auto | canonical | gpa | nemo (jobs.manifest.CONVENTIONS)
+    convention: str = "auto"  # auto | canonical | gpa | nemo (jobs.io.manifest.CONVENTIONS)
     skip_other_tasks: bool = False  # GPA training manifests: leave other jobs' rows out (else they are error rows)
     allow_empty: bool = False  # an input without rows ends as an empty, complete job instead of being refused
     field_map: dict[str, str] = field(default_factory=dict)  # our field -> the manifest's column
@@ -73,7 +73,7 @@ class JobConfig:
     audio_storage: str = "inline"  # inline: FLAC bytes in the Parquet; objects: FLAC files under <output>/audio/
     # resume
     retry_errors: bool = False
-    mode: str = "resume"  # resume | redo | new: what a rerun does with rows of another model or settings (jobs.resume)
+    mode: str = "resume"  # resume | redo | new: a rerun into rows of another model or settings (jobs.run.resume)
     takeover: bool = False  # take the output from a run whose lease has not expired (it is known to be dead)
     # tracking
     mlflow_uri: str | None = None

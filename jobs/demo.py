@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import JOBS, JobConfig
+from jobs.config import JOBS, JobConfig
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "manifests" / "examples"
 RANDOM_WEIGHTS_NOTE = (
@@ -25,12 +25,12 @@ def reading_hint(root: Path, job: str) -> str:
     """How to read what the demo wrote (each line works as printed, in a POSIX shell, whatever the folder's name)."""
     from shlex import quote
 
-    from .schema import output_schema
+    from jobs.io.schema import output_schema
 
     output = root / job
     # columns this job's rows have (convert's have no text)
     columns = [c for c in ("id", "status", "text", "duration_s") if c in output_schema(job).names][:3]
-    code = (f"from jobs.output import OutputStore; print(OutputStore({json.dumps(str(output))}).dataset()"
+    code = (f"from jobs.io.output import OutputStore; print(OutputStore({json.dumps(str(output))}).dataset()"
             f".to_table(columns={json.dumps(columns)}).to_pandas())")
     export = f"--format srt --dest {quote(str(root / 'subtitles'))}" if job == "transcribe" else \
         f"--format wav --dest {quote(str(root / f'{job}-wav'))}"
@@ -49,9 +49,9 @@ def already_done_note(job: str, rows: int, output: Path) -> str:
 
 def run_demo(*, output: str = "gpa-demo", jobs: list[str] | None = None, model: str | None = None,
              mlflow_uri: str | None = None, seed: int = 0) -> int:
-    from .pipeline import run_job
-    from .ray_runtime import ensure_ray, shutdown_ray
-    from .summary import format_summary
+    from jobs.pipeline import run_job
+    from jobs.run.ray_runtime import ensure_ray, shutdown_ray
+    from jobs.run.summary import format_summary
 
     jobs = list(JOBS) if jobs in (None, ["all"]) else jobs
     unknown = [j for j in jobs if j not in JOBS]

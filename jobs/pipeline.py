@@ -1,10 +1,10 @@
 """The one job skeleton shared by transcribe, synthesize and convert: this module only orchestrates.
 
-    read + validate (driver) -> plan (jobs.plan) -> decode (CPU tasks) -> GPA (actor pool) -> encode (CPU tasks)
-    -> staged Parquet parts -> verify and commit (jobs.bookkeeping) -> metrics file and MLflow (jobs.reporting)
+    read + validate (driver) -> plan (jobs.run.plan) -> decode (CPU tasks) -> GPA (actor pool) -> encode (CPU tasks)
+    -> staged Parquet parts -> verify and commit (jobs.run.bookkeeping) -> metrics file and MLflow (jobs.run.reporting)
 
 Rows that fail validation are written by the driver as error rows; everything else flows through Ray Data. Ray
-start-up is jobs.ray_runtime, cluster probing jobs.cluster, the one-line reasons of failures jobs.errors.
+start-up is jobs.run.ray_runtime, cluster probing jobs.run.cluster, the one-line reasons of failures jobs.run.errors.
 """
 
 from __future__ import annotations
@@ -17,19 +17,19 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 
-from . import schema as S
-from . import storage
-from .bookkeeping import JobResult, run_result, verified_records
-from .cluster import cluster_resources, on_cluster
-from .config import JobConfig
-from .errors import JobError, root_cause, storage_failures
-from .logs import run_log
-from .manifest import InputRows, load_inputs
-from .output import OutputStore, new_run_id
-from .plan import pipeline_order, plan_run
-from .reporting import report, track_failure
-from .tasks import get_task
-from .tracking import JobTracking
+from jobs.config import JobConfig
+from jobs.io import schema as S
+from jobs.io import storage
+from jobs.io.manifest import InputRows, load_inputs
+from jobs.io.output import OutputStore, new_run_id
+from jobs.run.bookkeeping import JobResult, run_result, verified_records
+from jobs.run.cluster import cluster_resources, on_cluster
+from jobs.run.errors import JobError, root_cause, storage_failures
+from jobs.run.logs import run_log
+from jobs.run.plan import pipeline_order, plan_run
+from jobs.run.reporting import report, track_failure
+from jobs.run.tracking import JobTracking
+from jobs.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def check_config(config: JobConfig) -> None:
 def run_job(config: JobConfig, *, progress: bool | None = None, progress_every_s: float | None = None,
             run_id: str | None = None) -> JobResult:
     """Run one job to the end: its output is committed (or untouched) when this returns or raises. ``run_id``: the
-    caller's (to find the run's log, :func:`jobs.logs.run_log_uri`), else a new one."""
+    caller's (to find the run's log, :func:`jobs.run.logs.run_log_uri`), else a new one."""
     started = time.time()
     run_id = run_id or new_run_id()
     check_config(config)
@@ -121,10 +121,10 @@ def _run(config: JobConfig, run_id: str, started: float, params: dict, store: Ou
 
 def check_output_identity(config: JobConfig, store: OutputStore | None = None) -> dict:
     """Refuse (JobError) a run that ``config.mode`` forbids on this output: by default, one whose model or
-    output-changing settings differ from those that made its rows (see :mod:`jobs.resume`). Reads the commit file
+    output-changing settings differ from those that made its rows (see :mod:`jobs.run.resume`). Reads the commit file
     and hashes a local model; the CLI calls it before Ray starts, run_job again. Returns this run's identity, with
     ``expected_model``: the hash the actors must load when the driver could not hash the model itself."""
-    from . import resume
+    from jobs.run import resume
 
     store = store or OutputStore(config.output)
     try:
@@ -148,7 +148,7 @@ def check_output_identity(config: JobConfig, store: OutputStore | None = None) -
 def _made_by(run_identity: dict, new_rows: pa.Table | None) -> dict:
     """The identity this run records: its model's hash as the driver or, failing that, its rows know it (a run
     that made no rows keeps the output's)."""
-    from . import resume
+    from jobs.run import resume
 
     model_hash = run_identity.get("model_hash")
     if model_hash is None and new_rows is not None:
@@ -161,7 +161,7 @@ def _run_pipeline(config: JobConfig, rows: pa.Table, run_id: str, params: dict,
                   progress: tuple[bool | None, float | None] = (None, None), expected_model: str | None = None) -> None:
     import ray
 
-    from .progress import DEFAULT_EVERY_S, ProgressLines
+    from jobs.run.progress import DEFAULT_EVERY_S, ProgressLines
 
     show, every_s = progress
     ctx = ray.data.DataContext.get_current()
@@ -178,7 +178,7 @@ def _run_stages(config: JobConfig, rows: pa.Table, run_id: str, params: dict, ex
                 tally) -> None:
     import ray
 
-    from .stages import GPAStage, decode_batch, encode_batch, make_sink, model_stages
+    from jobs.stages import GPAStage, decode_batch, encode_batch, make_sink, model_stages
 
     task = get_task(config.job)
     order = pipeline_order(task, rows)

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from . import schema as S
-from . import storage
-from .config import JobConfig
-from .resume import check_actor_model
-from .speakers import SpeakerCache
-from .tasks import WAV_COLUMNS, get_task, mark_error, work_schema
+from jobs.config import JobConfig
+from jobs.io import schema as S
+from jobs.io import storage
+from jobs.run.resume import check_actor_model
+from jobs.tasks import WAV_COLUMNS, get_task, mark_error, work_schema
+from jobs.tasks.speakers import SpeakerCache
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class GPAStage:
                       "detokenize": self.task.detokenize_components(self.config.quality)}[stage]
         self.model = GPA.from_pretrained(self.config.model, device=device, dtype=dtype, cache_dir=self.config.cache_dir,
                                          components=components)
-        check_actor_model(expected_model, self.model.content_hash)  # before any row: see jobs.resume
+        check_actor_model(expected_model, self.model.content_hash)  # before any row: see jobs.run.resume
         if self.config.encoder_batch_size:
             for name in {"glm", "bicodec"} & set(components):
                 getattr(self.model, name).batch_size = self.config.encoder_batch_size
@@ -213,7 +213,7 @@ def encode_batch(batch: pa.Table, config: JobConfig, run_id: str, params: dict, 
     """Finished work rows -> output rows: FLAC audio (inline or as objects), metrics, timings.
 
     ``params`` are the task options as a dict, made once by the driver (this CPU stage never imports torch);
-    ``progress``: the driver's tally actor (:mod:`jobs.progress`), told of each finished window.
+    ``progress``: the driver's tally actor (:mod:`jobs.run.progress`), told of each finished window.
     """
     from gpa.audio import encode_flac
 
@@ -246,7 +246,7 @@ def encode_batch(batch: pa.Table, config: JobConfig, run_id: str, params: dict, 
         out_rows.append(out)
     table = task.table(out_rows)
     if progress is not None:
-        from .progress import window_counts
+        from jobs.run.progress import window_counts
 
         progress.add.remote(window_counts(config.job, table))  # not waited for
     return table
@@ -272,11 +272,11 @@ def _encode_error(exc: Exception) -> Exception:
 
 
 def make_sink(output: str, run_id: str, rows_per_part: int | None):
-    """A Ray Data datasink writing each write task's rows as one staged part (see :mod:`jobs.output`)."""
+    """A Ray Data datasink writing each write task's rows as one staged part (see :mod:`jobs.io.output`)."""
     from ray.data import Datasink
     from ray.data.block import BlockAccessor
 
-    from .output import OutputStore
+    from jobs.io.output import OutputStore
 
     class StagedParquetSink(Datasink):
         def __init__(self):

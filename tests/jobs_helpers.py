@@ -65,7 +65,7 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 def committed(output) -> list[dict]:
     """The rows a reader of the output sees, through the documented reader (the committed parts)."""
-    from jobs.output import OutputStore
+    from jobs.io.output import OutputStore
 
     table = OutputStore(str(output)).read()
     return table.to_pylist() if table is not None else []
@@ -119,7 +119,7 @@ class MlflowServer:
 def output_part(job: str, rows: list[dict], without: tuple[str, ...] = ()):
     """A Parquet part of ``job``'s output schema holding ``rows`` (missing keys null); ``without``: columns to leave
     out, as in a part that an earlier version wrote."""
-    from jobs import schema as S
+    from jobs.io import schema as S
 
     schema = S.output_schema(job)
     table = S.rows_to_table(rows, schema)
@@ -129,7 +129,7 @@ def output_part(job: str, rows: list[dict], without: tuple[str, ...] = ()):
 def write_output(uri: str, job: str, parts: list, complete: bool = True):
     """A committed output of ``job`` written through the output protocol as a run writes it (stage each part, then
     commit): ``parts`` are tables (:func:`output_part`). Returns its OutputStore."""
-    from jobs.output import OutputStore
+    from jobs.io.output import OutputStore
 
     store = OutputStore(uri)
     store.start()
@@ -142,8 +142,8 @@ def write_output(uri: str, job: str, parts: list, complete: bool = True):
 def uncommitted_leftovers(store, job: str, row_id: str) -> None:
     """What a killed run leaves: a staged part (never committed) and a part in ``data/`` that the commit file does
     not list. Readers must not see either."""
-    from jobs import storage
-    from jobs.output import parquet_bytes
+    from jobs.io import storage
+    from jobs.io.output import parquet_bytes
 
     row = [{"id": row_id, "status": "ok", "text": "not committed"}]
     store.stage("killed", "part-killed-00000.parquet", output_part(job, row))

@@ -156,7 +156,7 @@ def test_two_node_cluster_nightly_transcription(s3_server, s3_bucket, tiny_check
     from jobs_helpers import migrated_mlflow_db
     from mlflow.tracking import MlflowClient
 
-    from jobs.output import OutputStore
+    from jobs.io.output import OutputStore
 
     if shutil.which("ray", path=str(BIN)) is None:
         pytest.skip("the ray CLI is not installed")

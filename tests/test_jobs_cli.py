@@ -181,11 +181,11 @@ def test_task_options_check_types_and_ranges():
 
 
 def test_module_entry_points_answer_help():
-    for module, expected in (("jobs.transcribe", "--input"), ("jobs", "synthesize")):
-        out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT,
+    for args, expected in ((["transcribe", "--help"], "--input"), (["--help"], "synthesize")):
+        out = subprocess.run([sys.executable, "-m", "jobs", *args], capture_output=True, text=True, cwd=ROOT,
                              timeout=60)
         assert out.returncode == 0 and expected in out.stdout
-    out = subprocess.run([sys.executable, "-m", "jobs.convert", "--input", "x"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "jobs", "convert", "--input", "x"], capture_output=True, text=True,
                          cwd=ROOT, timeout=60)
     assert out.returncode == 2 and "--output" in out.stderr
 
@@ -199,9 +199,9 @@ def test_the_driver_never_loads_torch(tmp_path):
 import sys
 import tempfile
 from jobs.cli import build_parser, config_from_args
-from jobs.manifest import load_inputs
+from jobs.io.manifest import load_inputs
 from jobs.pipeline import task_params
-import jobs.metrics, jobs.output, jobs.stages, jobs.summary, jobs.tracking
+import jobs.run.metrics, jobs.io.output, jobs.stages, jobs.run.summary, jobs.run.tracking
 for job in ("transcribe", "synthesize", "convert"):
     args = build_parser().parse_args([job, "--input", "{examples}/" + job + ".jsonl", "--output", "{tmp_path}",
                                       "--model", "m"])
@@ -222,7 +222,7 @@ def test_an_output_held_by_a_live_run_is_refused_before_any_work(tmp_path):
     import json
     import time
 
-    from jobs.output import OutputStore
+    from jobs.io.output import OutputStore
     from jobs.pipeline import JobError, run_job
 
     out = tmp_path / "out"
@@ -238,7 +238,7 @@ def test_an_output_held_by_a_live_run_is_refused_before_any_work(tmp_path):
 
 
 def test_an_interrupted_run_is_reported_as_interrupted_whatever_it_interrupted():
-    from jobs.errors import root_cause
+    from jobs.run.errors import root_cause
 
     interrupt = KeyboardInterrupt()
     interrupt.__context__ = RuntimeError("botocore.exceptions.EndpointConnectionError: Could not connect")
@@ -249,7 +249,7 @@ def test_a_failure_is_named_by_what_the_ray_worker_raised():
     from ray.exceptions import RayTaskError
 
     from gpa.errors import CheckpointError
-    from jobs.errors import JobError, root_cause
+    from jobs.run.errors import JobError, root_cause
 
     worker = CheckpointError("no config.json in s3://AKIAIOSFODNN7EXAMPLE:wJalr@bucket/model")
     wrapped = RayTaskError("MapBatches(GPAStage)", "Traceback (most recent call last):\n  ...\nnoise", worker)
@@ -270,7 +270,7 @@ def test_a_map_function_failure_is_named_by_what_it_raised():
     the reason is still the error our code raised, not Ray's retry advice."""
     import ray
 
-    from jobs.errors import root_cause
+    from jobs.run.errors import root_cause
 
     def fails_in_a_map(batch):  # nested: pickled by value, as a job's own map functions travel
         from gpa.errors import CheckpointError
@@ -335,7 +335,7 @@ def test_a_ray_that_cannot_start_is_one_line_and_leaves_no_directory(tmp_path, m
 def test_orphaned_ray_directories_of_dead_runs_are_removed(tmp_path, monkeypatch):
     import tempfile
 
-    from jobs import ray_runtime
+    from jobs.run import ray_runtime
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

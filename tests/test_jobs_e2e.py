@@ -22,7 +22,7 @@ import soundfile as sf
 from jobs_helpers import committed, migrated_mlflow_db, write_jsonl
 
 from jobs.config import JobConfig
-from jobs.output import OutputStore
+from jobs.io.output import OutputStore
 from jobs.pipeline import run_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,7 +130,7 @@ def test_transcribe_end_to_end_with_bad_rows_and_rerun(ray_address, tiny_checkpo
     assert next(r for r in out if r["id"] == "empty")["status"] == "ok"
 
     # a manifest that lost rows since: nothing to do, and the summary says which output rows it does not have
-    from jobs.summary import format_summary, summary_dict
+    from jobs.run.summary import format_summary, summary_dict
 
     fewer = tmp_path / "fewer.jsonl"
     fewer.write_text("".join(line + "\n" for line in manifest.read_text().splitlines()[:-1]))  # less the id-less
@@ -214,7 +214,7 @@ def test_convert_on_s3(ray_address, tiny_checkpoint, s3_bucket, tmp_path, monkey
     import boto3
     from jobs_helpers import free_port
 
-    from jobs import storage
+    from jobs.io import storage
 
     s3 = boto3.client("s3")
     for name in ("espeak_weather.flac", "jfk.flac", "espeak_library.flac", "espeak_numbers.flac"):
@@ -246,7 +246,7 @@ def test_convert_on_s3(ray_address, tiny_checkpoint, s3_bucket, tmp_path, monkey
     # MLflow store, which each run fetches and puts back
     from mlflow.tracking import MlflowClient
 
-    from jobs.tracking import embedded_store
+    from jobs.run.tracking import embedded_store
 
     listing = f"s3://{s3_bucket}/results/listing"
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -298,7 +298,7 @@ def test_killed_run_resumes_to_the_exact_row_set(ray_address, tiny_checkpoint, t
         {"id": f"clip-{i:02d}", "audio": str(AUDIO / ("espeak_short.flac" if i % 3 else "espeak_weather.flac"))}
         for i in range(8)] + [{"id": "gone", "audio": str(tmp_path / "gone.wav")}])
     out = tmp_path / "out"
-    argv = [sys.executable, "-m", "jobs.transcribe", "--input", str(manifest), "--output", str(out), "--model",
+    argv = [sys.executable, "-m", "jobs", "transcribe", "--input", str(manifest), "--output", str(out), "--model",
             str(tiny_checkpoint), "--batch-size", "1", "--bucket-batches", "1", "--rows-per-part", "1",
             "--max-new-tokens", "4", "--mlflow-uri", f"sqlite:///{tmp_path / 'ml.db'}", "--no-progress"]
     env = {**os.environ, "RAY_ADDRESS": ray_address}
@@ -345,9 +345,9 @@ def test_ctrl_c_ends_the_run_cleanly_and_the_rerun_finishes_it(ray_address, tiny
     # as from a terminal, whatever the test runner inherited: a job started in the background by a shell without
     # job control ignores SIGINT (and Python then keeps ignoring it)
     as_from_a_terminal = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-                          "runpy.run_module('jobs.transcribe', run_name='__main__', alter_sys=True)")
-    argv = [sys.executable, "-c", as_from_a_terminal, "--input", str(manifest), "--output", str(out), "--model",
-            str(tiny_checkpoint), "--batch-size", "1", "--bucket-batches", "1", "--rows-per-part", "1",
+                          "runpy.run_module('jobs', run_name='__main__', alter_sys=True)")
+    argv = [sys.executable, "-c", as_from_a_terminal, "transcribe", "--input", str(manifest), "--output", str(out),
+            "--model", str(tiny_checkpoint), "--batch-size", "1", "--bucket-batches", "1", "--rows-per-part", "1",
             "--max-new-tokens", "4", "--mlflow-uri", f"sqlite:///{db}", "--experiment", "ctrl-c", "--no-progress"]
     env = {**os.environ, "RAY_ADDRESS": ray_address}
     process = subprocess.Popen([*argv, "--debug-delay-s", "1.0"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,

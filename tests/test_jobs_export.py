@@ -17,11 +17,11 @@ import soundfile as sf
 from jobs_helpers import free_port, output_part, uncommitted_leftovers, write_output
 
 from gpa.audio import encode_flac
-from jobs import storage
 from jobs.cli import main
 from jobs.demo import reading_hint
-from jobs.export import subtitles, timestamp
-from jobs.manifest import load_inputs
+from jobs.io import storage
+from jobs.io.export import subtitles, timestamp
+from jobs.io.manifest import load_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 HOSTILE = "../../etc/passwd\x00"

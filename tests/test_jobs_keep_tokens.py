@@ -13,7 +13,7 @@ from jobs_helpers import output_part, write_jsonl, write_output
 
 from jobs.cli import build_parser, config_from_args
 from jobs.config import JobConfig
-from jobs.output import OutputStore
+from jobs.io.output import OutputStore
 from jobs.pipeline import run_job
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "manifests" / "examples"
@@ -47,8 +47,8 @@ def test_keep_tokens_is_a_transcribe_flag():
 
 def test_keep_tokens_is_recorded_with_the_runs_params(tmp_path):
     """It decides which columns the rows fill, so MLflow's params and the metrics file say whether it was on."""
-    from jobs.manifest import load_inputs
-    from jobs.reporting import job_params
+    from jobs.io.manifest import load_inputs
+    from jobs.run.reporting import job_params
 
     manifest = write_jsonl(tmp_path / "m.jsonl", [{"id": "a", "audio": str(EXAMPLES / "audio" / "jfk.flac")}])
     inputs = load_inputs("transcribe", str(manifest))
@@ -109,7 +109,7 @@ def test_rows_keep_the_models_tokens_beside_rows_of_an_output_without_them(ray_a
 def test_a_part_without_the_token_columns_reads_them_as_token_nulls(tmp_path):
     """Readers that ask a part for the new columns get them typed as the schema says, so parts of both versions
     concatenate."""
-    from jobs.output import read_parquet
+    from jobs.io.output import read_parquet
 
     old = output_part("transcribe", [{"id": "a", "status": "ok"}], without=("glm_tokens", "semantic_tokens"))
     new = output_part("transcribe", [{"id": "b", "status": "ok", "glm_tokens": [4, 5], "semantic_tokens": [6]}])

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from jobs_helpers import write_jsonl
 
-from jobs.manifest import InputError, load_inputs
+from jobs.io.manifest import InputError, load_inputs
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "manifests" / "examples"
 
@@ -289,8 +289,8 @@ def test_manifests_stream_into_columns(tmp_path, monkeypatch, fmt):
     format, with bad rows in between."""
     import gzip
 
-    from jobs import manifest as M
-    from jobs import schema as S
+    from jobs.io import manifest as M
+    from jobs.io import schema as S
 
     monkeypatch.setattr(M, "_CHUNK_ROWS", 4)
     rows = [{"id": f"r{i:02d}", "audio": f"clips/{i}.flac", "begin_time": None if i % 3 else 1.5,
@@ -346,7 +346,7 @@ def test_a_whole_file_json_array_is_still_read_as_one(tmp_path):
 
 
 def test_deep_nesting_huge_integers_and_long_lines_are_bad_records(tmp_path, monkeypatch):
-    import jobs.manifest as M
+    import jobs.io.manifest as M
 
     monkeypatch.setattr(M, "MAX_RECORD_BYTES", 100_000)
     lines = [
@@ -368,7 +368,7 @@ def test_deep_nesting_huge_integers_and_long_lines_are_bad_records(tmp_path, mon
 
 
 def test_csv_cells_and_ragged_rows_are_judged_row_by_row(tmp_path, monkeypatch):
-    import jobs.manifest as M
+    import jobs.io.manifest as M
 
     big = "word " * 200_000  # a 1 MB cell: over csv's default field limit (131072), within a record's
     ref = str(EXAMPLES / "audio" / "jfk.flac")

@@ -6,8 +6,8 @@ import jiwer
 import pyarrow as pa
 import pytest
 
-from jobs.metrics import run_metrics
-from jobs.quality import error_rates, normalize_text
+from jobs.run.metrics import run_metrics
+from jobs.tasks.quality import error_rates, normalize_text
 
 PAIRS = [  # (reference, hypothesis): a long row and a short one, with very different error rates
     ("And so, my fellow Americans: ask not what your country can do for you.",

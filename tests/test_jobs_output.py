@@ -13,9 +13,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import schema as S
-from jobs import storage
-from jobs.output import LEASE_S, OutputBusy, OutputStore, resume_plan
+from jobs.io import schema as S
+from jobs.io import storage
+from jobs.io.output import LEASE_S, OutputBusy, OutputStore, resume_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,7 +147,7 @@ def test_resume_reads_only_the_columns_it_needs_from_object_storage(s3_bucket, m
     import pyarrow as pa
     import s3fs
 
-    from jobs.output import parquet_bytes, read_parquet
+    from jobs.io.output import parquet_bytes, read_parquet
 
     rng = np.random.default_rng(0)
     table = pa.table({"id": [f"r{i}" for i in range(40)], "status": ["ok"] * 40, "error_kind": [None] * 40,
@@ -229,7 +229,7 @@ def test_runs_that_start_together_do_not_both_own_the_output(where, tmp_path, re
     theirs and go on, each deleting the others' staged parts."""
     output = str(tmp_path / "out") if where == "local" else f"s3://{request.getfixturevalue('s3_bucket')}/out"
     at = time.time() + 6  # the processes wait for the same moment (their imports take a second or two)
-    code = ("import sys, time; sys.path.insert(0, sys.argv[3]); from jobs.output import OutputBusy, OutputStore\n"
+    code = ("import sys, time; sys.path.insert(0, sys.argv[3]); from jobs.io.output import OutputBusy, OutputStore\n"
             "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
             "try:\n    OutputStore(sys.argv[1]).start(sys.argv[4]); print('won', flush=True)\n"
             "except OutputBusy:\n    print('refused', flush=True)\n"
@@ -275,9 +275,9 @@ def test_a_duplicated_id_keeps_one_row_per_input_row_across_interrupted_runs(tmp
     """A run stopped after staging its validation errors commits (by adoption) a duplicate's ``duplicate_id`` row
     without its first row's result: the id must not count as done. Nor may a manifest that gains a duplicate."""
     from jobs.config import JobConfig
-    from jobs.manifest import load_inputs
+    from jobs.io.manifest import load_inputs
     from jobs.pipeline import _error_rows, task_params
-    from jobs.plan import plan_run
+    from jobs.run.plan import plan_run
 
     manifest = tmp_path / "in.jsonl"
     config = JobConfig(job="transcribe", input=str(manifest), output=str(tmp_path / "out"), model="unused")
@@ -330,7 +330,7 @@ def test_a_duplicated_id_keeps_one_row_per_input_row_across_interrupted_runs(tmp
 
 def test_a_location_with_files_gpa_batch_did_not_write_is_refused_untouched(tmp_path):
     from jobs.config import JobConfig
-    from jobs.output import ForeignOutput
+    from jobs.io.output import ForeignOutput
     from jobs.pipeline import JobError, run_job
 
     corpus = tmp_path / "corpus"  # a Hugging Face dataset folder given as --output by mistake

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.manifest import InputError, check_columns
+from jobs.io.manifest import InputError, check_columns
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "manifests" / "examples"
@@ -213,7 +213,7 @@ def test_a_run_that_fails_after_it_started_is_one_line_pointing_at_its_log(tmp_p
 
 
 def test_worker_tracebacks_stay_off_the_console_and_other_worker_lines_pass():
-    from jobs.logs import _without_tracebacks
+    from jobs.run.logs import _without_tracebacks
 
     shown: list[str] = []
     emit = _without_tracebacks(lambda data: shown.extend(data["lines"]))
@@ -233,7 +233,7 @@ def test_preflight_imports_neither_torch_nor_ray(tiny_checkpoint, tmp_path):
     code = f"""
 import sys
 from jobs.cli import build_parser, config_from_args
-from jobs.preflight import preflight
+from jobs.run.preflight import preflight
 args = build_parser().parse_args(["transcribe", "--input", "{EXAMPLES / 'transcribe.jsonl'}", "--output",
                                   "{tmp_path / 'out'}", "--model", "{tiny_checkpoint}"])
 assert preflight(config_from_args("transcribe", args)).model.parameters["LLM"] > 0
@@ -245,13 +245,13 @@ print(sorted(m for m in ("torch", "ray", "transformers", "mlflow") if m in sys.m
 
 
 def test_an_unforeseen_error_is_one_line_and_its_traceback_only_with_verbose(tmp_path, monkeypatch, capsys):
-    import jobs.preflight
+    import jobs.run.preflight
     from jobs.cli import main
 
     def broken(*args, **kwargs):
         raise RuntimeError("a bug nobody foresaw")
 
-    monkeypatch.setattr(jobs.preflight, "check_model", broken)
+    monkeypatch.setattr(jobs.run.preflight, "check_model", broken)
     for name in ("RAY_DATA_LOG_LEVEL", "MLFLOW_LOGGING_LEVEL"):  # main() sets them: undone after the test
         monkeypatch.setenv(name, "WARNING")
     argv = transcribe(tmp_path / "out", tmp_path / "model")

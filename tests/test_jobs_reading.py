@@ -19,7 +19,7 @@ import soundfile as sf
 from jobs_helpers import output_part, uncommitted_leftovers, write_output
 
 from gpa.audio import encode_flac
-from jobs.output import OutputStore
+from jobs.io.output import OutputStore
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "outputs.md"
 

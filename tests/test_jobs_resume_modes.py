@@ -125,7 +125,7 @@ def test_an_output_written_before_identities_were_recorded_still_resumes(
 
 def test_an_actor_loading_another_model_than_the_expected_one_stops_before_any_row(tiny_checkpoint):
     """The check for models the driver cannot hash (s3:// prefixes, Hugging Face ids): the actor's."""
-    from jobs.resume import ModelChangedError
+    from jobs.run.resume import ModelChangedError
     from jobs.stages import GPAStage
 
     cfg = config("m.jsonl", "out", tiny_checkpoint, device="cpu", gpus_per_actor=0.0)
@@ -138,12 +138,12 @@ def test_a_model_the_driver_cannot_hash_is_checked_by_the_actors(
         ray_address, tiny_checkpoint, other_checkpoint, manifest, tmp_path, monkeypatch):
     """As for an s3:// prefix or a Hugging Face id (the driver does not download them): the run stops as the actors
     load the other model, with the same advice, and commits nothing."""
-    import jobs.resume
+    import jobs.run.resume
 
     out = tmp_path / "out"
     run_job(config(manifest, out, tiny_checkpoint, limit=2))  # a row left for the actors of the next run
     before = commit_body(out)
-    monkeypatch.setattr(jobs.resume, "driver_model_hash", lambda model: None)
+    monkeypatch.setattr(jobs.run.resume, "driver_model_hash", lambda model: None)
     with pytest.raises(JobError, match=r"ModelChangedError: the output's rows were made by model [0-9a-f]{12}, this "
                                        r"run's is [0-9a-f]{12}; pass --mode redo"):
         run_job(config(manifest, out, other_checkpoint))
@@ -172,7 +172,7 @@ def test_cli_refuses_another_model_in_one_line_before_ray_starts(
 
 
 def test_progress_lines_in_a_piped_log_and_rtfx_in_the_summary(tiny_checkpoint, tmp_path):
-    from jobs.progress import LINE
+    from jobs.run.progress import LINE
 
     manifest = write_jsonl(tmp_path / "m.jsonl", [
         *({"id": f"clip-{i}", "audio": str(AUDIO / "espeak_short.flac")} for i in range(6)),
@@ -201,7 +201,7 @@ def test_the_driver_hashes_a_local_model_without_torch(tiny_checkpoint, manifest
 import sys
 from jobs.config import JobConfig
 from jobs.pipeline import check_output_identity
-from jobs.resume import driver_model_hash
+from jobs.run.resume import driver_model_hash
 identity = check_output_identity(JobConfig(job="transcribe", input="{manifest}", output="{tmp_path / 'out'}",
                                            model="{tiny_checkpoint}"))
 print(identity["model_hash"], driver_model_hash("{tiny_checkpoint}"),

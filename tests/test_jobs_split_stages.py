@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jobs import schema as S
 from jobs.config import JobConfig
+from jobs.io import schema as S
 from jobs.pipeline import task_params
 from jobs.stages import GPAStage, decode_batch, encode_batch, model_stages
 from jobs.tasks import get_task
@@ -100,7 +100,7 @@ def test_a_split_job_on_ray_commits_what_the_fused_stages_make(tiny_checkpoint, 
 
     import ray
 
-    from jobs.output import OutputStore
+    from jobs.io.output import OutputStore
     from jobs.pipeline import run_job
 
     rows = _inputs("convert")
@@ -119,7 +119,7 @@ def test_a_split_job_on_ray_commits_what_the_fused_stages_make(tiny_checkpoint, 
         shutil.rmtree(temp, ignore_errors=True)
     assert result.complete and result.counts["ok"] == len(rows) - 1 and result.counts["error"] == 1
     written = {r["id"]: r for r in OutputStore(config.output).read().to_pylist()}
-    from jobs.seeds import row_seed
+    from jobs.tasks.seeds import row_seed
 
     fused_config = JobConfig(**{**config.to_dict(), "stages": "fused"}).for_cluster(0, 2)
     fused = _run(fused_config, [{**r, "seed": row_seed(3, r["id"], None)} for r in rows])

@@ -8,12 +8,12 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from jobs import schema as S
 from jobs.config import JobConfig
+from jobs.io import schema as S
 from jobs.pipeline import task_params
-from jobs.speakers import SpeakerCache
 from jobs.stages import GPAStage, decode_batch, encode_batch
 from jobs.tasks import TASKS
+from jobs.tasks.speakers import SpeakerCache
 
 AUDIO = Path(__file__).resolve().parents[1] / "manifests" / "examples" / "audio"
 
@@ -134,8 +134,8 @@ def test_segments_of_a_compressed_recording_are_cut_from_one_forward_decode(tmp_
 def test_rows_go_longest_first_by_duration_else_file_size(tmp_path):
     """Windows are cut from this order, so rows of similar length share a model call: by the manifest's durations
     when it has them, else by the files' sizes (from a listing, or a stat of local files)."""
-    from jobs.manifest import load_inputs
-    from jobs.plan import pipeline_order
+    from jobs.io.manifest import load_inputs
+    from jobs.run.plan import pipeline_order
 
     sizes = {"small": 1_000, "large": 90_000, "medium": 30_000}
     for name, size in sizes.items():

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs import schema as S
+from jobs.io import schema as S
 from jobs.tasks import TASKS, Task, get_task, register, task_of_manifest_name, work_schema
 from jobs.tasks.base import WAV_COLUMNS
 
@@ -132,9 +132,9 @@ def loudness():
 
 def test_a_fourth_task_is_one_module_and_one_registration(loudness, tmp_path):
     from jobs.cli import build_parser, config_from_args
-    from jobs.manifest import load_inputs
-    from jobs.metrics import run_metrics
+    from jobs.io.manifest import load_inputs
     from jobs.pipeline import task_params
+    from jobs.run.metrics import run_metrics
     from jobs.stages import decode_batch, encode_batch, split_table, work_table
 
     # the CLI: a subcommand with its own option keys

@@ -8,7 +8,7 @@ import time
 import pytest
 from jobs_helpers import MlflowServer, migrated_mlflow_db
 
-from jobs.tracking import JobTracking
+from jobs.run.tracking import JobTracking
 
 PARAMS = {"job": "transcribe", "input": "s3://bucket/m.jsonl", "options.temperature": 0.2}
 METRICS = {"rows": 3, "rows_ok": 2, "rows_error": 1, "rows_error.unreadable_audio": 1, "wer_mean": 0.25}
@@ -98,7 +98,7 @@ def log_owned(output: str, still_owner=lambda: True, output_id: str = "output-1"
 def runs_in_output(output: str, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from jobs import storage
+    from jobs.io import storage
 
     fetched = tmp_path / f"fetched-{time.monotonic_ns()}.db"
     fetched.write_bytes(storage.read_bytes(f"{output}/_mlflow/mlflow.db"))
@@ -111,8 +111,8 @@ def test_embedded_store_of_an_object_store_output_lives_in_the_output(s3_bucket,
     """sqlite cannot run on S3: the default store of an s3:// output is a working copy that each run fetches from
     <output>/_mlflow/mlflow.db and puts back, so a scheduled job on a fresh pod (an empty home) keeps the output's
     MLflow history; artifacts go to the output itself."""
-    from jobs import storage
-    from jobs.tracking import embedded_store
+    from jobs.io import storage
+    from jobs.run.tracking import embedded_store
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     output = f"s3://{s3_bucket}/nightly/out"
@@ -141,8 +141,8 @@ def test_a_new_output_at_an_old_uri_does_not_inherit_its_runs(s3_bucket, tmp_pat
     own output."""
     from mlflow.tracking import MlflowClient
 
-    from jobs import storage
-    from jobs.tracking import embedded_store
+    from jobs.io import storage
+    from jobs.run.tracking import embedded_store
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("GPA_BATCH_HOME", str(tmp_path / "host"))
@@ -166,7 +166,7 @@ def test_a_new_output_at_an_old_uri_does_not_inherit_its_runs(s3_bucket, tmp_pat
 def test_only_the_owner_of_the_output_saves_its_store(s3_bucket, tmp_path, monkeypatch):
     """A job that never got the output's lease (another run holds it) or lost it (--takeover) must not put back
     its copy: it would drop the runs the owner logged meanwhile. It says where its run stayed."""
-    from jobs.tracking import embedded_store
+    from jobs.run.tracking import embedded_store
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("GPA_BATCH_HOME", str(tmp_path / "pod"))
@@ -182,7 +182,7 @@ def test_only_the_owner_of_the_output_saves_its_store(s3_bucket, tmp_path, monke
 
 
 def test_a_store_that_cannot_be_saved_to_the_output_is_reported(s3_bucket, tmp_path, monkeypatch):
-    from jobs.tracking import embedded_store
+    from jobs.run.tracking import embedded_store
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("GPA_BATCH_HOME", str(tmp_path / "pod"))

@@ -11,8 +11,8 @@ import importlib
 
 import pyarrow as pa
 
-from .. import schema as S
-from .base import WAV_COLUMNS, WORK_COMMON, Task, VoiceTask, mark_error
+from jobs.io import schema as S
+from jobs.tasks.base import WAV_COLUMNS, WORK_COMMON, Task, VoiceTask, mark_error
 
 __all__ = ["TASKS", "WAV_COLUMNS", "Task", "VoiceTask", "get_task", "mark_error", "register",
            "task_of_manifest_name", "work_schema"]

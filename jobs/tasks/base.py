@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from .. import schema as S
-from ..storage import redact_uri
+from jobs.io import schema as S
+from jobs.io.storage import redact_uri
 
 # Work-row columns every task carries between the stages (the input fields, the row's state, its timings, the
 # model that made it); a task adds its own result columns (``Task.work_fields``) and the waveforms come last.
@@ -54,7 +54,7 @@ def output_row_type(name: str, schema: pa.Schema) -> type:
 
 def mark_error(row: dict, error: Exception, prefix: str = "") -> None:
     """Turn a work row into an error row: its kind (``error.kind``, else model_error) and a scrubbed message."""
-    from ..storage import scrub
+    from jobs.io.storage import scrub
 
     row["status"] = "error"
     row["error_kind"] = getattr(error, "kind", "model_error")
@@ -72,7 +72,7 @@ class Task:
     # manifest fields this task reads: field -> required; the other canonical fields are read when present
     manifest_fields: ClassVar[dict[str, bool]] = {}
     # input fields decoded by the CPU stage ("audio" -> the wav column). References are not: they repeat across
-    # many rows, so each actor decodes and encodes every distinct reference once (jobs.speakers.SpeakerCache).
+    # many rows, so each actor decodes and encodes every distinct reference once (jobs.tasks.speakers.SpeakerCache).
     audio_fields: ClassVar[tuple[str, ...]] = ()
     options_class: ClassVar[type] = object  # the task's options dataclass (gpa.TranscribeOptions, ...)
     job_settings: ClassVar[tuple[str, ...]] = ("batch_size", "seed")  # options the job sets from its own flags
@@ -200,7 +200,7 @@ class Task:
         raise NotImplementedError
 
     def common(self, row: dict, params: dict | None, model_info: dict) -> dict[str, Any]:
-        """The values of :data:`jobs.schema.COMMON` for a work row."""
+        """The values of :data:`jobs.io.schema.COMMON` for a work row."""
         return {
             "id": row["id"], "status": row["status"], "error_kind": row.get("error_kind"), "error": row.get("error"),
             "model_source": model_info.get("source"), "model_hash": model_info.get("hash"),

@@ -7,10 +7,8 @@ import numpy as np
 import pyarrow as pa
 
 from gpa import ConvertOptions
-
-from .. import schema as S
-from ..quality import similarity
-from .base import (
+from jobs.io import schema as S
+from jobs.tasks.base import (
     EMBEDDING,
     PIECE_RANGE,
     TOKEN_LISTS,
@@ -20,6 +18,7 @@ from .base import (
     short_hash,
     uri_of,
 )
+from jobs.tasks.quality import similarity
 
 
 class ConvertTask(VoiceTask):

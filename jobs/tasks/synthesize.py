@@ -10,10 +10,9 @@ import pyarrow.compute as pc
 from gpa import SynthesizeOptions
 from gpa.chunking import clean_text
 from gpa.errors import InvalidText
-
-from .. import schema as S
-from ..quality import error_rates, round_trip, similarity
-from .base import EMBEDDING, TOKEN_LISTS, VoiceTask, mark_error, short_hash, uri_of
+from jobs.io import schema as S
+from jobs.tasks.base import EMBEDDING, TOKEN_LISTS, VoiceTask, mark_error, short_hash, uri_of
+from jobs.tasks.quality import error_rates, round_trip, similarity
 
 
 class SynthesizeTask(VoiceTask):

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pyarrow as pa
 
 from gpa import TranscribeOptions
-
-from .. import schema as S
-from ..quality import error_rates
-from .base import PIECE_RANGE, TOKEN_LISTS, Task, live_pieces, mark_error, run_pieces, uri_of
+from jobs.io import schema as S
+from jobs.tasks.base import PIECE_RANGE, TOKEN_LISTS, Task, live_pieces, mark_error, run_pieces, uri_of
+from jobs.tasks.quality import error_rates
 
 
 class TranscribeTask(Task):

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from gpa import audio, storage
-from jobs.output import resume_plan
+from jobs.io.output import resume_plan
 
 
 def client_error(status: int, code: str):

@@ -21,9 +21,9 @@ import pytest
 from jobs_helpers import committed, write_jsonl
 
 from jobs.cli import main as cli_main
-from jobs.output import OutputStore
+from jobs.io.output import OutputStore
 from jobs.pipeline import JobError, run_job
-from jobs.summary import format_summary
+from jobs.run.summary import format_summary
 
 from . import report
 from .faults import RssSampler, arm_actor_crash, die_with_parent, disarm_actor_crash, free_port, model_calls

@@ -15,7 +15,7 @@ from jobs_helpers import committed, write_jsonl
 
 from gpa.errors import CheckpointError
 from jobs.pipeline import JobError, run_job
-from jobs.summary import format_summary, summary_dict
+from jobs.run.summary import format_summary, summary_dict
 
 from . import report
 from .faults import grep_tree

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .config import JobConfig
+from jobs.config import JobConfig
 
 
 def on_cluster() -> bool:

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from . import storage
+from jobs.io import storage
 
 VERBOSITIES = ("default", "quiet", "verbose")
 

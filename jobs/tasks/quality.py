@@ -7,7 +7,7 @@ import unicodedata
 
 import numpy as np
 
-from .schema import SAMPLE_RATE
+from jobs.io.schema import SAMPLE_RATE
 
 
 def normalize_text(text: str) -> str:

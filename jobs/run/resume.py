@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import storage
+from jobs.io import storage
 
 MODES = ("resume", "redo", "new")
 # task options that are not a row's recipe: a row's tokens do not depend on its batch mates nor on the engine

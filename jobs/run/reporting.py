@@ -8,16 +8,16 @@ import logging
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import schema as S
-from . import storage
-from .bookkeeping import JobResult
-from .config import JobConfig
-from .errors import root_cause
-from .manifest import InputRows
-from .metrics import error_summary
-from .output import OutputStore, read_parquet
-from .tasks import get_task
-from .tracking import JobTracking
+from jobs.config import JobConfig
+from jobs.io import schema as S
+from jobs.io import storage
+from jobs.io.manifest import InputRows
+from jobs.io.output import OutputStore, read_parquet
+from jobs.run.bookkeeping import JobResult
+from jobs.run.errors import root_cause
+from jobs.run.metrics import error_summary
+from jobs.run.tracking import JobTracking
+from jobs.tasks import get_task
 
 log = logging.getLogger(__name__)
 

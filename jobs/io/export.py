@@ -4,7 +4,7 @@ Transcribe outputs become one transcript per input row (``txt``, ``srt``, ``vtt`
 end times, as Whisper and WhisperX write them) or one ``transcripts.jsonl`` for all; synthesize and convert outputs
 become one audio file per row (``wav`` or ``flac``) plus ``manifest.jsonl`` listing what was written. Only the rows
 of the commit file count (a killed run's parts do not); error rows are skipped and counted. File names come from the
-row ids through :func:`jobs.storage.safe_name` (ids are untrusted: no name can leave the destination).
+row ids through :func:`jobs.io.storage.safe_name` (ids are untrusted: no name can leave the destination).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
-from . import storage
-from .output import OutputStore
+from jobs.io import storage
+from jobs.io.output import OutputStore
 
 TEXT_FORMATS = ("txt", "srt", "vtt", "json", "jsonl")
 AUDIO_FORMATS = ("wav", "flac")

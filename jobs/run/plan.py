@@ -10,11 +10,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import storage
-from .config import JobConfig
-from .manifest import InputRows
-from .output import OutputStore, resume_plan
-from .seeds import row_seed
+from jobs.config import JobConfig
+from jobs.io import storage
+from jobs.io.manifest import InputRows
+from jobs.io.output import OutputStore, resume_plan
+from jobs.tasks.seeds import row_seed
 
 
 @dataclass

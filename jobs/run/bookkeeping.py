@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import storage
-from .errors import JobError
-from .metrics import run_metrics
-from .output import OutputStore, count_ids, read_parquet
-from .tracking import Tracking
+from jobs.io import storage
+from jobs.io.output import OutputStore, count_ids, read_parquet
+from jobs.run.errors import JobError
+from jobs.run.metrics import run_metrics
+from jobs.run.tracking import Tracking
 
 log = logging.getLogger(__name__)
 

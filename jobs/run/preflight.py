@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from gpa.checkpoint_files import CheckpointSummary, inspect_local, inspect_s3, is_hf_repo_id
 from gpa.errors import CheckpointError
 from gpa.storage import s3_endpoint
-
-from . import storage
-from .config import JobConfig
-from .errors import JobError
-from .manifest import check_columns
+from jobs.config import JobConfig
+from jobs.io import storage
+from jobs.io.manifest import check_columns
+from jobs.run.errors import JobError
 
 # a bad endpoint must fail the check in seconds: botocore's defaults wait 60 s per try, and retry
 S3_CONNECT_TIMEOUT_S = 2.0
@@ -66,7 +65,7 @@ def check_output(uri: str, s3: _S3Clients) -> None:
 def check_output_free(config: JobConfig) -> None:
     """What :func:`jobs.pipeline.run_job` checks again when it starts, read-only here: the output holds no other
     job's results, no live run holds it, and it is not a folder of other files a run would replace."""
-    from .output import OutputRefused, OutputStore
+    from jobs.io.output import OutputRefused, OutputStore
 
     store = OutputStore(config.output)
     try:
@@ -209,11 +208,11 @@ def dry_run_plan(config: JobConfig, checked: Preflight) -> dict:
     Reads the input and the output's committed rows; writes nothing and starts nothing."""
     import numpy as np
 
-    from .cluster import cluster_resources
-    from .manifest import load_inputs
-    from .output import OutputStore
-    from .plan import plan_run, with_local_sizes
-    from .tasks import get_task
+    from jobs.io.manifest import load_inputs
+    from jobs.io.output import OutputStore
+    from jobs.run.cluster import cluster_resources
+    from jobs.run.plan import plan_run, with_local_sizes
+    from jobs.tasks import get_task
 
     inputs = load_inputs(config.job, config.input, glob=config.glob, input_format=config.input_format,
                          field_map=config.field_map, reference=config.reference,

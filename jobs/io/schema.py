@@ -20,7 +20,7 @@ TIMINGS = pa.struct([("decode_s", pa.float64()), ("model_s", pa.float64()), ("en
 SEGMENT = pa.struct([("start", pa.float64()), ("end", pa.float64()), ("text", pa.string())])
 TOKENS = pa.list_(pa.int32())
 
-# the canonical input fields every manifest convention is mapped to (see jobs/manifest.py); then, not manifest
+# the canonical input fields every manifest convention is mapped to (see jobs/io/manifest.py); then, not manifest
 # fields, the size of the audio file when the planner knows it (from a listing or a local stat) and the version a
 # listing saw the file at (its size and ETag or mtime: a rerun redoes a file changed since)
 INPUT = pa.schema([
@@ -47,7 +47,7 @@ COMMON = [
 
 def output_fields() -> list[pa.Field]:
     """Every task's output columns (a column two tasks share has one type)."""
-    from .tasks import TASKS
+    from jobs.tasks import TASKS
 
     return [f for task in TASKS.values() for f in task.output_schema]
 
@@ -55,7 +55,7 @@ def output_fields() -> list[pa.Field]:
 def output_schema(job: str) -> pa.Schema:
     """The output schema of the task called ``job``: :data:`COMMON`, then the task's own columns (declared in
     its module, :mod:`jobs.tasks`)."""
-    from .tasks import get_task
+    from jobs.tasks import get_task
 
     return get_task(job).output_schema
 

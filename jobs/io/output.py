@@ -40,8 +40,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import schema as S
-from . import storage
+from jobs.io import schema as S
+from jobs.io import storage
 
 if TYPE_CHECKING:
     import pyarrow.dataset
@@ -462,7 +462,7 @@ def resume_plan(index: pa.Table, retry_errors: bool, wanted: Counter | None = No
     """(ids already done, ids to redo) from the committed ``index``.
 
     Done: every id with a committed row. Redo: ids whose rows failed for a transient reason (the store was
-    unreachable: :data:`jobs.storage.TRANSIENT_KINDS`), always; and with ``--retry-errors``, ids with an error row
+    unreachable: :data:`jobs.io.storage.TRANSIENT_KINDS`), always; and with ``--retry-errors``, ids with an error row
     other than ``duplicate_id`` (a duplicate stays a duplicate however often it is retried). Never ids with an ok
     row, except: with ``wanted`` (how many input rows each id has), ids whose committed rows do not stand one for
     one for their input rows, with the first one's result among them. A run stopped after staging its validation

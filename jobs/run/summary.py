@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from . import storage
-from .bookkeeping import JobResult
+from jobs.io import storage
+from jobs.run.bookkeeping import JobResult
 
 
 def summary_dict(result: JobResult) -> dict:

@@ -1,7 +1,7 @@
 """Paths and objects for the jobs: local paths and object-store URIs (``s3://...``) behind one small API.
 
 The S3 endpoint and credentials come from the standard AWS environment (see :mod:`gpa.storage`). Object stores
-have no atomic rename, so every "commit" here is a single small object written last (see :mod:`jobs.output`).
+have no atomic rename, so every "commit" here is a single small object written last (see :mod:`jobs.io.output`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Reading job inputs: manifests (JSONL, CSV, Parquet; local or ``s3://``) or a listing of audio files.
 
-Every input row becomes a row of our canonical fields (:data:`jobs.schema.INPUT`: ``id, audio, text, ref_audio,
+Every input row becomes a row of our canonical fields (:data:`jobs.io.schema.INPUT`: ``id, audio, text, ref_audio,
 ref_id, source_id, begin_time, end_time, seed, duration_hint``) whatever convention the manifest follows:
 
 - ours: the canonical names themselves;
@@ -34,10 +34,9 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 
 from gpa.storage import NotARegularFile, filesystem, is_transient, open_local
-
-from . import schema as S
-from . import storage
-from .tasks import get_task, task_of_manifest_name
+from jobs.io import schema as S
+from jobs.io import storage
+from jobs.tasks import get_task, task_of_manifest_name
 
 CANONICAL = tuple(n for n in S.INPUT.names if n not in S.LISTING_ONLY)
 

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 DEFAULT_EVERY_S = 30.0
-# the audio a job's speed is measured on, as jobs.metrics.run_metrics counts it: speech in (transcribe, convert),
+# the audio a job's speed is measured on, as jobs.run.metrics.run_metrics counts it: speech in (transcribe, convert),
 # speech out (synthesize)
 WORK_AUDIO_COLUMN = {"transcribe": "duration_s", "convert": "source_duration_s", "synthesize": "duration_s"}
 LINE = re.compile(r"^gpa-batch (?P<job>\w+) progress: (?P<done>\d+)/(?P<total>\d+) rows \((?P<percent>[\d.]+)%\), "

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 
-from . import storage
-from .output import OutputRefused
+from jobs.io import storage
+from jobs.io.output import OutputRefused
 
 
 class JobError(RuntimeError):

@@ -7,8 +7,8 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 
-from .quality import normalize_text
-from .tasks import get_task
+from jobs.tasks import get_task
+from jobs.tasks.quality import normalize_text
 
 # the columns the metrics read (the task's audio and reference columns besides)
 METRIC_COLUMNS = ("id", "status", "error_kind", "error", "duration_s", "timings", "wer", "cer",
@@ -64,7 +64,7 @@ def run_metrics(job: str, table: pa.Table | None, wall_s: float) -> dict[str, fl
 def corpus_error_rates(rows: list[dict], reference_field: str | None) -> dict[str, float]:
     """``wer_corpus`` and ``cer_corpus``: all the rows' edits over all their reference words (characters), the
     usual corpus figure, where ``wer_mean`` weighs a two-word clip like a long one. A row's edits are its rate
-    times its reference's length, as jiwer counts it (after :func:`jobs.quality.normalize_text`)."""
+    times its reference's length, as jiwer counts it (after :func:`jobs.tasks.quality.normalize_text`)."""
     out = {}
     for name, length in (("wer", lambda ref: len(ref.split())), ("cer", len)):
         weighted = [(r[name], length(normalize_text(r.get(reference_field) or "")))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .schema import SAMPLE_RATE
-from .tasks.base import mark_error
+from jobs.io.schema import SAMPLE_RATE
+from jobs.tasks.base import mark_error
 
 
 class SpeakerCache:

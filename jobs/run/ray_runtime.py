@@ -6,8 +6,8 @@ import logging
 import os
 import tempfile
 
-from . import storage
-from .errors import JobError, root_cause
+from jobs.io import storage
+from jobs.run.errors import JobError, root_cause
 
 
 class _NoBothResourcesWarning(logging.Filter):
@@ -30,7 +30,7 @@ def ensure_ray(num_cpus: int | None = None, *, logging_level: int = logging.INFO
     """Connect to ``RAY_ADDRESS`` when set, else start a local Ray in a temporary directory of its own (removed by
     :func:`shutdown_ray`, at exit too; one left by a killed run is removed by the next start). Returns True when
     this call started it; a failure to start or connect is a :class:`JobError` of one line. ``logging_level``: of
-    Ray's own driver-side messages (see :mod:`jobs.logs`)."""
+    Ray's own driver-side messages (see :mod:`jobs.run.logs`)."""
     import atexit
 
     import ray
