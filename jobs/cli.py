@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 import traceback
 from typing import Any
@@ -381,13 +382,21 @@ def main(argv: list[str] | None = None) -> int:
         return _fatal(config, exc, verbosity, None)
     started = False
     run_id = new_run_id()
+
+    def start_ray() -> None:
+        nonlocal started
+        started = ensure_ray(logging_level=ray_logging_level)
+        quiet_ray_console(verbosity)
+
     try:
         with _interrupt_on_termination():
             try:
-                started = ensure_ray(logging_level=ray_logging_level)
-                quiet_ray_console(verbosity)
+                if os.environ.get("RAY_ADDRESS"):  # the cluster's resources size the actor pools: join it first
+                    start_ray()
+                # a local Ray starts only when rows are pending: a rerun of a finished job needs none
                 result = run_job(config, progress=getattr(args, "progress", None),
-                                 progress_every_s=getattr(args, "progress_every_s", None), run_id=run_id)
+                                 progress_every_s=getattr(args, "progress_every_s", None), run_id=run_id,
+                                 start_ray=start_ray)
             finally:
                 if started:
                     shutdown_ray()

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import sys
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -47,9 +48,10 @@ def check_config(config: JobConfig) -> None:
 
 
 def run_job(config: JobConfig, *, progress: bool | None = None, progress_every_s: float | None = None,
-            run_id: str | None = None) -> JobResult:
+            run_id: str | None = None, start_ray: Callable[[], None] | None = None) -> JobResult:
     """Run one job to the end: its output is committed (or untouched) when this returns or raises. ``run_id``: the
-    caller's (to find the run's log, :func:`jobs.run.logs.run_log_uri`), else a new one."""
+    caller's (to find the run's log, :func:`jobs.run.logs.run_log_uri`), else a new one. ``start_ray``: called
+    once rows are pending, before the pipeline (else Ray Data starts a default local Ray if none runs)."""
     started = time.time()
     run_id = run_id or new_run_id()
     check_config(config)
@@ -78,14 +80,15 @@ def run_job(config: JobConfig, *, progress: bool | None = None, progress_every_s
                            tags={"gpa_batch.job": config.job, "gpa_batch.run_id": run_id})
     try:
         return _run(config, run_id, started, params, store, inputs, tracking, (progress, progress_every_s),
-                    run_identity)
+                    run_identity, start_ray)
     except BaseException as exc:
         track_failure(config, inputs, run_id, params, tracking, exc)
         raise
 
 
 def _run(config: JobConfig, run_id: str, started: float, params: dict, store: OutputStore, inputs: InputRows,
-         tracking: JobTracking, progress: tuple[bool | None, float | None], run_identity: dict) -> JobResult:
+         tracking: JobTracking, progress: tuple[bool | None, float | None], run_identity: dict,
+         start_ray: Callable[[], None] | None) -> JobResult:
     with storage_failures("could not take over the output"):
         store.start(run_id, config.takeover)  # takes ownership, adopts parts of an interrupted run, removes debris
     tracking.own_output(lambda: store.is_current(run_id), store.output_id)
@@ -98,6 +101,8 @@ def _run(config: JobConfig, run_id: str, started: float, params: dict, store: Ou
                     store.stage(run_id, f"part-{run_id}-invalid.parquet",
                                 _error_rows(config, plan.invalid, run_id, params))
             if plan.todo.num_rows:
+                if start_ray is not None:
+                    start_ray()
                 _run_pipeline(config, plan.todo, run_id, params, progress, run_identity["expected_model"])
             with storage_failures("could not commit the run"):
                 records, unavailable, new_rows = verified_records(store, run_id, plan.expected,

@@ -174,7 +174,7 @@ def test_s3_outage_mid_read(ray_runtime, s3, tiny_checkpoint, mlflow_uri, tmp_pa
                           bucket_batches=2)
     argv = ["transcribe", "--input", manifest, "--output", str(tmp_path / "out"), "--model", str(tiny_checkpoint),
             "--batch-size", "1", "--bucket-batches", "2", "--rows-per-part", "4", "--max-new-tokens", "4",
-            "--no-quality", "--mlflow-uri", mlflow_uri, "--no-progress", "--json"]
+            "--mlflow-uri", mlflow_uri, "--no-progress", "--json"]
     # a flapping endpoint (3 resets in a row on the first audio read) is absorbed by the retries with backoff;
     # then the endpoint goes down on the 4th audio read and stays down until the run is over
     capsys.readouterr()
