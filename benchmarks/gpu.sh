@@ -38,5 +38,5 @@ status=0
 bench gpa_throughput $PY benchmarks/gpa_throughput.py --model "$CHECKPOINT" --device cuda --dtype bfloat16 \
   --items "$ITEMS" --batch-size "$BATCH" ${ENGINE:+--engine "$ENGINE"} || status=1
 bench pipeline $PY benchmarks/pipeline.py --model "$CHECKPOINT" --n "$N" --actors 1 --gpus-per-actor 1 \
-  --batch-size "$BATCH" --no-unbucketed || status=1
+  --batch-size "$BATCH" --no-unbucketed --stages fused,split || status=1
 exit $status

@@ -2,6 +2,7 @@
 
     python benchmarks/pipeline.py                      # 200 clips, tiny random checkpoint, CPU
     python benchmarks/pipeline.py --model /models/gpa --n 1000 --gpus-per-actor 1 --actors 1,2
+    python benchmarks/pipeline.py --stages fused,split --actors 1   # the model in one pool, or a pool per stage
 
 In-process baselines run ``GPA.transcribe`` over every clip in batches of the same size:
 
@@ -139,6 +140,8 @@ def main() -> None:
     parser.add_argument("--no-unbucketed", action="store_true",
                         help="skip the one-actor run without bucketing windows (what sorting by length buys)")
     parser.add_argument("--actors", default="1,2", help="actor counts to compare")
+    parser.add_argument("--stages", default="fused",
+                        help="model stage layouts to compare, e.g. fused,split (docs/architecture.md)")
     parser.add_argument("--gpus-per-actor", type=float, default=None)
     parser.add_argument("--cpus-per-actor", type=float, help="default, as in a job: 1 with a GPU, else 0.5")
     parser.add_argument("--device", default=None, help="default: cuda with --gpus-per-actor, else cpu")
@@ -195,14 +198,17 @@ def main() -> None:
         warm_manifest.write_text("".join(manifest.read_text().splitlines(keepends=True)[:warm_n]))
         warm_job = dataclasses.replace(job, input=str(warm_manifest))
         first_job = [pipeline(warm_job, work / f"out-warm-{i}", 1, args.bucket_batches, warm_n)[0] for i in (0, 1)]
-        runs = [(int(a), args.bucket_batches) for a in args.actors.split(",")]
+        layouts = args.stages.split(",")
+        runs = [(stages, int(a), args.bucket_batches) for stages in layouts for a in args.actors.split(",")]
         if args.bucket_batches != 1 and not args.no_unbucketed:
-            runs.append((1, 1))  # the same job without bucketing windows: what sorting by length buys
-        for actors, bucket in runs:
-            wall, m = pipeline(job, work / f"out-{actors}-{bucket}", actors, bucket, args.n)
-            rows.append(("pipeline", str(actors), str(bucket), wall, m))
+            runs.append((layouts[0], 1, 1))  # the same job without bucketing windows: what sorting by length buys
+        for stages, actors, bucket in runs:
+            staged = dataclasses.replace(job, stages=stages)
+            wall, m = pipeline(staged, work / f"out-{stages}-{actors}-{bucket}", actors, bucket, args.n)
+            rows.append((f"pipeline {stages}", str(actors), str(bucket), wall, m))
             # as it goes: a run cut short by a time limit still tells what it measured
-            print(f"pipeline, {actors} actor(s), bucket {bucket}: {wall:.1f} s {m}", file=sys.stderr, flush=True)
+            print(f"pipeline {stages}, {actors} actor(s), bucket {bucket}: {wall:.1f} s {m}", file=sys.stderr,
+                  flush=True)
     finally:
         if started:
             shutdown_ray()
@@ -229,6 +235,9 @@ def main() -> None:
     two = next((r for r in rows if r[1] == "2"), None)
     if two is not None:
         print(f"2 vs 1 actors: {one[3] / two[3]:.2f}x")
+    split = next((r for r in rows if r[0] == "pipeline split" and r[1] == "1"), None)
+    if split is not None and split is not one:
+        print(f"split vs {one[0].split()[-1]} model stages (one actor per pool): {one[3] / split[3]:.2f}x")
     widest = next((r for r in rows if r[1] == str(most_actors)), None)
     if pooled is not None and widest is not None:
         print(f"same {pool_threads} cores: pipeline with {most_actors} actors vs in-process model work with "
