@@ -114,6 +114,10 @@ def _add_job_arguments(p: argparse.ArgumentParser, task: Task) -> dict[str, argp
                       "--bucket-batches rows")
     pool.add_argument("--encoder-batch-size", type=int, metavar="N",
                       help="clips per speech-encoder call, GLM tokenizer and BiCodec (default: theirs, 32 and 16)")
+    pool.add_argument("--encoder-precision", choices=("float32", "bfloat16"),
+                      help="the speech encoders' arithmetic: float32 is exact; bfloat16 (GPU actors only) is faster "
+                      "but its tokens can differ, measure with benchmarks/encoder_agreement.py (default: "
+                      f"{_default('encoder_precision')})")
     pool.add_argument("--stages", choices=("fused", "split"),
                       help="fused: one actor pool runs the whole model; split: tokenize (speech encoders), generate "
                       "(the LLM) and detokenize (BiCodec decoder) in pools of their own, sharing each actor's GPUs, "

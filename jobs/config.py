@@ -48,6 +48,9 @@ class JobConfig:
     # fused: one actor pool runs GPA whole; split: tokenize, generate and detokenize run in actor pools of their own
     # (token ids between them), sharing each actor's GPU share (docs/architecture.md)
     stages: str = "fused"
+    # float32 (exact, the default) or bfloat16: the speech encoders under bf16 autocast, GPU actors only (their bf16
+    # convolutions are wrong on CPUs); tokens can differ from float32's (benchmarks/encoder_agreement.py)
+    encoder_precision: str = "float32"
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
     # None: 1 with a GPU (its decoding loop keeps a core busy), else 0.5 (<= 0.5 on small machines, or the CPU
     # stages starve)
@@ -120,6 +123,8 @@ class JobConfig:
                 raise ValueError(f"--{f.name.replace('_', '-')} must be text, got {value!r} (quote it in YAML)")
         if self.keep_tokens and self.job != "transcribe":
             raise ValueError(f"--keep-tokens is for transcribe: {self.job} rows always keep their tokens")
+        if self.encoder_precision not in ("float32", "bfloat16"):
+            raise ValueError(f"--encoder-precision must be float32 or bfloat16, got {self.encoder_precision!r}")
         if self.stages not in ("fused", "split"):
             raise ValueError(f"--stages must be fused or split, got {self.stages!r}")
         if self.audio_storage not in ("inline", "objects"):

@@ -60,6 +60,10 @@ def run_job(config: JobConfig, *, progress: bool | None = None, progress_every_s
         log.warning("the Ray cluster has no GPU now, so the model actors run on CPU; if its GPU nodes are added on "
                     "demand (a GPU group that starts at zero nodes), pass --gpus-per-actor")
     config = config.for_cluster(cluster_gpus, cluster_cpus)
+    on_gpu = bool(config.gpus_per_actor) and (config.device or "cuda").startswith("cuda")
+    if config.encoder_precision != "float32" and not on_gpu:
+        raise JobError(f"--encoder-precision {config.encoder_precision} needs GPU actors (bf16 convolutions are "
+                       "wrong on CPUs); use float32, or give the actors a GPU")
     params = task_params(config)
     store = OutputStore(config.output)
     previous = store.load().job

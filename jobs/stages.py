@@ -143,7 +143,7 @@ class GPAStage:
         components = {None: COMPONENTS, "tokenize": self.task.tokenize_components, "generate": ("llm",),
                       "detokenize": self.task.detokenize_components(self.config.quality)}[stage]
         self.model = GPA.from_pretrained(self.config.model, device=device, dtype=dtype, cache_dir=self.config.cache_dir,
-                                         components=components)
+                                         components=components, encoder_precision=self.config.encoder_precision)
         check_actor_model(expected_model, self.model.content_hash)  # before any row: see jobs.run.resume
         if self.config.encoder_batch_size:
             for name in {"glm", "bicodec"} & set(components):

@@ -414,3 +414,18 @@ def test_an_unknown_task_option_answers_with_the_valid_keys_and_types(tmp_path):
     assert "window_s (float)" in line and "top_k (int or None)" in line
     assert "batch_size" not in line and "seed (" not in line  # the job's own settings have flags of their own
     assert "__init__" not in line
+
+
+def test_encoder_precision_is_a_job_setting_refused_without_gpu_actors(tmp_path):
+    from jobs.pipeline import run_job
+    from jobs.run.errors import JobError
+
+    args = build_parser().parse_args(["transcribe", "--input", "m.jsonl", "--output", str(tmp_path / "o"),
+                                      "--model", "m", "--encoder-precision", "bfloat16"])
+    config = config_from_args("transcribe", args)
+    assert config.encoder_precision == "bfloat16"
+    with pytest.raises(JobError, match="--encoder-precision bfloat16 needs GPU actors"):
+        run_job(dataclasses.replace(config, gpus_per_actor=0.0))
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["transcribe", "--encoder-precision", "float16"])

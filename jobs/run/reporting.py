@@ -67,7 +67,8 @@ def job_params(config: JobConfig, inputs: InputRows, model_source: str, model_ha
         "cpus_per_actor": config.cpus_per_actor, "retry_errors": config.retry_errors, "mode": config.mode,
         "seed": config.seed,
         "limit": config.limit if config.limit is not None else "", "audio_storage": config.audio_storage,
-        "max_duration_s": config.max_duration_s, "quality": config.quality,
+        "max_duration_s": config.max_duration_s, "encoder_precision": config.encoder_precision,
+        "stages": config.stages,
     }
     params.update(get_task(config.job).job_params(config))
     params.update({f"options.{k}": v for k, v in options.items()})

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.io import storage
+from jobs.tasks import get_task
 
 MODES = ("resume", "redo", "new")
 # task options that are not a row's recipe: a row's tokens do not depend on its batch mates nor on the engine
@@ -36,10 +37,8 @@ def output_settings(config, params: dict) -> dict:
     """The settings of ``config`` that change a row's result (``params``: the task options as a dict)."""
     settings = {k: v for k, v in params.items() if k not in NEUTRAL_OPTIONS}
     settings["dtype"] = config.dtype or "auto"
-    if config.job != "transcribe":
-        settings["quality"] = config.quality
-    if config.job == "synthesize":
-        settings.update(keep_max_cer=config.keep_max_cer, keep_min_similarity=config.keep_min_similarity)
+    settings["encoder_precision"] = config.encoder_precision
+    settings.update(get_task(config.job).job_params(config))
     return json.loads(json.dumps(settings, sort_keys=True, default=str))  # as the commit file will hold them
 
 

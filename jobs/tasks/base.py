@@ -143,7 +143,8 @@ class Task:
         return options
 
     def job_params(self, config) -> dict[str, Any]:
-        """The task's own job settings recorded as MLflow params (beside the shared ones)."""
+        """The task's own job settings that change its rows: recorded as MLflow params (beside the shared ones)
+        and in the output's identity (a rerun with others is refused, see jobs.run.resume)."""
         return {}
 
     # --- the command line --------------------------------------------------------------------------------------
@@ -215,6 +216,9 @@ class VoiceTask(Task):
     audio, and quality measures that ``--no-quality`` turns off."""
 
     quality_checks: ClassVar[str] = "the quality measures"  # what --no-quality skips
+
+    def job_params(self, config) -> dict[str, Any]:
+        return {"quality": config.quality}
 
     def add_arguments(self, group, default) -> None:
         group.add_argument("--reference", metavar="URI",

@@ -70,7 +70,8 @@ class SynthesizeTask(VoiceTask):
         return "tts-" + short_hash(f"{row['text']}\0{ref}") if row.get("text") else None
 
     def job_params(self, config):
-        return {"keep_max_cer": config.keep_max_cer, "keep_min_similarity": config.keep_min_similarity}
+        return {**super().job_params(config), "keep_max_cer": config.keep_max_cer,
+                "keep_min_similarity": config.keep_min_similarity}
 
     def add_arguments(self, group, default):
         super().add_arguments(group, default)
