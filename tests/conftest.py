@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -87,3 +89,18 @@ def s3_bucket(s3_server):
     name = f"test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="module")
+def ray_address(s3_server):
+    """A local Ray runtime for one test module (started after the S3 server, so its workers see the AWS env)."""
+    import ray
+
+    temp = tempfile.mkdtemp(prefix="gpa-batch-test-ray-")
+    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        yield context.address_info["address"]
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)

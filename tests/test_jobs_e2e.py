@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,21 +27,6 @@ from jobs.pipeline import run_job
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "manifests" / "examples"
 AUDIO = EXAMPLES / "audio"
-
-
-@pytest.fixture(scope="module")
-def ray_address(s3_server):
-    """A local Ray runtime for this module (started after the S3 server, so its workers see the AWS env)."""
-    import ray
-
-    temp = tempfile.mkdtemp(prefix="gpa-batch-test-ray-")
-    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    try:
-        yield context.address_info["address"]
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

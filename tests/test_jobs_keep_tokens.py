@@ -3,8 +3,6 @@ runtime and the tiny random checkpoint), and an output written before the column
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,20 +15,6 @@ from jobs.io.output import OutputStore
 from jobs.pipeline import run_job
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "manifests" / "examples"
-
-
-@pytest.fixture(scope="module")
-def ray_address():
-    import ray
-
-    temp = tempfile.mkdtemp(prefix="gpa-batch-test-ray-")
-    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    try:
-        yield context.address_info["address"]
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_keep_tokens_is_a_transcribe_flag():

@@ -4,10 +4,8 @@ CLI's refusal before Ray starts; progress lines in a piped log and RTFx in the s
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,20 +17,6 @@ from jobs.pipeline import JobError, run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 AUDIO = ROOT / "manifests" / "examples" / "audio"
-
-
-@pytest.fixture(scope="module")
-def ray_address():
-    import ray
-
-    temp = tempfile.mkdtemp(prefix="gpa-batch-test-ray-")
-    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    try:
-        yield context.address_info["address"]
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -91,14 +91,10 @@ def test_split_stages_write_what_the_fused_model_writes(job, tiny_checkpoint, ti
         assert got == expected, row_id
 
 
-def test_a_split_job_on_ray_commits_what_the_fused_stages_make(tiny_checkpoint, tmp_path):
+def test_a_split_job_on_ray_commits_what_the_fused_stages_make(ray_address, tiny_checkpoint, tmp_path):
     """Three actor pools on a 2-CPU local Ray (each with its share of the actor's CPU): the committed rows equal the
     fused model's, one output row per input row, the bad one an error row."""
     import json
-    import shutil
-    import tempfile
-
-    import ray
 
     from jobs.io.output import OutputStore
     from jobs.pipeline import run_job
@@ -109,14 +105,7 @@ def test_a_split_job_on_ray_commits_what_the_fused_stages_make(tiny_checkpoint, 
     config = JobConfig(job="convert", input=str(manifest), output=str(tmp_path / "out"), model=str(tiny_checkpoint),
                        batch_size=2, bucket_batches=2, seed=3, stages="split",
                        mlflow_uri=f"file://{tmp_path / 'mlruns'}", options={"max_new_tokens": 24, "min_new_tokens": 4})
-    temp = tempfile.mkdtemp(prefix="gpa-batch-test-ray-")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    try:
-        result = run_job(config)
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
+    result = run_job(config)
     assert result.complete and result.counts["ok"] == len(rows) - 1 and result.counts["error"] == 1
     written = {r["id"]: r for r in OutputStore(config.output).read().to_pylist()}
     from jobs.tasks.seeds import row_seed
