@@ -28,7 +28,12 @@ log = logging.getLogger(__name__)
 
 
 def work_table(rows: list[dict], waves: dict[str, list]) -> pa.Table:
+    """Work rows (and their waveforms) as the Arrow table the next stage gets; a key that is not a work column (a
+    misspelt one) is an error here, not a value silently dropped."""
     schema = work_schema()
+    unknown = {key for row in rows for key in row} - set(schema.names)
+    if unknown:
+        raise KeyError(f"not work columns (jobs.tasks.work_schema): {', '.join(sorted(unknown))}")
     table = S.rows_to_table(rows, pa.schema([f for f in schema if f.name not in WAV_COLUMNS]))
     n = len(rows)
     for name in WAV_COLUMNS:

@@ -169,3 +169,11 @@ def test_a_fourth_task_is_one_module_and_one_registration(loudness, tmp_path):
 
     # metrics count its input audio
     assert run_metrics("loudness", out, 1.0)["audio_hours_in"] == pytest.approx(row["duration_s"] / 3600)
+
+
+def test_a_misspelt_work_column_fails_where_the_stage_hands_its_rows_on():
+    from jobs.stages import work_table
+
+    with pytest.raises(KeyError, match="out_txt"):
+        work_table([{"id": "a", "status": "ok", "out_txt": "misspelt"}], {})
+    assert work_table([{"id": "a", "status": "ok", "out_text": "fine"}], {}).column("out_text").to_pylist() == ["fine"]
