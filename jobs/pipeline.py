@@ -1,6 +1,7 @@
 """The one job skeleton shared by transcribe, synthesize and convert: this module only orchestrates.
 
-    read + validate (driver) -> plan (jobs.run.plan) -> decode (CPU tasks) -> GPA (actor pool) -> encode (CPU tasks)
+    read + validate (driver) -> plan (jobs.run.plan) -> decode (CPU tasks)
+    -> GPA (one actor pool, or one per model stage: jobs.stages.model_stages) -> encode (CPU tasks)
     -> staged Parquet parts -> verify and commit (jobs.run.bookkeeping) -> metrics file and MLflow (jobs.run.reporting)
 
 Rows that fail validation are written by the driver as error rows; everything else flows through Ray Data. Ray

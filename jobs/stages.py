@@ -1,6 +1,7 @@
 """The stages of the job skeleton, each a plain function or class that Ray Data runs (and tests can call directly).
 
-decode (CPU task) -> GPA (actor pool) -> encode (CPU task) -> write (staged Parquet part).
+decode (CPU task) -> GPA (one actor pool, or with ``--stages split`` a pool each for tokenize, generate and
+detokenize) -> encode (CPU task) -> write (staged Parquet part).
 
 Rows travel as Arrow tables of :func:`jobs.tasks.work_schema`; waveforms are ``large_list<float32>`` columns so
 no stage ever turns samples into Python objects. A row that fails at any stage keeps going with ``status="error"``
