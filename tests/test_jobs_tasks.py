@@ -135,6 +135,7 @@ def test_a_fourth_task_is_one_module_and_one_registration(loudness, tmp_path):
     from jobs.io.manifest import load_inputs
     from jobs.pipeline import task_params
     from jobs.run.metrics import run_metrics
+    from jobs.run.progress import window_counts
     from jobs.stages import decode_batch, encode_batch, split_table, work_table
 
     # the CLI: a subcommand with its own option keys
@@ -167,8 +168,9 @@ def test_a_fourth_task_is_one_module_and_one_registration(loudness, tmp_path):
     [row] = out.to_pylist()
     assert row["status"] == "ok" and -60 <= row["rms_db"] < 0 and row["duration_s"] > 0
 
-    # metrics count its input audio
+    # metrics and the progress lines count its input audio
     assert run_metrics("loudness", out, 1.0)["audio_hours_in"] == pytest.approx(row["duration_s"] / 3600)
+    assert window_counts("loudness", out)["audio_s"] == pytest.approx(row["duration_s"])
 
 
 def test_a_misspelt_work_column_fails_where_the_stage_hands_its_rows_on():

@@ -23,9 +23,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 DEFAULT_EVERY_S = 30.0
-# the audio a job's speed is measured on, as jobs.run.metrics.run_metrics counts it: speech in (transcribe, convert),
-# speech out (synthesize)
-WORK_AUDIO_COLUMN = {"transcribe": "duration_s", "convert": "source_duration_s", "synthesize": "duration_s"}
 LINE = re.compile(r"^gpa-batch (?P<job>\w+) progress: (?P<done>\d+)/(?P<total>\d+) rows \((?P<percent>[\d.]+)%\), "
                   r"(?P<hours>[\d.]+) h audio, (?P<rows_per_s>[\d.]+) rows/s, RTFx (?P<rtfx>[\d.]+|-), "
                   r"ETA (?P<eta>\S+), errors (?P<errors>\d+)(?: \((?P<kinds>[^)]*)\))?$")
@@ -63,8 +60,12 @@ class Tally:
 
 def window_counts(job: str, table: pa.Table) -> dict:
     """One finished window's contribution to the tally (``table``: output rows of ``job``)."""
+    from jobs.tasks import get_task
+
+    task = get_task(job)  # the audio its speed is measured on, as jobs.run.metrics.run_metrics counts it
+    column = task.audio_in_column if task.work_audio == "in" else task.audio_out_column
     ok = pc.equal(table.column("status"), "ok")
-    audio = pc.sum(pc.if_else(ok, table.column(WORK_AUDIO_COLUMN[job]), 0.0)).as_py() or 0.0
+    audio = (pc.sum(pc.if_else(ok, table.column(column), 0.0)).as_py() or 0.0) if column else 0.0
     model_s = pc.sum(pc.struct_field(table.column("timings"), "model_s")).as_py() or 0.0
     kinds = table.filter(pc.invert(ok)).column("error_kind").to_pylist()
     return {"rows": table.num_rows, "audio_s": float(audio), "model_s": float(model_s), "errors": Counter(kinds)}
