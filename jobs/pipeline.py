@@ -209,7 +209,7 @@ def _run_stages(config: JobConfig, rows: pa.Table, run_id: str, params: dict, ex
         memory = config.memory_per_actor_mb * model_stage.share * 2**20
         ds = ds.map_batches(
             GPAStage, fn_constructor_kwargs={"config": config, "options": options, "stage": model_stage.stage,
-                                             "expected_model": expected_model},
+                                             "expected_model": expected_model, "share": model_stage.share},
             batch_format="pyarrow", batch_size=window,
             compute=ray.data.ActorPoolStrategy(min_size=config.actors[0], max_size=config.actors[1]),
             num_gpus=config.gpus_per_actor * model_stage.share, num_cpus=config.cpus_per_actor * model_stage.share,

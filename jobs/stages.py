@@ -132,7 +132,8 @@ class GPAStage:
     ``batch_size * bucket_batches`` rows, which GPA sorts by length and runs in batches of ``batch_size`` (similar
     lengths together: little padding)."""
 
-    def __init__(self, config: JobConfig, options=None, stage: str | None = None, expected_model: str | None = None):
+    def __init__(self, config: JobConfig, options=None, stage: str | None = None, expected_model: str | None = None,
+                 share: float = 1.0):
         import torch
 
         from gpa import GPA
@@ -142,7 +143,8 @@ class GPAStage:
         self.config = config.for_cluster(cluster_gpus=torch.cuda.device_count())
         self.task = get_task(self.config.job)
         self.stage = stage
-        threads = self.config.torch_threads or max(1, int(round(self.config.cpus_per_actor)))
+        # the actor's share of --cpus-per-actor (split stages share it): more threads would oversubscribe the cores
+        threads = self.config.torch_threads or max(1, int(round(self.config.cpus_per_actor * share)))
         torch.set_num_threads(threads)
         device = self.config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = getattr(torch, self.config.model_dtype(device))
@@ -162,7 +164,7 @@ class GPAStage:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows, waves = split_table(batch)
-        if self.config.debug_delay_s:
+        if self.config.debug_delay_s and self.stage in (None, "generate"):  # once per window, whatever the stages
             time.sleep(self.config.debug_delay_s)
         live = [i for i, r in enumerate(rows) if r["status"] == "ok"]
         outputs: list[np.ndarray | None] = [None] * len(rows)

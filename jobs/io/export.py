@@ -89,12 +89,14 @@ def export(output: str, dest: str, options: ExportOptions) -> ExportResult:
         raise ExportError(str(exc)) from None
     dataset = store.dataset(commit)
     job = commit.job or _job_from_columns(dataset.schema.names)
-    _check(job, options)
+    names = dataset.schema.names
+    transcripts = "segments" in names  # what a row holds decides the files, whichever task wrote it
+    _check(job, names, transcripts, options)
     dest = storage.normalize(dest)
     _check_dest(store.uri, dest)
     storage.makedirs(dest)
     result = ExportResult(job=job, dest=dest, complete=storage.exists(store.success_uri))
-    wanted = _TRANSCRIPT_COLUMNS if job == "transcribe" else _AUDIO_COLUMNS
+    wanted = _TRANSCRIPT_COLUMNS if transcripts else _AUDIO_COLUMNS
     columns = [c for c in wanted if c in dataset.schema.names]
     lines: list[str] = []  # transcripts.jsonl or manifest.jsonl, written once at the end (one PUT on S3)
     for batch in dataset.to_batches(columns=columns, batch_size=BATCH_ROWS):
@@ -104,7 +106,7 @@ def export(output: str, dest: str, options: ExportOptions) -> ExportResult:
                 result.skipped["error"] += 1
             elif options.only_kept and not row.get("keep"):
                 result.skipped["not_kept"] += 1
-            elif job == "transcribe":
+            elif transcripts:
                 _export_transcript(row, dest, options.format, lines)
                 result.exported += 1
             else:
@@ -116,7 +118,7 @@ def export(output: str, dest: str, options: ExportOptions) -> ExportResult:
                 result.exported += 1
     if options.format == "jsonl":
         storage.write_bytes(storage.join(dest, TRANSCRIPTS), "".join(lines).encode())
-    elif job != "transcribe":
+    elif not transcripts:
         storage.write_bytes(storage.join(dest, MANIFEST), "".join(lines).encode())
     return result
 
@@ -128,11 +130,13 @@ def _job_from_columns(names: list[str]) -> str:
     return "convert" if "source_semantic_tokens" in names else "synthesize"
 
 
-def _check(job: str, options: ExportOptions) -> None:
-    usable = TEXT_FORMATS if job == "transcribe" else AUDIO_FORMATS
+def _check(job: str, names: list[str], transcripts: bool, options: ExportOptions) -> None:
+    if not transcripts and "audio" not in names:
+        raise ExportError(f"a {job} output has neither transcripts (segments) nor audio to export")
+    usable = TEXT_FORMATS if transcripts else AUDIO_FORMATS
     if options.format not in usable:
         raise ExportError(f"a {job} output exports as {', '.join(usable)}, not {options.format}")
-    if options.only_kept and job != "synthesize":
+    if options.only_kept and "keep" not in names:
         raise ExportError(f"--only-kept applies the synthesize quality gate (keep); a {job} output has none")
 
 

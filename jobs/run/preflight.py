@@ -212,6 +212,7 @@ def dry_run_plan(config: JobConfig, checked: Preflight) -> dict:
     from jobs.io.output import OutputStore
     from jobs.run.cluster import cluster_resources
     from jobs.run.plan import plan_run, with_local_sizes
+    from jobs.stages import model_stages
     from jobs.tasks import get_task
 
     inputs = load_inputs(config.job, config.input, glob=config.glob, input_format=config.input_format,
@@ -226,7 +227,7 @@ def dry_run_plan(config: JobConfig, checked: Preflight) -> dict:
                        "output": storage.redact_uri(config.output), "input_rows": inputs.total,
                        "invalid_rows": len(plan.invalid), "already_done": plan.already_done,
                        "to_process": todo.num_rows, "left_by_limit": plan.cut}
-    if config.job == "synthesize":
+    if not task.audio_fields:  # its rows are measured in text (Task.lengths)
         plan_info["text_characters"] = int(task.lengths(todo).sum())
     else:
         lengths = task.lengths(todo)
@@ -238,6 +239,7 @@ def dry_run_plan(config: JobConfig, checked: Preflight) -> dict:
         "actor_calls": math.ceil(todo.num_rows / config.window_rows),
         "actors": f"{config.actors[0]}:{config.actors[1]}", "gpus_per_actor": config.gpus_per_actor,
         "cpus_per_actor": config.cpus_per_actor, "memory_per_actor_mb": config.memory_per_actor_mb,
+        "model_stages": ", ".join(m.describe(config) for m in model_stages(config)),
         "cpus_per_task": config.cpus_per_task, "memory_per_task_mb": config.memory_per_task_mb,
         "ray": os.environ.get("RAY_ADDRESS") or "local (started for the job)",
         "model": storage.redact_uri(config.model),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -43,6 +44,8 @@ _MISSING = {
     "ref_audio": ("missing_field", "no reference audio (field 'ref_audio', or --reference for all rows)"),
     "text": ("invalid_text", "text is empty"),
 }
+
+log = logging.getLogger(__name__)
 
 
 def output_row_type(name: str, schema: pa.Schema) -> type:
@@ -289,7 +292,10 @@ class VoiceTask(Task):
                 outputs[i] = join_speech([w for _, w in pieces_of_row], S.SAMPLE_RATE, options.crossfade_s)
         ok = [i for i, out in enumerate(outputs) if out is not None]
         if quality:
-            self.measure(model, rows, outputs, ok, options)
+            try:
+                self.measure(model, rows, outputs, ok, options)
+            except Exception as exc:  # quality is best effort: rows whose audio was made stay ok without it
+                log.warning("quality measures failed for %d rows (%s)", len(ok), type(exc).__name__)
         return outputs
 
     def measure(self, model, rows: list[dict], outputs: list, ok: list[int], options) -> None:
