@@ -78,6 +78,8 @@ def run_job(config: JobConfig, *, progress: bool | None = None, progress_every_s
                          field_map=config.field_map, reference=config.reference,
                          max_text_chars=config.max_text_chars, convention=config.convention,
                          skip_other_tasks=config.skip_other_tasks, allow_empty=config.allow_empty)
+    if start_ray is not None and plan_run(config, inputs, store).todo.num_rows:
+        start_ray()  # before the output is touched: a Ray that cannot start leaves nothing behind
     # only now, with everything checked, does this run touch the output (the default MLflow store lives there)
     tracking = JobTracking(tracking_uri=config.mlflow_uri, output=store.uri,
                            experiment=config.experiment or f"gpa-batch-{config.job}",
@@ -85,15 +87,14 @@ def run_job(config: JobConfig, *, progress: bool | None = None, progress_every_s
                            tags={"gpa_batch.job": config.job, "gpa_batch.run_id": run_id})
     try:
         return _run(config, run_id, started, params, store, inputs, tracking, (progress, progress_every_s),
-                    run_identity, start_ray)
+                    run_identity)
     except BaseException as exc:
         track_failure(config, inputs, run_id, params, tracking, exc)
         raise
 
 
 def _run(config: JobConfig, run_id: str, started: float, params: dict, store: OutputStore, inputs: InputRows,
-         tracking: JobTracking, progress: tuple[bool | None, float | None], run_identity: dict,
-         start_ray: Callable[[], None] | None) -> JobResult:
+         tracking: JobTracking, progress: tuple[bool | None, float | None], run_identity: dict) -> JobResult:
     with storage_failures("could not take over the output"):
         store.start(run_id, config.takeover)  # takes ownership, adopts parts of an interrupted run, removes debris
     tracking.own_output(lambda: store.is_current(run_id), store.output_id)
@@ -106,8 +107,6 @@ def _run(config: JobConfig, run_id: str, started: float, params: dict, store: Ou
                     store.stage(run_id, f"part-{run_id}-invalid.parquet",
                                 _error_rows(config, plan.invalid, run_id, params))
             if plan.todo.num_rows:
-                if start_ray is not None:
-                    start_ray()
                 _run_pipeline(config, plan.todo, run_id, params, progress, run_identity["expected_model"])
             with storage_failures("could not commit the run"):
                 records, unavailable, new_rows = verified_records(store, run_id, plan.expected,
