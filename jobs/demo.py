@@ -49,6 +49,9 @@ def already_done_note(job: str, rows: int, output: Path) -> str:
 
 def run_demo(*, output: str = "gpa-demo", jobs: list[str] | None = None, model: str | None = None,
              mlflow_uri: str | None = None, seed: int = 0) -> int:
+    from jobs.run.logs import configure_logging, quiet_ray_console
+
+    ray_logging_level = configure_logging("default")  # quiet as the jobs are: before Ray or MLflow are imported
     from jobs.pipeline import run_job
     from jobs.run.ray_runtime import ensure_ray, shutdown_ray
     from jobs.run.summary import format_summary
@@ -70,7 +73,8 @@ def run_demo(*, output: str = "gpa-demo", jobs: list[str] | None = None, model: 
         model = str(make_tiny_checkpoint(root / "tiny-checkpoint", seed=seed))
         options = {"max_new_tokens": 64}  # random weights rarely stop by themselves: keep the demo quick
         print(f"tiny checkpoint: {model}")
-    started = ensure_ray()
+    started = ensure_ray(logging_level=ray_logging_level)
+    quiet_ray_console("default")
     try:
         for job in jobs:
             config = JobConfig(job=job, input=str(EXAMPLES / f"{job}.jsonl"), output=str(root / job), model=model,
