@@ -132,6 +132,30 @@ def test_batch_equals_single(codec):
     np.testing.assert_allclose(emb[1], codec.speaker_embedding([audios[1]])[0], atol=1e-5)
 
 
+def test_decode_batches_different_lengths_without_changing_an_item(codec, alt_codec, monkeypatch):
+    """Semantic sequences of different lengths decode in one padded batch; padding never reaches an item's
+    samples (a leak would change the shorter items' ends by far more than float rounding)."""
+    rng = np.random.default_rng(7)
+    for c in (codec, alt_codec):
+        lengths = [90, 84, 77, 73]  # within length_batches' 25 % padding: one batch
+        globals_ = [rng.integers(0, c.global_codebook_size, 32) for _ in lengths]
+        semantics = [rng.integers(0, c.semantic_codebook_size, n) for n in lengths]
+        calls = []
+
+        def counted(semantic, global_tokens, lengths=None, decode=c.codec.decode, calls=calls):
+            calls.append(lengths)
+            return decode(semantic, global_tokens, lengths)
+
+        monkeypatch.setattr(c.codec, "decode", counted)
+        batched = c.decode(globals_, semantics)
+        assert calls == [lengths], "one padded batch with each item's own length"
+        monkeypatch.undo()
+        for g, s, wav in zip(globals_, semantics, batched, strict=True):
+            alone = c.decode([g], [s])[0]
+            assert wav.shape == alone.shape == (len(s) * c.samples_per_semantic_token,)
+            np.testing.assert_allclose(wav, alone, rtol=0, atol=5e-5)
+
+
 def test_decode_length_and_signal(codec, alt_codec):
     for c in (codec, alt_codec):
         g, s = c.tokenize([voice(1.5, 150, 4)])[0]

@@ -29,8 +29,12 @@ class BiCodecModel(nn.Module):
         (tokens past an item's ``encoder.output_length`` are padding)."""
         return self.quantizer.tokenize(self.encoder(features.transpose(1, 2), lengths))
 
-    def decode(self, semantic_tokens: torch.Tensor, global_tokens: torch.Tensor) -> torch.Tensor:
-        """(batch, tokens) and (batch, num_quantizers, token_num) -> waveform (batch, samples)."""
+    def decode(self, semantic_tokens: torch.Tensor, global_tokens: torch.Tensor,
+               lengths: list[int] | None = None) -> torch.Tensor:
+        """(batch, tokens) and (batch, num_quantizers, token_num) -> waveform (batch, samples). ``lengths``: each
+        item's own number of tokens (None: every row is whole); samples past an item's share are padding."""
         speaker = self.speaker_encoder.detokenize(global_tokens)
-        x = self.prenet(self.quantizer.detokenize(semantic_tokens), speaker)
-        return self.decoder(x + speaker.unsqueeze(-1)).squeeze(1)
+        x = self.prenet(self.quantizer.detokenize(semantic_tokens), speaker, lengths)
+        if lengths is not None:
+            lengths = [self.prenet.output_length(n) for n in lengths]
+        return self.decoder(x + speaker.unsqueeze(-1), lengths).squeeze(1)

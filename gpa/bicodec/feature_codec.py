@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .config import EncoderConfig, FeatDecoderConfig
+from .layers import frame_mask
 from .vocos import SamplingBlock, VocosBackbone
 
 
@@ -39,20 +40,18 @@ class Encoder(nn.Module):
         Output frames past an item's ``output_length`` are padding."""
         if lengths is None:
             return self.project(self.downsample(self.encoder(x))).transpose(1, 2)
-        x = self.encoder(x, mask=_frame_mask(lengths, x))
-        for (sampling, backbone), ratio in zip(self.downsample, self.sample_ratios, strict=True):
-            mask = _frame_mask(lengths, x.transpose(1, 2))
-            x = sampling(x, mask)
-            lengths = [n // ratio for n in lengths]
-            x = backbone(x, mask=_frame_mask(lengths, x))
+        x = _resample(self.downsample, self.encoder(x, mask=frame_mask(lengths, x)), lengths)
         return self.project(x).transpose(1, 2)
 
 
-def _frame_mask(lengths: list[int], x: torch.Tensor) -> torch.Tensor:
-    """(batch, 1, time) in ``x``'s dtype, 1 on each item's first ``lengths[i]`` frames; ``x`` is (batch, C, time)."""
-    frames = torch.arange(x.shape[-1], device=x.device)
-    lengths_t = torch.tensor(lengths, device=x.device)
-    return (frames[None, None, :] < lengths_t[:, None, None]).to(x.dtype)
+def _resample(blocks: nn.Sequential, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """(SamplingBlock, VocosBackbone) pairs over (batch, time, dim) ``x`` whose items have ``lengths`` frames
+    (the rest is padding, kept out of every convolution); returns (batch, time', dim)."""
+    for sampling, backbone in blocks:
+        x = sampling(x, frame_mask(lengths, x.transpose(1, 2)))
+        lengths = [n * sampling.upsample_scale // sampling.downsample_scale for n in lengths]
+        x = backbone(x, mask=frame_mask(lengths, x))
+    return x
 
 
 class Decoder(nn.Module):
@@ -76,9 +75,21 @@ class Decoder(nn.Module):
         self.linear = nn.Linear(dim, config.out_channels)
         self.use_tanh_at_final = config.use_tanh_at_final
 
-    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+    def output_length(self, frames: int) -> int:
+        for sampling, _ in self.downsample:
+            frames = frames * sampling.upsample_scale // sampling.downsample_scale
+        return frames
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None,
+                lengths: list[int] | None = None) -> torch.Tensor:
+        """``lengths``: each item's own number of input frames (the rest is padding); None: every row is whole.
+        Output frames past an item's ``output_length`` are padding."""
         x = self.linear_pre(x.transpose(1, 2))
-        x = self.downsample(x).transpose(1, 2)
-        x = self.vocos_backbone(x, condition)
+        if lengths is None:
+            x = self.vocos_backbone(self.downsample(x).transpose(1, 2), condition)
+        else:
+            x = _resample(self.downsample, x, lengths).transpose(1, 2)
+            mask = frame_mask([self.output_length(n) for n in lengths], x)
+            x = self.vocos_backbone(x, condition, mask)
         x = self.linear(x).transpose(1, 2)
         return torch.tanh(x) if self.use_tanh_at_final else x

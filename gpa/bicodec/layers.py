@@ -1,4 +1,5 @@
-"""Small building blocks: weight-normalised convolutions (checkpoint keys ``weight_g``/``weight_v``) and Snake."""
+"""Small building blocks: weight-normalised convolutions (checkpoint keys ``weight_g``/``weight_v``), Snake, and
+the frame mask that keeps a batch's padding out of convolutions over time."""
 
 from __future__ import annotations
 
@@ -53,3 +54,13 @@ class Snake1d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + (self.alpha + 1e-9).reciprocal() * torch.sin(self.alpha * x).pow(2)
+
+
+def frame_mask(lengths: list[int], x: torch.Tensor) -> torch.Tensor:
+    """(batch, 1, time) in ``x``'s dtype, 1 on each item's first ``lengths[i]`` frames; ``x`` is (batch, C, time).
+
+    A convolution whose input is multiplied by it sees, for every item, exactly the zero padding it sees for the
+    item alone, so an item's frames do not depend on its batch mates."""
+    frames = torch.arange(x.shape[-1], device=x.device)
+    lengths_t = torch.tensor(lengths, device=x.device)
+    return (frames[None, None, :] < lengths_t[:, None, None]).to(x.dtype)

@@ -3,12 +3,12 @@
 Batching never changes an item's result. Tokenizing batches waveforms of any length (longest first, a batch cut
 where its padding would pass a quarter of it): wav2vec2 and the feature encoder take each item's own length and
 keep padding out of every convolution, normalisation and attention (see their modules); speaker reference clips
-all have the same length. Decoding batches only semantic sequences of equal length.
+all have the same length. Decoding batches semantic sequences of any length the same way: the prenet and the
+waveform generator keep padding out of every convolution (see their modules).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -27,14 +27,6 @@ from .wav2vec2 import Wav2Vec2Features
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
 WAV2VEC2_DIR = "wav2vec2-large-xlsr-53"
-
-
-def _groups_by_length(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped by equal length, each group split into batches of at most ``batch_size``."""
-    by_length: dict[int, list[int]] = defaultdict(list)
-    for i, n in enumerate(lengths):
-        by_length[n].append(i)
-    return [idx[s : s + batch_size] for idx in by_length.values() for s in range(0, len(idx), batch_size)]
 
 
 class BiCodec:
@@ -244,15 +236,20 @@ class BiCodec:
         semantics = [self._check_tokens(s, self.semantic_codebook_size, "semantic") for s in semantic_tokens]
         out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(semantics)
         lengths = [s.shape[0] for s in semantics]
-        for idx in _groups_by_length(lengths, self.batch_size):
-            if lengths[idx[0]] == 0:
-                continue
-            sem = torch.from_numpy(np.stack([semantics[i] for i in idx])).to(self.device)
+        decodable = [i for i, n in enumerate(lengths) if n]
+        for batch in length_batches([lengths[i] for i in decodable], self.batch_size):
+            idx = [decodable[b] for b in batch]
+            longest = lengths[idx[0]]
+            sem = torch.zeros(len(idx), longest, dtype=torch.long)
+            for row, i in enumerate(idx):
+                sem[row, : lengths[i]] = torch.from_numpy(semantics[i])
             glob = torch.from_numpy(np.stack([globals_[i] for i in idx])).to(self.device)
             glob = glob.reshape(len(idx), speaker.fsq_num_quantizers, speaker.token_num)
-            wav = self.codec.decode(sem, glob).float().cpu().numpy()
-            for j, i in enumerate(idx):
-                out[i] = wav[j]
+            own = [lengths[i] for i in idx]
+            wav = self.codec.decode(sem.to(self.device), glob, None if min(own) == longest else own)
+            wav = wav.float().cpu().numpy()
+            for row, i in enumerate(idx):
+                out[i] = wav[row, : lengths[i] * self.samples_per_semantic_token].copy()
         return out
 
     @staticmethod

@@ -1,4 +1,8 @@
-"""DAC-style waveform generator: transposed-conv upsampling stages with dilated Snake residual units."""
+"""DAC-style waveform generator: transposed-conv upsampling stages with dilated Snake residual units.
+
+``lengths`` (each item's own number of input frames) batches items of different lengths: every convolution's
+input is multiplied by the frame mask of its resolution, so it sees the zero padding it sees for the item alone.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import torch
 from torch import nn
 
 from .config import WaveGeneratorConfig
-from .layers import Snake1d, WNConv1d, WNConvTranspose1d
+from .layers import Snake1d, WNConv1d, WNConvTranspose1d, frame_mask
 
 
 class ResidualUnit(nn.Module):
@@ -19,8 +23,11 @@ class ResidualUnit(nn.Module):
             WNConv1d(dim, dim, kernel_size=1),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.block(x)  # "same" padding: lengths always match
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None:
+            return x + self.block(x)  # "same" padding: lengths always match
+        snake, conv, snake_out, pointwise = self.block
+        return x + pointwise(snake_out(conv(snake(x) * mask)))
 
 
 class DecoderBlock(nn.Module):
@@ -28,6 +35,7 @@ class DecoderBlock(nn.Module):
 
     def __init__(self, input_dim: int, output_dim: int, kernel_size: int, stride: int):
         super().__init__()
+        self.stride = stride
         self.block = nn.Sequential(
             Snake1d(input_dim),
             WNConvTranspose1d(input_dim, output_dim, kernel_size, stride=stride, padding=(kernel_size - stride) // 2),
@@ -36,8 +44,15 @@ class DecoderBlock(nn.Module):
             ResidualUnit(output_dim, dilation=9),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x)
+    def forward(self, x: torch.Tensor, lengths: list[int] | None = None) -> torch.Tensor:
+        if lengths is None:
+            return self.block(x)
+        snake, upsample, *residual_units = self.block
+        x = upsample(snake(x) * frame_mask(lengths, x))
+        mask = frame_mask([n * self.stride for n in lengths], x)
+        for unit in residual_units:
+            x = unit(x, mask)
+        return x
 
 
 class WaveGenerator(nn.Module):
@@ -53,5 +68,17 @@ class WaveGenerator(nn.Module):
         layers += [Snake1d(last), WNConv1d(last, config.d_out, kernel_size=7, padding=3), nn.Tanh()]
         self.model = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+    def forward(self, x: torch.Tensor, lengths: list[int] | None = None) -> torch.Tensor:
+        """``lengths``: each item's own number of input frames (None: every row is whole); output samples past an
+        item's ``lengths[i] * prod(rates)`` are padding."""
+        if lengths is None:
+            return self.model(x)
+        for layer in self.model:
+            if isinstance(layer, DecoderBlock):
+                x = layer(x, lengths)
+                lengths = [n * layer.stride for n in lengths]
+            elif isinstance(layer, WNConv1d):
+                x = layer(x * frame_mask(lengths, x))
+            else:
+                x = layer(x)
+        return x
