@@ -70,14 +70,19 @@ def workload(items: int, seed: int = 0) -> dict:
     return {"asr": asr, "vc": vc, "texts": texts, "reference": speech_like(6.0, rng)}
 
 
-def run_task(name, fn, batches, seconds_of, synchronize) -> dict:
+def run_task(name, fn, batches, seconds_of, synchronize, budget_s: float | None = None) -> dict:
+    """Run ``batches`` through ``fn``; with ``budget_s``, no batch starts after that many seconds (the figures are
+    then those of the batches done, marked ``cut``)."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    produced, count = 0.0, 0
+    produced, count, cut = 0.0, 0, False
     with profiling.record(synchronize=synchronize) as stages:
         for batch in batches:
+            if budget_s is not None and count and time.perf_counter() - start > budget_s:
+                cut = True
+                break
             results = fn(batch)
             failed = [r.error for r in results if not r.ok]
             if failed:
@@ -92,6 +97,7 @@ def run_task(name, fn, batches, seconds_of, synchronize) -> dict:
         "audio_seconds": round(produced, 1), "realtime_factor": round(produced / elapsed, 1),
         "stages_s": {k: round(v, 3) for k, v in sorted(stages.items())},
         "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else None,
+        "cut": cut,
     }
 
 
@@ -109,7 +115,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on the CPU")
     parser.add_argument("--no-stage-sync", dest="stage_sync", action="store_false",
                         help="do not synchronise the GPU around stages (stage times then blur, totals are exact)")
-    parser.add_argument("--out", help="write the figures as JSON here")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="per task and mode: start no batch after this many seconds (a run that must fit a "
+                             "time slot still reports every task, on the items done)")
+    parser.add_argument("--out", help="write the figures as JSON here (after each task, so a run cut short keeps "
+                                      "the tasks it finished)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tasks = args.tasks.split(",")
@@ -147,6 +157,10 @@ def main() -> None:
             "items_per_task": args.items, "batch_size": args.batch_size,
             "checkpoint_generation_s": round(generated_s, 1), "model_load_s": round(load_s, 1), "tasks": {},
         }
+        out = args.out
+        if out is None and args.device.startswith("cuda"):
+            slug = "".join(c if c.isalnum() else "-" for c in device_name).strip("-").lower()
+            out = f"benchmarks/results/{report['date']}-{slug}.json"
         print(f"device={device_name} dtype={report['dtype']} engine={engine} checkpoint={report['checkpoint']} "
               f"items={args.items} batch={args.batch_size}")
         print(f"{'task':<10} {'mode':<11} {'items/s':>9} {'RTFx':>9} {'speed-up':>9} {'cuda MB':>9}  stages (s)")
@@ -154,9 +168,10 @@ def main() -> None:
             fn, items, seconds_of = runs[name]
             fn(items[:2])  # warm-up: kernels, graphs, arena
             batches = [items[i : i + args.batch_size] for i in range(0, len(items), args.batch_size)]
-            figures = {"batched": run_task(name, fn, batches, seconds_of, args.stage_sync)}
+            figures = {"batched": run_task(name, fn, batches, seconds_of, args.stage_sync, args.budget_s)}
             if args.sequential:
-                figures["sequential"] = run_task(name, fn, [[x] for x in items], seconds_of, args.stage_sync)
+                figures["sequential"] = run_task(name, fn, [[x] for x in items], seconds_of, args.stage_sync,
+                                                 args.budget_s)
                 figures["speed_up"] = round(figures["batched"]["items_per_s"] / figures["sequential"]["items_per_s"], 2)
             report["tasks"][name] = figures
             for mode in ("sequential", "batched"):
@@ -166,17 +181,22 @@ def main() -> None:
                 speed = f"{figures['speed_up']:.2f}x" if mode == "batched" and "speed_up" in figures else ""
                 stages = " ".join(f"{k}={v:.2f}" for k, v in r["stages_s"].items())
                 cuda = r["peak_cuda_mb"] if r["peak_cuda_mb"] is not None else "-"
+                cut = f" (cut at the budget: {r['items']} of {len(items)} items)" if r["cut"] else ""
                 print(f"{name:<10} {mode:<11} {r['items_per_s']:>9.2f} {r['realtime_factor']:>9.1f} {speed:>9} "
-                      f"{cuda:>9}  {stages}")
-        report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-        out = args.out
-        if out is None and args.device.startswith("cuda"):
-            slug = "".join(c if c.isalnum() else "-" for c in device_name).strip("-").lower()
-            out = f"benchmarks/results/{report['date']}-{slug}.json"
+                      f"{cuda:>9}  {stages}{cut}")
+            report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            if out:
+                write_report(report, Path(out))
         if out:
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            Path(out).write_text(json.dumps(report, indent=1) + "\n")
             print(f"wrote {out}")
+
+
+def write_report(report: dict, path: Path) -> None:
+    """Replace ``path`` whole (written beside it, then renamed): a run killed while writing leaves the last one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(report, indent=1) + "\n")
+    partial.replace(path)
 
 
 if __name__ == "__main__":

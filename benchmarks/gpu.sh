@@ -16,6 +16,7 @@ RESULTS=${RESULTS:-gpu-results}
 ITEMS=${ITEMS:-1000}
 N=${N:-4000}
 BATCH=${BATCH:-256}
+BUDGET_S=${BUDGET_S:-60}  # per task: gpa_throughput starts no batch after it, so every task fits one device slot
 BENCHES=${BENCHES:-gpa_throughput}
 export PYTHONUNBUFFERED=1
 mkdir -p "$RESULTS"
@@ -36,7 +37,7 @@ bench() {  # name, then the command; one failing benchmark does not stop the oth
 }
 status=0
 bench gpa_throughput $PY benchmarks/gpa_throughput.py --model "$CHECKPOINT" --device cuda --dtype bfloat16 \
-  --items "$ITEMS" --batch-size "$BATCH" ${ENGINE:+--engine "$ENGINE"} || status=1
+  --items "$ITEMS" --batch-size "$BATCH" --budget-s "$BUDGET_S" ${ENGINE:+--engine "$ENGINE"} || status=1
 bench pipeline $PY benchmarks/pipeline.py --model "$CHECKPOINT" --n "$N" --actors 1 --gpus-per-actor 1 \
   --batch-size "$BATCH" --no-unbucketed --stages fused,split || status=1
 exit $status
