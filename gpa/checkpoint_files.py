@@ -1,11 +1,14 @@
 """What a checkpoint in the official layout holds, read without loading it: its configuration files and the headers
-of its safetensors weights, from a local directory or an ``s3://`` prefix (ranged reads), in seconds.
+of its safetensors weights, from a local directory or an ``s3://`` prefix (ranged reads), in seconds; and its
+identity, a sha256 over its files.
 
-Imports neither torch nor transformers, so a job's driver can check a model before it starts any worker.
+Imports neither torch nor transformers, so a job's driver can check a model, and tell which model made an
+output's rows, before it starts any worker.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -13,7 +16,7 @@ import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from .errors import CheckpointError
 from .storage import is_uri, redact_uri
@@ -32,6 +35,36 @@ MAX_CONFIG_BYTES = 16 * 2**20
 
 # (relative path, start, length) -> bytes
 ReadRange = Callable[[str, int, int], bytes]
+
+# Written last into a checkpoint copied from an object store: the copy is whole, and it lists each file's sha256
+COMPLETE_MARKER = ".gpa-complete.json"
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def content_hash(directory: str | os.PathLike) -> str:
+    """sha256 over every file of a checkpoint (relative path and contents): a stable id of the weights."""
+    directory = Path(directory)
+    marker = directory / COMPLETE_MARKER
+    if marker.is_file():
+        files = {k: v["sha256"] for k, v in json.loads(marker.read_text())["files"].items()}
+    else:
+        files = {
+            p.relative_to(directory).as_posix(): file_sha256(p)
+            for p in sorted(directory.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")
+        }
+    digest = hashlib.sha256()
+    for relative, sha in sorted(files.items()):
+        digest.update(f"{relative}\0{sha}\n".encode())
+    return digest.hexdigest()
+
 
 
 @dataclass

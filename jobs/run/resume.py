@@ -67,7 +67,7 @@ _HASHES: dict[tuple, str] = {}  # (directory, its files' sizes and mtimes) -> co
 def driver_model_hash(model: str) -> str | None:
     """The content hash of ``model`` when the driver can know it without downloading anything: a local checkpoint
     directory (read once per process). None for object-store prefixes and Hugging Face ids: their actors check."""
-    from gpa.content_hash import content_hash
+    from gpa.checkpoint_files import content_hash
 
     if storage.is_uri(model) and not model.startswith("file://"):
         return None
