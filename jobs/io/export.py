@@ -38,8 +38,10 @@ EXAMPLES = """examples:
 
 _TRANSCRIPT_COLUMNS = ("id", "status", "audio_uri", "begin_time", "end_time", "duration_s", "text", "segments",
                        "truncated", "model_hash")
-_AUDIO_COLUMNS = ("id", "status", "audio", "text", "ref_id", "source_id", "duration_s", "sampling_rate", "wer",
-                  "cer", "speaker_similarity", "source_similarity", "keep")
+# an exported audio manifest line: id, the file's name, text and duration_hint, then these as they are
+_AUDIO_MANIFEST_COLUMNS = ("ref_id", "source_id", "sampling_rate", "wer", "cer", "speaker_similarity",
+                           "source_similarity", "keep")
+_AUDIO_COLUMNS = ("id", "status", "audio", "text", "duration_s", *_AUDIO_MANIFEST_COLUMNS)
 
 
 class ExportError(ValueError):
@@ -218,7 +220,7 @@ def _export_audio(row: dict, store: OutputStore, dest: str, fmt: str) -> str:
     name = storage.safe_name(row["id"], "." + fmt)
     storage.write_bytes(storage.join(dest, name), flac if fmt == "flac" else _wav(flac))
     entry = {"id": row["id"], "audio": name, "text": row.get("text"), "duration_hint": row.get("duration_s")}
-    entry.update({k: row[k] for k in _AUDIO_COLUMNS[4:] if k in row and k != "duration_s"})
+    entry.update({k: row[k] for k in _AUDIO_MANIFEST_COLUMNS if k in row})
     return json.dumps(entry, ensure_ascii=False) + "\n"
 
 
