@@ -71,7 +71,7 @@ class JobConfig:
     quality: bool = True  # synthesize: round-trip ASR + speaker similarity; convert: similarities
     keep_max_cer: float = 0.5
     keep_min_similarity: float = 0.5
-    keep_tokens: bool = False  # transcribe: rows keep their GLM and semantic token ids (synthesize, convert: always)
+    keep_tokens: bool = False  # transcribe's: rows keep their GLM and semantic token ids (synthesize, convert: always)
     rows_per_part: int | None = 1000  # rows per Parquet part (also the unit of work a killed run can lose)
     audio_storage: str = "inline"  # inline: FLAC bytes in the Parquet; objects: FLAC files under <output>/audio/
     # resume
@@ -121,8 +121,11 @@ class JobConfig:
             if f.type in ("str", "str | None") and value is not None and not isinstance(value, str):
                 # a YAML value that read as a number, say
                 raise ValueError(f"--{f.name.replace('_', '-')} must be text, got {value!r} (quote it in YAML)")
-        if self.keep_tokens and self.job != "transcribe":
-            raise ValueError(f"--keep-tokens is for transcribe: {self.job} rows always keep their tokens")
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in sorted({s for t in TASKS.values() for s in t.task_settings}):
+            if getattr(self, name) != defaults[name] and name not in get_task(self.job).task_settings:
+                owners = ", ".join(t.name for t in TASKS.values() if name in t.task_settings)
+                raise ValueError(f"--{name.replace('_', '-')} is a setting of {owners}, not of {self.job}")
         if self.encoder_precision not in ("float32", "bfloat16"):
             raise ValueError(f"--encoder-precision must be float32 or bfloat16, got {self.encoder_precision!r}")
         if self.stages not in ("fused", "split"):

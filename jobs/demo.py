@@ -32,8 +32,9 @@ def reading_hint(root: Path, job: str) -> str:
     columns = [c for c in ("id", "status", "text", "duration_s") if c in output_schema(job).names][:3]
     code = (f"from jobs.io.output import OutputStore; print(OutputStore({json.dumps(str(output))}).dataset()"
             f".to_table(columns={json.dumps(columns)}).to_pandas())")
-    export = f"--format srt --dest {quote(str(root / 'subtitles'))}" if job == "transcribe" else \
-        f"--format wav --dest {quote(str(root / f'{job}-wav'))}"
+    # transcripts (timed segments) export as subtitles, audio as files, as `gpa-batch export` decides by columns
+    export = f"--format srt --dest {quote(str(root / 'subtitles'))}" if "segments" in output_schema(job).names \
+        else f"--format wav --dest {quote(str(root / f'{job}-wav'))}"
     return (f"results under {root}/<job>/ (Parquet parts, listed in _gpa_batch/commit.json); to read them:\n"
             f"  python -c {quote(code)}\n"
             f"  gpa-batch export {quote(str(output))} {export}\n"
