@@ -8,8 +8,8 @@ import random
 
 import pytest
 import torch
+from generation_prompts import random_prompts
 
-from gpa import prompts
 from gpa.generation import generate, generate_reference, resolve_engine
 from gpa.options import GenerationOptions, TranscribeOptions
 from gpa.static_generation import StaticEngine, static_engine
@@ -27,32 +27,10 @@ CASES = {
 }
 
 
-def random_prompts(layout, task: str, n: int, seed: int) -> list[list[int]]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        length = rng.randint(2, 60)
-        glm = [rng.randrange(layout.glm_count) for _ in range(length)]
-        semantic = [rng.randrange(layout.semantic_count) for _ in range(4 * length)]
-        voice = [rng.randrange(layout.global_count) for _ in range(32)]
-        out.append(prompts.stt_prompt(layout, glm, semantic) if task == "stt"
-                   else prompts.vc_prompt(layout, voice, semantic))
-    return out
-
-
 def both_engines(model, batch, options, task, seeds, limits, engine):
     kwargs = dict(layout=model.layout, task=task, seeds=seeds, pad_id=model.layout.pad_id, max_new_tokens=limits)
     expected = generate_reference(model.llm, batch, options, **kwargs)
     return expected, engine.generate(batch, options, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def tiny_alt_model(tmp_path_factory):
-    from gpa.model import GPA
-    from gpa.testing import make_tiny_checkpoint
-
-    return GPA.from_pretrained(make_tiny_checkpoint(tmp_path_factory.mktemp("alt") / "c", 1, arch="qwen2",
-                                                    size="tiny-alt"))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
