@@ -117,17 +117,39 @@ def test_transcribe_with_either_engine_gives_the_same_text(tiny_model, tmp_path)
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_cuda_graphs_replay_the_eager_step(tiny_model):
+    """Graphs (really captured: no fallback) give the eager steps' tokens, for three plans in turn, while another
+    thread of the process does CUDA work with host synchronisations (as another stage of a job may)."""
+    import threading
+
     model = tiny_model.llm.to("cuda")
+    stop = threading.Event()
+    syncs = [0]
+
+    def other_stage():
+        x = torch.randn(256, 256, device="cuda")
+        while not stop.is_set():
+            float((x @ x).sum())  # a kernel and a host synchronisation, on this thread's stream
+            syncs[0] += 1
+
+    worker = threading.Thread(target=other_stage, daemon=True)
+    worker.start()
     try:
-        options = GenerationOptions(max_new_tokens=40, do_sample=True, temperature=0.8, repetition_penalty=1.2)
-        batch = random_prompts(tiny_model.layout, "tts", 10, seed=2)
-        kwargs = dict(layout=tiny_model.layout, task="tts", seeds=list(range(10)), pad_id=0,
-                      max_new_tokens=[40] * 10)
-        eager = StaticEngine(model, cuda_graphs=False, max_rows=4).generate(batch, options, **kwargs)
-        graphs = StaticEngine(model, cuda_graphs=True, max_rows=4).generate(batch, options, **kwargs)
-        assert graphs == eager
+        plans = [("tts", GenerationOptions(max_new_tokens=40, do_sample=True, temperature=0.8, repetition_penalty=1.2)),
+                 ("vc", GenerationOptions(max_new_tokens=40, do_sample=True, top_k=20, top_p=0.8, constrained=True)),
+                 ("stt", GenerationOptions(max_new_tokens=40))]
+        eager = StaticEngine(model, cuda_graphs=False, max_rows=4)
+        graphs = StaticEngine(model, cuda_graphs=True, max_rows=4)
+        for task, options in plans:
+            batch = random_prompts(tiny_model.layout, task, 10, seed=2)
+            kwargs = dict(layout=tiny_model.layout, task=task, seeds=list(range(10)), pad_id=0,
+                          max_new_tokens=[40] * 10)
+            assert graphs.generate(batch, options, **kwargs) == eager.generate(batch, options, **kwargs), task
+            assert graphs.cuda_graphs and graphs.graphs, task  # captured and replayed, no fallback
     finally:
+        stop.set()
+        worker.join()
         tiny_model.llm.to("cpu")
+    assert syncs[0] > 0
 
 
 def test_token_limits_per_second_of_audio_force_lengths(tiny_model):
