@@ -32,7 +32,7 @@ aten = torch.ops.aten
 # ops that copy a device value to the host, or whose output shape depends on tensor values (both synchronise)
 HOST_SYNC_OPS = {aten._local_scalar_dense, aten.item, aten.is_nonzero, aten.equal, aten.nonzero, aten.masked_select,
                  aten._unique, aten._unique2, aten.unique_dim, aten.unique_consecutive, aten.unique_dim_consecutive,
-                 aten.multinomial}
+                 aten.multinomial, aten.nonzero_numpy, aten.argwhere, aten.bincount, aten.histc}
 PYTHON_DATA_OPS = {aten.lift_fresh, aten.lift_fresh_copy}  # torch.tensor(...) and the like
 HOST_METHODS = {"tolist", "item", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__"}
 DEVICE_CHANGES = {aten._to_copy, aten.to, aten.copy_, aten.copy}
@@ -316,11 +316,23 @@ def test_captured_steps_give_the_reference_tokens_and_are_dropped_with_their_pla
     assert run(tiny_model, engine, "stt", greedy) == reference(tiny_model, "stt", greedy)
     assert fakes.captures[-1]["pool"] == ("pool", 2)  # another plan: new graphs in a new pool
     graphs = dict(engine.graphs)
-    longer = GenerationOptions(max_new_tokens=300)  # rows longer than the arena's positions: a new arena
+    # rows longer than the arena's positions (a new arena), forced to cross key-length buckets as they grow
+    longer = GenerationOptions(max_new_tokens=300, min_new_tokens=300)
     assert run(tiny_model, engine, "stt", longer, n=2) == reference(tiny_model, "stt", longer, n=2)
     assert not set(map(id, engine.graphs.values())) & set(map(id, graphs.values()))
     engine.release()
     assert engine.graphs == {} and engine.graph_pool is None and engine.arena is None
+
+
+def test_a_larger_batch_gets_a_new_arena_and_new_graphs(tiny_model, monkeypatch):
+    fakes = _FakeCudaGraphs(monkeypatch, fail=False)
+    engine = graph_engine(tiny_model, fakes, check_every=3)  # rows: as many as the call has prompts
+    greedy = GenerationOptions(max_new_tokens=10, repetition_penalty=1.2)
+    assert run(tiny_model, engine, "stt", greedy, n=2) == reference(tiny_model, "stt", greedy, n=2)
+    arena, graphs = engine.arena, list(engine.graphs.values())
+    assert run(tiny_model, engine, "stt", greedy, n=7) == reference(tiny_model, "stt", greedy, n=7)
+    assert engine.arena is not arena and engine.arena.rows == 7
+    assert graphs and not set(map(id, engine.graphs.values())) & set(map(id, graphs))
 
 
 def test_a_failed_capture_falls_back_to_eager_steps_with_one_warning(tiny_model, monkeypatch, caplog):
