@@ -76,9 +76,9 @@ def unsupported_reason(model) -> str | None:
 
 _engines: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _engines_lock = threading.Lock()
-# PyTorch allows one CUDA-graph capture at a time in a process, and the caching allocator must not free its cache
-# while one is under way: captures and this module's empty_cache calls take this lock (engines of other models may
-# run in other threads).
+# PyTorch allows one CUDA-graph capture at a time in a process, and emptying the allocator's cache during a capture
+# raises before PyTorch 2.8 (is ignored since): captures and this module's empty_cache calls take this lock (engines
+# of other models may run in other threads).
 _capture_lock = threading.Lock()
 
 
