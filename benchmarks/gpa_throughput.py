@@ -11,8 +11,10 @@ ASR generates ceil(3.5 x audio seconds) tokens, TTS 50 semantic tokens per secon
 (<|im_end|> blocked, a limit per window).
 
 Prints per task: audio seconds per second (the realtime factor; for TTS, of generated speech), items/s, seconds per
-stage, peak GPU memory and the engine; ``--sequential`` also runs the items one at a time for the batched/sequential
-ratio. ``--out`` writes the figures as JSON (benchmarks/results/<date>-<device>.json by default on a GPU).
+stage, peak GPU memory, the engine and whether the static engine's decoding ran as CUDA graphs (``cuda_graphs``:
+null for the reference engine; false on the CPU or after a failed capture, which falls back to eager steps);
+``--sequential`` also runs the items one at a time for the batched/sequential ratio. ``--out`` writes the figures
+as JSON (benchmarks/results/<date>-<device>.json by default on a GPU).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from gpa import profiling  # noqa: E402
 from gpa.generation import resolve_engine  # noqa: E402
 from gpa.model import GPA  # noqa: E402
 from gpa.options import ConvertOptions, SynthesizeOptions, TranscribeOptions  # noqa: E402
+from gpa.static_generation import static_engine  # noqa: E402
 from gpa.testing import make_tiny_checkpoint  # noqa: E402
 
 SAMPLE_RATE = 16000
@@ -184,9 +187,12 @@ def main() -> None:
                 cut = f" (cut at the budget: {r['items']} of {len(items)} items)" if r["cut"] else ""
                 print(f"{name:<10} {mode:<11} {r['items_per_s']:>9.2f} {r['realtime_factor']:>9.1f} {speed:>9} "
                       f"{cuda:>9}  {stages}{cut}")
+            # read after each task: a failed capture turns the engine's graphs off mid-run
+            report["cuda_graphs"] = static_engine(model.llm).cuda_graphs if engine == "static" else None
             report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
             if out:
                 write_report(report, Path(out))
+        print(f"cuda_graphs={report.get('cuda_graphs')}")
         if out:
             print(f"wrote {out}")
 

@@ -68,7 +68,7 @@ def process_logits(
         ordered, order = torch.sort(scores, descending=False, dim=-1)
         cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
         drop = cumulative <= (1 - options.top_p)
-        drop[:, -1] = False  # keep at least the most likely token
+        drop[:, -1].fill_(False)  # keep at least the most likely token (fill_: no tensor made from Python data)
         scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
     return scores
 

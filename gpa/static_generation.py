@@ -30,6 +30,7 @@ feeding continuous audio embeddings to its decoder would enter.
 from __future__ import annotations
 
 import collections
+import logging
 import math
 import sys
 import threading
@@ -47,6 +48,8 @@ from .profiling import stage
 from .sampling import block_stop, choose, process_logits, row_uniforms
 from .vocab import TokenLayout, normalize_task
 
+log = logging.getLogger(__name__)
+
 SUPPORTED_MODEL_TYPES = ("qwen3", "qwen2")
 KEY_BUCKET = 256  # key-length buckets of the decoding graphs: attention reads a multiple of this many positions
 PREFILL_TOKENS = 16384  # padded prompt tokens per prefill chunk (bounds the prefill's activations)
@@ -62,11 +65,21 @@ def unsupported_reason(model) -> str | None:
         return f"model type {model_type!r} (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
     if getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None):
         return "sliding-window attention"
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    rope_type = str(rope.get("rope_type", rope.get("type", "default")))
+    if "dynamic" in rope_type or rope_type == "longrope":
+        # these recompute their frequencies from the positions' values inside the forward (host synchronisation
+        # and a new buffer per call): not capturable
+        return f"RoPE type {rope_type!r}"
     return None
 
 
 _engines: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _engines_lock = threading.Lock()
+# PyTorch allows one CUDA-graph capture at a time in a process, and emptying the allocator's cache during a capture
+# raises before PyTorch 2.8 (is ignored since): captures and this module's empty_cache calls take this lock (engines
+# of other models may run in other threads).
+_capture_lock = threading.Lock()
 
 
 def static_engine(model) -> StaticEngine:
@@ -80,9 +93,10 @@ def static_engine(model) -> StaticEngine:
 
 @dataclass(frozen=True)
 class _Plan:
-    """What a call's graphs bake in: the logits processing and the candidate ids."""
+    """What a call's graphs bake in: the logits processing, the candidate ids and the stop token."""
 
     task: str
+    stop_token: int
     constrained: bool
     do_sample: bool
     temperature: float
@@ -92,9 +106,9 @@ class _Plan:
     min_new_tokens: int
 
     @classmethod
-    def of(cls, options: GenerationOptions, task: str) -> _Plan:
-        return cls(task, options.constrained, options.do_sample, options.temperature, options.top_k, options.top_p,
-                   options.repetition_penalty, options.min_new_tokens)
+    def of(cls, options: GenerationOptions, task: str, stop_token: int) -> _Plan:
+        return cls(task, stop_token, options.constrained, options.do_sample, options.temperature, options.top_k,
+                   options.top_p, options.repetition_penalty, options.min_new_tokens)
 
     def options(self) -> GenerationOptions:
         return GenerationOptions(do_sample=self.do_sample, temperature=self.temperature, top_k=self.top_k,
@@ -134,7 +148,8 @@ class _Arena:
 class StaticEngine:
     """Static-cache decoding for one model (see the module docstring).
 
-    ``cuda_graphs``: capture the decoding step on CUDA (None: whenever the model is on CUDA). ``check_every``:
+    ``cuda_graphs``: capture the decoding step on CUDA (None: whenever the model is on CUDA); it turns False, with
+    one warning, when a capture fails (the call goes on with eager steps). ``check_every``:
     decoding steps between two looks of the host. ``max_rows``: most rows decoded at once (None: as many as the
     arena's memory share holds).
     """
@@ -174,7 +189,8 @@ class StaticEngine:
         self.candidate_of: torch.Tensor | None = None  # (vocab,) candidate index of each id, `candidates` if none
         self.stop_candidate = self.stop_token = 0
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
-        self.graph_pool = None
+        self.graph_pool = None  # the memory pool all graphs share (safe: no graph's output lives there)
+        self.capture_stream = None  # the side stream of warm-ups and captures, made on first use
         self.lock = threading.Lock()
 
     # --- the public call ------------------------------------------------------------------------------------
@@ -199,7 +215,8 @@ class StaticEngine:
             bad = highest if highest >= self.vocab else lowest
             raise ValueError(f"prompt token id {bad} is outside the model's vocabulary ({self.vocab})")
         with self.lock:
-            self._prepare(_Plan.of(options, normalize_task(task)), layout, prompts, options.max_new_tokens)
+            self._prepare(_Plan.of(options, normalize_task(task), layout.im_end), layout, prompts,
+                          options.max_new_tokens)
             uniforms = row_uniforms(seeds, len(prompts), options.max_new_tokens) if options.do_sample else None
             return self._decode(prompts, uniforms, list(max_new_tokens), layout, pad_id)
 
@@ -207,10 +224,10 @@ class StaticEngine:
 
     def _prepare(self, plan: _Plan, layout: TokenLayout, prompts: list[list[int]], steps: int) -> None:
         """Candidates of ``plan`` and an arena that fits the call; graphs of another plan or arena are dropped."""
-        self.stop_token = layout.im_end
         if plan != self.plan:
-            self.graphs.clear()
+            self._drop_graphs()
             self.plan = plan
+            self.stop_token = plan.stop_token
             if plan.constrained:
                 allowed = layout.allowed_mask(plan.task, self.vocab)
                 ids = allowed.nonzero().squeeze(1).to(self.device)
@@ -230,10 +247,9 @@ class StaticEngine:
                                                                                                    steps, candidates)))
         if fits:
             return
-        self.graphs.clear()
+        self._drop_graphs()
         self.arena = None
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        self._empty_cache()
         rows = min(len(prompts), self._row_capacity(positions, steps, candidates))
         if rows < 1:
             raise torch.OutOfMemoryError(
@@ -428,6 +444,7 @@ class StaticEngine:
     # --- one decoding step -----------------------------------------------------------------------------------
 
     def _run_step(self, batch: int, keys: int) -> None:
+        """One decoding step: eager, or the CUDA graph of ``(batch, keys)``, captured on its first use."""
         if not self.cuda_graphs:
             self._step(batch, keys)
             return
@@ -435,19 +452,64 @@ class StaticEngine:
         if graph is not None:
             graph.replay()
             return
-        # first use of this shape: the step runs once eagerly on a side stream (CUDA graphs want warmed-up
-        # kernels), then is captured; capturing records without running, so the arena stays one step ahead
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            self._step(batch, keys)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        if self.graph_pool is None:
-            self.graph_pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.graph_pool):
-            self._step(batch, keys)
+        # once per (batch, keys) bucket: timed apart from the steady decoding steps it is part of
+        with stage("graph capture"):
+            self._warm_up(batch, keys)  # this call's step: a capture records the step without running it
+            try:
+                graph = self._capture(batch, keys)
+            except Exception as exc:  # noqa: BLE001 - any failure of a capture: decode eagerly instead
+                cause = exc.__cause__ or exc.__context__
+                reason = f"{type(exc).__name__}: {str(exc)[:300]}" + (
+                    f" (after {type(cause).__name__}: {str(cause)[:300]})" if cause is not None else "")
+                log.warning("CUDA graph capture of the decoding step failed, this engine decodes with eager steps "
+                            "from now on: %s", reason)
+                self._drop_graphs()
+                self.cuda_graphs = False
+                return
         self.graphs[(batch, keys)] = graph
+
+    def _warm_up(self, batch: int, keys: int) -> None:
+        """The step, eagerly on the capture stream: lazily made kernels and per-stream handles (cuBLAS
+        workspaces) come into being outside the capture."""
+        if self.capture_stream is None:
+            self.capture_stream = torch.cuda.Stream(self.device)
+        current = torch.cuda.current_stream(self.device)
+        self.capture_stream.wait_stream(current)
+        with torch.cuda.stream(self.capture_stream):
+            self._step(batch, keys)
+        current.wait_stream(self.capture_stream)
+
+    def _capture(self, batch: int, keys: int) -> torch.cuda.CUDAGraph:
+        """The step of ``(batch, keys)`` recorded (not run) as a CUDA graph in the engine's pool.
+
+        Every value that outlives the step is in the arena, allocated outside the pool, so graphs sharing the pool
+        may replay in any order (tests/test_static_capture.py checks that the step leaves no tensor behind).
+        "thread_local": CUDA work of other threads (another stage, a background thread) during the capture neither
+        fails nor invalidates it."""
+        current = torch.cuda.current_stream(self.device)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with _capture_lock, torch.cuda.device(self.device):
+                if self.graph_pool is None:
+                    self.graph_pool = torch.cuda.graph_pool_handle()
+                with torch.cuda.graph(graph, pool=self.graph_pool, stream=self.capture_stream,
+                                      capture_error_mode="thread_local"):
+                    self._step(batch, keys)
+        finally:
+            # torch.cuda.graph leaves its capture stream current when ending the capture raises
+            torch.cuda.set_stream(current)
+        return graph
+
+    def _drop_graphs(self) -> None:
+        """Forget every graph, and their pool with them: the next capture starts a fresh pool (a pool whose graphs
+        are all gone is not reused)."""
+        self.graphs.clear()
+        self.graph_pool = None
+
+    def _empty_cache(self) -> None:
+        if self.device.type == "cuda":
+            with _capture_lock:
+                torch.cuda.empty_cache()
 
     def _step(self, batch: int, keys: int) -> None:
         """Choose every running row's next token from the arena's logits, record it, and run it through the model
@@ -483,11 +545,9 @@ class StaticEngine:
     def release(self) -> None:
         """Free the arena and the graphs (the next call allocates them again)."""
         with self.lock:
-            self.graphs.clear()
+            self._drop_graphs()
             self.arena = None
-            self.graph_pool = None
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+            self._empty_cache()
 
 
 def _round_up(value: int, multiple: int) -> int:

@@ -34,6 +34,16 @@ def tiny_model(tiny_checkpoint):
 
 
 @pytest.fixture(scope="session")
+def tiny_alt_model(tmp_path_factory):
+    """A Qwen2 decoder (the other architecture the static engine supports)."""
+    from gpa.model import GPA
+    from gpa.testing import make_tiny_checkpoint
+
+    return GPA.from_pretrained(make_tiny_checkpoint(tmp_path_factory.mktemp("alt") / "c", 1, arch="qwen2",
+                                                    size="tiny-alt"))
+
+
+@pytest.fixture(scope="session")
 def s3_server():
     """A real S3-compatible server (moto) on 127.0.0.1, with the standard AWS environment pointing at it.
 

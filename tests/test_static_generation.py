@@ -8,8 +8,8 @@ import random
 
 import pytest
 import torch
+from generation_prompts import random_prompts
 
-from gpa import prompts
 from gpa.generation import generate, generate_reference, resolve_engine
 from gpa.options import GenerationOptions, TranscribeOptions
 from gpa.static_generation import StaticEngine, static_engine
@@ -27,32 +27,10 @@ CASES = {
 }
 
 
-def random_prompts(layout, task: str, n: int, seed: int) -> list[list[int]]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        length = rng.randint(2, 60)
-        glm = [rng.randrange(layout.glm_count) for _ in range(length)]
-        semantic = [rng.randrange(layout.semantic_count) for _ in range(4 * length)]
-        voice = [rng.randrange(layout.global_count) for _ in range(32)]
-        out.append(prompts.stt_prompt(layout, glm, semantic) if task == "stt"
-                   else prompts.vc_prompt(layout, voice, semantic))
-    return out
-
-
 def both_engines(model, batch, options, task, seeds, limits, engine):
     kwargs = dict(layout=model.layout, task=task, seeds=seeds, pad_id=model.layout.pad_id, max_new_tokens=limits)
     expected = generate_reference(model.llm, batch, options, **kwargs)
     return expected, engine.generate(batch, options, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def tiny_alt_model(tmp_path_factory):
-    from gpa.model import GPA
-    from gpa.testing import make_tiny_checkpoint
-
-    return GPA.from_pretrained(make_tiny_checkpoint(tmp_path_factory.mktemp("alt") / "c", 1, arch="qwen2",
-                                                    size="tiny-alt"))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -139,17 +117,39 @@ def test_transcribe_with_either_engine_gives_the_same_text(tiny_model, tmp_path)
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_cuda_graphs_replay_the_eager_step(tiny_model):
+    """Graphs (really captured: no fallback) give the eager steps' tokens, for three plans in turn, while another
+    thread of the process does CUDA work with host synchronisations (as another stage of a job may)."""
+    import threading
+
     model = tiny_model.llm.to("cuda")
+    stop = threading.Event()
+    syncs = [0]
+
+    def other_stage():
+        x = torch.randn(256, 256, device="cuda")
+        while not stop.is_set():
+            float((x @ x).sum())  # a kernel and a host synchronisation, on this thread's stream
+            syncs[0] += 1
+
+    worker = threading.Thread(target=other_stage, daemon=True)
+    worker.start()
     try:
-        options = GenerationOptions(max_new_tokens=40, do_sample=True, temperature=0.8, repetition_penalty=1.2)
-        batch = random_prompts(tiny_model.layout, "tts", 10, seed=2)
-        kwargs = dict(layout=tiny_model.layout, task="tts", seeds=list(range(10)), pad_id=0,
-                      max_new_tokens=[40] * 10)
-        eager = StaticEngine(model, cuda_graphs=False, max_rows=4).generate(batch, options, **kwargs)
-        graphs = StaticEngine(model, cuda_graphs=True, max_rows=4).generate(batch, options, **kwargs)
-        assert graphs == eager
+        plans = [("tts", GenerationOptions(max_new_tokens=40, do_sample=True, temperature=0.8, repetition_penalty=1.2)),
+                 ("vc", GenerationOptions(max_new_tokens=40, do_sample=True, top_k=20, top_p=0.8, constrained=True)),
+                 ("stt", GenerationOptions(max_new_tokens=40))]
+        eager = StaticEngine(model, cuda_graphs=False, max_rows=4)
+        graphs = StaticEngine(model, cuda_graphs=True, max_rows=4)
+        for task, options in plans:
+            batch = random_prompts(tiny_model.layout, task, 10, seed=2)
+            kwargs = dict(layout=tiny_model.layout, task=task, seeds=list(range(10)), pad_id=0,
+                          max_new_tokens=[40] * 10)
+            assert graphs.generate(batch, options, **kwargs) == eager.generate(batch, options, **kwargs), task
+            assert graphs.cuda_graphs and graphs.graphs, task  # captured and replayed, no fallback
     finally:
+        stop.set()
+        worker.join()
         tiny_model.llm.to("cpu")
+    assert syncs[0] > 0
 
 
 def test_token_limits_per_second_of_audio_force_lengths(tiny_model):
