@@ -104,3 +104,27 @@ def test_travelling_size_counts_tracked_files_and_the_kit(tmp_path):
     (tmp_path / ".whl").mkdir()
     _write_wheel(tmp_path / ".whl", [])
     assert device_kit.folder_bytes(tmp_path / ".whl") == (tmp_path / ".whl" / "toy-1.0-py3-none-any.whl").stat().st_size
+
+
+def _device_run(tmp_path, kit: Path, **env) -> subprocess.CompletedProcess:
+    environ = {**os.environ, "PYTHON": sys.executable, "KIT": str(kit), "SITE": str(tmp_path / "site"),
+               "OUT": str(tmp_path / "out"), "DRY_RUN": "1", **env}
+    return subprocess.run(["bash", "benchmarks/device_run.sh"], cwd=ROOT, env=environ, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_device_run_installs_the_kit_and_checks_the_imports_without_a_gpu(tmp_path):
+    (tmp_path / "kit").mkdir()
+    _write_wheel(tmp_path / "kit", [])
+    done = _device_run(tmp_path, tmp_path / "kit", N="50")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "site" / "toy" / "__init__.py").exists()
+    assert "N=50" in done.stdout and f"results in {tmp_path / 'out'}" in done.stdout
+    assert (tmp_path / "out").is_dir()
+
+
+def test_device_run_without_a_kit_is_one_line(tmp_path):
+    done = _device_run(tmp_path, tmp_path / "missing")
+    assert done.returncode == 1
+    assert done.stdout.strip().splitlines() == [
+        f"device_run: no wheels in {tmp_path / 'missing'}/: run 'python benchmarks/device_kit.py' first and carry .whl"]
