@@ -4,9 +4,10 @@ GPU"): gpa_throughput.py (the library) and pipeline.py (the Ray Data job against
     python benchmarks/device_kit.py            # here, with network: fills .whl/ and prints the travelling size
 
 The device image (KINDS.md of the device tool) has torch, transformers, numpy, pandas, pyarrow, fsspec and Ray's
-core dependencies but not Ray, soundfile or soxr, and it cannot reach a package registry: the wheels travel with
-the working tree, which may hold 64 MiB in all. Ray's wheel alone is 79 MB, 32 MB of it a Java jar that a local
-single-node Ray Data job never loads, so Ray is repacked without the parts named in RAY_UNUSED.
+core dependencies but not Ray, jsonschema (which `import ray` needs), soundfile or soxr, and it cannot reach a
+package registry: the wheels travel with the working tree, which may hold 64 MiB in all. Ray's wheel alone is
+79 MB, 32 MB of it a Java jar that a local single-node Ray Data job never loads, so Ray is repacked without the
+parts named in RAY_UNUSED.
 benchmarks/device_run.sh installs the kit there with ``pip install --no-deps --target``.
 """
 
@@ -27,7 +28,7 @@ MIB = 1024 * 1024
 LIMIT = 60 * MIB  # the device tool takes 64 MiB; the rest is headroom for files added since the kit was sized
 
 # What the two benchmarks import at run time and the device image lacks, pinned (Ray: the version of our venv).
-# Their own requirements are either in the image (DEVICE_IMAGE) or listed here.
+# Their own run-time requirements are in the image (DEVICE_IMAGE) or here: main() checks.
 KIT = {
     "ray": "2.60.0",
     "soundfile": "0.14.0",  # bundles libsndfile (FLAC and WAV, all the benchmarks read and write)
@@ -39,9 +40,6 @@ KIT = {
     "referencing": "0.37.0",  # jsonschema's
     "rpds-py": "2026.9.1",  # jsonschema's
 }
-
-# Requirements of kit wheels that are neither in the image nor in the kit, and why the benchmarks do without.
-NOT_NEEDED: dict[str, str] = {}
 
 # Ray parts a local single-node Ray Data job never loads (it starts Ray with include_dashboard=False).
 RAY_UNUSED = (
@@ -111,9 +109,9 @@ def requirements(metadata: str) -> list[str]:
 
 
 def unmet_requirements(wheels: list[Path]) -> list[str]:
-    """'wheel: requirement' for each requirement of a kit wheel that neither the image, the kit nor NOT_NEEDED
-    accounts for."""
-    present = DEVICE_IMAGE | {normalize(w.name.split("-")[0]) for w in wheels} | set(NOT_NEEDED)
+    """'wheel: requirement' for each run-time requirement of a kit wheel that is neither in the image nor in the
+    kit."""
+    present = DEVICE_IMAGE | {normalize(w.name.split("-")[0]) for w in wheels}
     return [f"{w.name}: {r}" for w in wheels for r in requirements(wheel_metadata(w)) if r not in present]
 
 
@@ -152,9 +150,11 @@ def folder_bytes(folder: Path) -> int:
 def download(names: dict[str, str], into: Path) -> list[Path]:
     """The wheels for the device (CPython 3.12, manylinux x86_64), without their dependencies."""
     platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                    "--python-version", "3.12", "--implementation", "cp", *platforms, "--dest", str(into),
-                    *(f"{n}=={v}" for n, v in names.items())], check=True)
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                           "--python-version", "3.12", "--implementation", "cp", *platforms, "--dest", str(into),
+                           *(f"{n}=={v}" for n, v in names.items())])
+    if done.returncode != 0:
+        sys.exit("device kit: pip could not download the kit (its message is above)")
     return sorted(into.glob("*.whl"))
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What a lent GPU machine runs (docs/performance.md, "Running it on a lent GPU"): installs the device kit that
-# benchmarks/device_kit.py put in .whl/ (the image lacks Ray, soundfile and soxr and cannot reach a registry), then
+# benchmarks/device_kit.py put in .whl/ (the image lacks Ray, jsonschema, soundfile and soxr and cannot reach a registry), then
 # both GPU benchmarks through benchmarks/gpu.sh, and leaves their tables, logs and JSON in $OUT.
 #
 #   device tool: run(carry=[".whl"], command="bash benchmarks/device_run.sh", timeout_s=540)
