@@ -128,3 +128,16 @@ def test_device_run_without_a_kit_is_one_line(tmp_path):
     assert done.returncode == 1
     assert done.stdout.strip().splitlines() == [
         f"device_run: no wheels in {tmp_path / 'missing'}/: run 'python benchmarks/device_kit.py' first and carry .whl"]
+
+
+def test_job_benchmark_runs_without_mlflow_and_says_so(tmp_path):
+    """The device image has no MLflow and the kit does not carry it: the job must run without it."""
+    blocked = tmp_path / "blocked" / "mlflow"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'mlflow'\", name='mlflow')\n")
+    environ = {**os.environ, "PYTHONPATH": f"{blocked.parent}{os.pathsep}{ROOT}"}
+    done = subprocess.run([sys.executable, "benchmarks/pipeline.py", "--n", "4", "--actors", "1", "--no-unbucketed"],
+                          cwd=ROOT, env=environ, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "MLflow did not record the pipeline runs (ModuleNotFoundError: No module named 'mlflow')" in done.stdout
+    assert any(line.startswith("pipeline fused") for line in done.stdout.splitlines()), done.stdout
