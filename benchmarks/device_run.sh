@@ -7,19 +7,19 @@
 #   ITEMS=200 BENCHES=gpa_throughput bash benchmarks/device_run.sh
 #   DRY_RUN=1 bash benchmarks/device_run.sh    # install the kit and check the imports only (no GPU needed)
 #
-# The defaults end within 8 minutes: installing the kit and the real-size random checkpoint take well under a
-# minute, and each benchmark is stopped after BENCH_TIMEOUT=200 s (its table so far is kept). N=400 clips for the
+# The defaults end within 8 minutes: installing the kit and making the real-size random checkpoint take under a
+# minute, and each benchmark is stopped after BENCH_TIMEOUT=180 s (its table so far is kept). N=300 clips for the
 # job: it transcribes them four times (model work, script, fused and split stages, plus two 8-clip warm-up jobs and
-# a Ray start); at the job's last GPU figure (~55x realtime, reference engine, docs/performance.md) 400 clips of
-# 1-8 s (~1,800 s of audio) take ~33 s a pass, ~130 s in all, with ~60 s of start-up and model loads besides.
+# a Ray start); at the job's last GPU figure (~55x realtime, reference engine, docs/performance.md) 300 clips of
+# 1-8 s (~1,350 s of audio) take ~25 s a pass, ~100 s in all, with ~60 s of start-up and model loads besides.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 KIT=${KIT:-.whl}
 SITE=${SITE:-/tmp/site}
 OUT=${OUT:-gpu-results}  # $OUT exists on the device tool's machine alone
-export RESULTS=$OUT ITEMS=${ITEMS:-1000} N=${N:-400} BATCH=${BATCH:-256}
-export BENCHES=${BENCHES:-gpa_throughput pipeline} BENCH_TIMEOUT=${BENCH_TIMEOUT:-200} PYTHON=$PY
+export RESULTS=$OUT ITEMS=${ITEMS:-1000} N=${N:-300} BATCH=${BATCH:-256}
+export BENCHES=${BENCHES:-gpa_throughput pipeline} BENCH_TIMEOUT=${BENCH_TIMEOUT:-180} PYTHON=$PY
 mkdir -p "$OUT"
 
 shopt -s nullglob
