@@ -7,8 +7,9 @@
 #   CHECKPOINT=/models/gpa bash benchmarks/gpu.sh
 #
 # gpa_throughput writes benchmarks/results/<date>-<device>.json (commit it); every table also goes to $RESULTS.
-# Needs the project's dependencies with a CUDA build of torch. On a device image without soundfile, soxr or PyAV,
-# install their wheels first (docs/performance.md, "Running it on a lent GPU").
+# BENCH_TIMEOUT=S stops each benchmark after S seconds (what it printed so far stays in $RESULTS).
+# Needs the project's dependencies with a CUDA build of torch; on a lent GPU machine benchmarks/device_run.sh
+# installs what its image lacks and calls this (docs/performance.md, "Running it on a lent GPU").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -29,11 +30,14 @@ fi
 bench() {  # name, then the command; one failing benchmark does not stop the others
   local name=$1; shift
   case " $BENCHES " in *" $name "*) ;; *) return 0 ;; esac
-  if "$@" > >(tee "$RESULTS/$name.txt") 2> "$RESULTS/$name.log"; then
-    :
-  else
-    echo "$name failed; the end of $RESULTS/$name.log:"; tail -n 40 "$RESULTS/$name.log"; return 1
+  local rc=0
+  ${BENCH_TIMEOUT:+timeout -k 10 "$BENCH_TIMEOUT"} "$@" > >(tee "$RESULTS/$name.txt") 2> "$RESULTS/$name.log" || rc=$?
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    echo "$name stopped after BENCH_TIMEOUT=${BENCH_TIMEOUT}s; the end of $RESULTS/$name.log:"
+  elif [ $rc -ne 0 ]; then
+    echo "$name failed; the end of $RESULTS/$name.log:"
   fi
+  [ $rc -eq 0 ] || { tail -n 40 "$RESULTS/$name.log"; return 1; }
 }
 status=0
 bench gpa_throughput $PY benchmarks/gpa_throughput.py --model "$CHECKPOINT" --device cuda --dtype bfloat16 \

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# What a lent GPU machine runs (docs/performance.md, "Running it on a lent GPU"): installs the device kit that
+# benchmarks/device_kit.py put in .whl/ (the image lacks Ray, jsonschema, soundfile and soxr and cannot reach a registry), then
+# both GPU benchmarks through benchmarks/gpu.sh, and leaves their tables, logs and JSON in $OUT.
+#
+#   device tool: run(carry=[".whl"], command="bash benchmarks/device_run.sh", timeout_s=540)
+#   ITEMS=200 BENCHES=gpa_throughput bash benchmarks/device_run.sh
+#   DRY_RUN=1 bash benchmarks/device_run.sh    # install the kit and check the imports only (no GPU needed)
+#
+# The defaults end within 8 minutes: installing the kit and making the real-size random checkpoint take under a
+# minute, and each benchmark is stopped after BENCH_TIMEOUT=180 s (its table so far is kept). N=300 clips for the
+# job: it transcribes them four times (model work, script, fused and split stages, plus two 8-clip warm-up jobs and
+# a Ray start); at the job's last GPU figure (~55x realtime, reference engine, docs/performance.md) 300 clips of
+# 1-8 s (~1,350 s of audio) take ~25 s a pass, ~100 s in all, with ~60 s of start-up and model loads besides.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+KIT=${KIT:-.whl}
+SITE=${SITE:-/tmp/site}
+OUT=${OUT:-gpu-results}  # $OUT exists on the device tool's machine alone
+export RESULTS=$OUT ITEMS=${ITEMS:-1000} N=${N:-300} BATCH=${BATCH:-256}
+export BENCHES=${BENCHES:-gpa_throughput pipeline} BENCH_TIMEOUT=${BENCH_TIMEOUT:-180} PYTHON=$PY
+# gpa_throughput: no batch of a task starts after 40 s, so its three tasks and the model load end within the 180 s
+# (each task's figures are written as it ends)
+export BUDGET_S=${BUDGET_S:-40}
+mkdir -p "$OUT"
+
+shopt -s nullglob
+wheels=("$KIT"/*.whl)
+if [ ${#wheels[@]} -eq 0 ]; then
+  echo "device_run: no wheels in $KIT/: run 'python benchmarks/device_kit.py' first and carry .whl"; exit 1
+fi
+$PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "${wheels[@]}" \
+  || { echo "device_run: installing the kit from $KIT/ failed"; exit 1; }
+export PYTHONPATH=$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}
+# a missing module is one line now, not a traceback minutes into a benchmark
+$PY - <<'EOF' || exit 1
+import importlib, sys
+for name in ("torch", "transformers", "soundfile", "soxr", "ray.data", "gpa", "jobs.pipeline"):
+    try:
+        importlib.import_module(name)
+    except Exception as exc:
+        sys.exit(f"device_run: cannot import {name} ({type(exc).__name__}: {exc}); is it in the kit (.whl/)?")
+EOF
+if [ -n "${DRY_RUN:-}" ]; then
+  echo "device_run: kit installed in $SITE and imports checked; would run BENCHES='$BENCHES' ITEMS=$ITEMS N=$N" \
+    "BATCH=$BATCH BUDGET_S=$BUDGET_S BENCH_TIMEOUT=$BENCH_TIMEOUT bash benchmarks/gpu.sh, results in $OUT"
+  exit 0
+fi
+
+nvidia-smi
+started=$(mktemp)
+bash benchmarks/gpu.sh
+status=$?
+# this run's JSON only: the folder also holds committed results, and the device tool returns at most 8 files
+find benchmarks/results -maxdepth 1 -name '*.json' -newer "$started" -exec cp {} "$OUT"/ \; 2>/dev/null
+rm -f "$started"
+ls -l "$OUT"
+exit $status
