@@ -49,6 +49,10 @@ if [ -n "${DRY_RUN:-}" ]; then
 fi
 
 nvidia-smi
+# the one GPU test first (seconds): captured graphs give the eager steps' tokens, no silent fallback
+timeout -k 5 90 $PY -m pytest -q -p no:cacheprovider tests/test_static_generation.py -k cuda_graphs \
+  > "$OUT/cuda_graphs_test.txt" 2>&1
+tail -n 3 "$OUT/cuda_graphs_test.txt"
 started=$(mktemp)
 bash benchmarks/gpu.sh
 status=$?
