@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # What a lent GPU machine runs (docs/performance.md, "Running it on a lent GPU"): installs the device kit that
-# benchmarks/device_kit.py put in .whl/ (the image lacks Ray, jsonschema, soundfile and soxr and cannot reach a registry), then
-# both GPU benchmarks through benchmarks/gpu.sh, and leaves their tables, logs and JSON in $OUT.
+# benchmarks/device_kit.py put in .whl/ (the image lacks Ray, jsonschema, soundfile and soxr and cannot reach a
+# registry), runs the GPU tests of the CUDA graphs, then both GPU benchmarks through benchmarks/gpu.sh, and leaves
+# their output, logs and JSON in $OUT.
 #
-#   device tool: run(carry=[".whl"], command="bash benchmarks/device_run.sh", timeout_s=540)
+#   device tool: run(carry=[".whl"], command="bash benchmarks/device_run.sh", timeout_s=480)
 #   ITEMS=200 BENCHES=gpa_throughput bash benchmarks/device_run.sh
 #   DRY_RUN=1 bash benchmarks/device_run.sh    # install the kit and check the imports only (no GPU needed)
 #
-# The defaults end within 8 minutes: installing the kit and making the real-size random checkpoint take under a
-# minute, and each benchmark is stopped after BENCH_TIMEOUT=180 s (its table so far is kept). N=300 clips for the
-# job: it transcribes them four times (model work, script, fused and split stages, plus two 8-clip warm-up jobs and
-# a Ray start); at the job's last GPU figure (~55x realtime, reference engine, docs/performance.md) 300 clips of
-# 1-8 s (~1,350 s of audio) take ~25 s a pass, ~100 s in all, with ~60 s of start-up and model loads besides.
+# The defaults end within 8 minutes (the issue's one-command budget): the kit ~20 s, the GPU tests at most 60 s,
+# the real-size random checkpoint about a minute, and each benchmark at most BENCH_TIMEOUT=160 s (+10 s to stop it;
+# what it printed, and gpa_throughput's JSON of the tasks it finished, are kept). gpa_throughput starts no batch
+# of a task after BUDGET_S=25 s, so its model load, three warm-up batches and three tasks fit its 160 s. N=300
+# clips for the job: it transcribes them four times (model work, script, fused and split stages, plus two 8-clip
+# warm-up jobs and a Ray start); at the job's last GPU figure (~55x realtime, an older, smaller random LLM) 300
+# clips of 1-8 s (~1,350 s of audio) take ~25 s a pass, so the job benchmark may reach its cap: its table keeps
+# the rows it finished.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -19,10 +23,8 @@ KIT=${KIT:-.whl}
 SITE=${SITE:-/tmp/site}
 OUT=${OUT:-gpu-results}  # $OUT exists on the device tool's machine alone
 export RESULTS=$OUT ITEMS=${ITEMS:-1000} N=${N:-300} BATCH=${BATCH:-256}
-export BENCHES=${BENCHES:-gpa_throughput pipeline} BENCH_TIMEOUT=${BENCH_TIMEOUT:-180} PYTHON=$PY
-# gpa_throughput: no batch of a task starts after 40 s, so its three tasks and the model load end within the 180 s
-# (each task's figures are written as it ends)
-export BUDGET_S=${BUDGET_S:-40}
+export BENCHES=${BENCHES:-gpa_throughput pipeline} BENCH_TIMEOUT=${BENCH_TIMEOUT:-160} BUDGET_S=${BUDGET_S:-25}
+export PYTHON=$PY
 mkdir -p "$OUT"
 
 shopt -s nullglob
@@ -49,15 +51,12 @@ if [ -n "${DRY_RUN:-}" ]; then
 fi
 
 nvidia-smi
-# the one GPU test first (seconds): captured graphs give the eager steps' tokens, no silent fallback
-timeout -k 5 90 $PY -m pytest -q -p no:cacheprovider tests/test_static_generation.py -k cuda_graphs \
+# the GPU tests first (seconds): captured graphs give the eager steps' tokens, no silent fallback; a failed capture
+# falls back and leaves the allocator usable
+timeout -k 5 55 $PY -m pytest -q -p no:cacheprovider tests/test_static_generation.py -k cuda_graphs \
   > "$OUT/cuda_graphs_test.txt" 2>&1
 tail -n 3 "$OUT/cuda_graphs_test.txt"
-started=$(mktemp)
-bash benchmarks/gpu.sh
+bash benchmarks/gpu.sh  # gpa_throughput's JSON goes straight to $OUT (RESULTS), written after each task
 status=$?
-# this run's JSON only: the folder also holds committed results, and the device tool returns at most 8 files
-find benchmarks/results -maxdepth 1 -name '*.json' -newer "$started" -exec cp {} "$OUT"/ \; 2>/dev/null
-rm -f "$started"
 ls -l "$OUT"
 exit $status

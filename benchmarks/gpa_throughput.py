@@ -122,7 +122,8 @@ def main() -> None:
                         help="per task and mode: start no batch after this many seconds (a run that must fit a "
                              "time slot still reports every task, on the items done)")
     parser.add_argument("--out", help="write the figures as JSON here (after each task, so a run cut short keeps "
-                                      "the tasks it finished)")
+                                      "the tasks it finished); a folder: <date>-<device>.json in it (the default "
+                                      "on a GPU: benchmarks/results/)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tasks = args.tasks.split(",")
@@ -161,15 +162,15 @@ def main() -> None:
             "checkpoint_generation_s": round(generated_s, 1), "model_load_s": round(load_s, 1), "tasks": {},
         }
         out = args.out
-        if out is None and args.device.startswith("cuda"):
+        if (out is None and args.device.startswith("cuda")) or (out and (out.endswith("/") or Path(out).is_dir())):
             slug = "".join(c if c.isalnum() else "-" for c in device_name).strip("-").lower()
-            out = f"benchmarks/results/{report['date']}-{slug}.json"
+            out = str(Path(out or "benchmarks/results") / f"{report['date']}-{slug}.json")
         print(f"device={device_name} dtype={report['dtype']} engine={engine} checkpoint={report['checkpoint']} "
               f"items={args.items} batch={args.batch_size}")
         print(f"{'task':<10} {'mode':<11} {'items/s':>9} {'RTFx':>9} {'speed-up':>9} {'cuda MB':>9}  stages (s)")
         for name in tasks:
             fn, items, seconds_of = runs[name]
-            fn(items[:2])  # warm-up: kernels, graphs, arena
+            fn(items[: args.batch_size])  # warm-up: kernels, the arena and the graphs of a full batch's buckets
             batches = [items[i : i + args.batch_size] for i in range(0, len(items), args.batch_size)]
             figures = {"batched": run_task(name, fn, batches, seconds_of, args.stage_sync, args.budget_s)}
             if args.sequential:

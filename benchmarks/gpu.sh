@@ -6,7 +6,8 @@
 #   BENCHES="gpa_throughput pipeline" N=4000 bash benchmarks/gpu.sh
 #   CHECKPOINT=/models/gpa bash benchmarks/gpu.sh
 #
-# gpa_throughput writes benchmarks/results/<date>-<device>.json (commit it); every table also goes to $RESULTS.
+# gpa_throughput writes $RESULTS/<date>-<device>.json after each task (commit it under benchmarks/results/);
+# every table and log also goes to $RESULTS.
 # BENCH_TIMEOUT=S stops each benchmark after S seconds (what it printed so far stays in $RESULTS).
 # Needs the project's dependencies with a CUDA build of torch; on a lent GPU machine benchmarks/device_run.sh
 # installs what its image lacks and calls this (docs/performance.md, "Running it on a lent GPU").
@@ -41,7 +42,8 @@ bench() {  # name, then the command; one failing benchmark does not stop the oth
 }
 status=0
 bench gpa_throughput $PY benchmarks/gpa_throughput.py --model "$CHECKPOINT" --device cuda --dtype bfloat16 \
-  --items "$ITEMS" --batch-size "$BATCH" --budget-s "$BUDGET_S" ${ENGINE:+--engine "$ENGINE"} || status=1
+  --items "$ITEMS" --batch-size "$BATCH" --budget-s "$BUDGET_S" --out "$RESULTS/" ${ENGINE:+--engine "$ENGINE"} \
+  || status=1
 bench pipeline $PY benchmarks/pipeline.py --model "$CHECKPOINT" --n "$N" --actors 1 --gpus-per-actor 1 \
   --batch-size "$BATCH" --no-unbucketed --stages fused,split || status=1
 exit $status

@@ -47,7 +47,7 @@ def child(model: str, device: str, threads: int, max_new_tokens: int) -> dict[st
 
     from gpa import GPA, TranscribeOptions
     from gpa.bicodec import BiCodec
-    from gpa.checkpoint import content_hash
+    from gpa.checkpoint_files import content_hash
     from gpa.glm_tokenizer import GLMSpeechTokenizer
     from gpa.llm import load_llm
 

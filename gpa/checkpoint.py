@@ -25,14 +25,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .checkpoint_files import (  # noqa: F401 (content_hash, file_sha256 re-exported)
-    CHECKPOINT_COMPONENTS,
-    COMPLETE_MARKER,
-    HF_REPO_ID,
-    PICKLE_SUFFIXES,
-    content_hash,
-    file_sha256,
-)
+from .checkpoint_files import CHECKPOINT_COMPONENTS, COMPLETE_MARKER, HF_REPO_ID, PICKLE_SUFFIXES, file_sha256
 from .errors import CheckpointError
 from .storage import exclusive_lock, filesystem, is_uri, redact_uri
 

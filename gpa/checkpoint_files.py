@@ -66,7 +66,6 @@ def content_hash(directory: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-
 @dataclass
 class CheckpointSummary:
     source: str  # redacted

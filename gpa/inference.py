@@ -23,6 +23,10 @@ from .errors import GPAError
 
 _lock = threading.Lock()
 _depth = 0  # GPA calls in progress, all threads together
+# PyTorch allows one CUDA-graph capture at a time in a process, and emptying the allocator's cache during a capture
+# raises before PyTorch 2.8 (is ignored since): captures (gpa.static_generation) and empty_cuda_cache take this lock,
+# since other threads may run other GPA calls meanwhile.
+cuda_capture_lock = threading.Lock()
 _saved = True  # the cuDNN attention setting before the first of them
 
 
@@ -129,7 +133,14 @@ def as_error(exc: Exception) -> GPAError:
     if isinstance(exc, GPAError):
         return exc
     if isinstance(exc, torch.cuda.OutOfMemoryError):
-        torch.cuda.empty_cache()
+        empty_cuda_cache()
     error = GPAError(f"{type(exc).__name__}: {str(exc)[:300]}")
     error.__cause__ = exc
     return error
+
+
+def empty_cuda_cache() -> None:
+    """Give the allocator's cached GPU memory back (never during another thread's CUDA-graph capture)."""
+    if torch.cuda.is_available():
+        with cuda_capture_lock:
+            torch.cuda.empty_cache()

@@ -21,7 +21,8 @@ from . import prompts
 from .audio import SAMPLE_RATE, AudioInput, load_audio
 from .bicodec import BiCodec, load_config
 from .bicodec.model import CONFIG_FILE as BICODEC_CONFIG
-from .checkpoint import content_hash, resolve_checkpoint
+from .checkpoint import resolve_checkpoint
+from .checkpoint_files import content_hash
 from .chunking import clean_text, join_speech, join_texts, split_audio, split_text, text_units
 from .errors import EmptyGeneration, GPAError, InvalidText, TooShortAudio
 from .generation import GenerationOutput, generate

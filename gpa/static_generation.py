@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from .generation import GenerationOutput
-from .inference import inference_mode
+from .inference import cuda_capture_lock, empty_cuda_cache, inference_mode
 from .options import GenerationOptions
 from .profiling import stage
 from .sampling import block_stop, choose, process_logits, row_uniforms
@@ -76,10 +76,6 @@ def unsupported_reason(model) -> str | None:
 
 _engines: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _engines_lock = threading.Lock()
-# PyTorch allows one CUDA-graph capture at a time in a process, and emptying the allocator's cache during a capture
-# raises before PyTorch 2.8 (is ignored since): captures and this module's empty_cache calls take this lock (engines
-# of other models may run in other threads).
-_capture_lock = threading.Lock()
 
 
 def static_engine(model) -> StaticEngine:
@@ -486,18 +482,25 @@ class StaticEngine:
         may replay in any order (tests/test_static_capture.py checks that the step leaves no tensor behind).
         "thread_local": CUDA work of other threads (another stage, a background thread) during the capture neither
         fails nor invalidates it."""
+        previous_device = torch.cuda.current_device()
         current = torch.cuda.current_stream(self.device)
         graph = torch.cuda.CUDAGraph()
         try:
-            with _capture_lock, torch.cuda.device(self.device):
+            with cuda_capture_lock, torch.cuda.device(self.device):
                 if self.graph_pool is None:
                     self.graph_pool = torch.cuda.graph_pool_handle()
-                with torch.cuda.graph(graph, pool=self.graph_pool, stream=self.capture_stream,
-                                      capture_error_mode="thread_local"):
-                    self._step(batch, keys)
+                try:
+                    with torch.cuda.graph(graph, pool=self.graph_pool, stream=self.capture_stream,
+                                          capture_error_mode="thread_local"):
+                        self._step(batch, keys)
+                except BaseException:
+                    _end_allocating_to_pool(self.device, self.graph_pool)
+                    raise
         finally:
-            # torch.cuda.graph leaves its capture stream current when ending the capture raises
+            # torch.cuda.graph leaves its capture stream current when ending the capture raises; setting a stream
+            # also sets its device, so the caller's device is put back after it
             torch.cuda.set_stream(current)
+            torch.cuda.set_device(previous_device)
         return graph
 
     def _drop_graphs(self) -> None:
@@ -508,8 +511,7 @@ class StaticEngine:
 
     def _empty_cache(self) -> None:
         if self.device.type == "cuda":
-            with _capture_lock:
-                torch.cuda.empty_cache()
+            empty_cuda_cache()
 
     def _step(self, batch: int, keys: int) -> None:
         """Choose every running row's next token from the arena's logits, record it, and run it through the model
@@ -548,6 +550,20 @@ class StaticEngine:
             self._drop_graphs()
             self.arena = None
             self._empty_cache()
+
+
+def _end_allocating_to_pool(device: torch.device, pool) -> None:
+    """After a failed capture, tell the caching allocator that the capture is over. Before PyTorch 2.12 a capture
+    whose end fails skips this (pytorch#180395), and the allocator then believes a capture is under way for the
+    rest of the process: ``empty_cache`` raises (before 2.8) or does nothing, and an allocation that runs out of
+    memory no longer frees the cache first. A private call, hence best effort; the pool's memory stays reserved."""
+    end = getattr(torch._C, "_cuda_endAllocateToPool", None)
+    if end is None:
+        return
+    try:
+        end(device.index if device.index is not None else torch.cuda.current_device(), pool)
+    except RuntimeError:
+        pass  # no capture under way to this pool: PyTorch ended it, or it never began
 
 
 def _round_up(value: int, multiple: int) -> int:

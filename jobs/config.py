@@ -71,7 +71,7 @@ class JobConfig:
     quality: bool = True  # synthesize: round-trip ASR + speaker similarity; convert: similarities
     keep_max_cer: float = 0.5
     keep_min_similarity: float = 0.5
-    keep_tokens: bool = False  # transcribe's: rows keep their GLM and semantic token ids (synthesize, convert: always)
+    keep_tokens: bool = False  # a transcribe setting: rows keep their GLM and semantic token ids
     rows_per_part: int | None = 1000  # rows per Parquet part (also the unit of work a killed run can lose)
     audio_storage: str = "inline"  # inline: FLAC bytes in the Parquet; objects: FLAC files under <output>/audio/
     # resume

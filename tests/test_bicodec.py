@@ -10,7 +10,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from gpa.bicodec import BiCodec, load_config
-from gpa.bicodec.config import config_from_dict
+from gpa.bicodec.config import FeatDecoderConfig, config_from_dict
+from gpa.bicodec.feature_codec import Decoder
 from gpa.bicodec.preprocess import peak_normalize, percentile_normalize, reference_clip
 from gpa.errors import CheckpointError, EmptyAudio, TooShortAudio
 from gpa.testing.bicodec import write_random_checkpoint
@@ -156,6 +157,22 @@ def test_decode_batches_different_lengths_without_changing_an_item(codec, alt_co
             np.testing.assert_allclose(wav, alone, rtol=0, atol=5e-5)
 
 
+@pytest.mark.parametrize("ratios", [(2, 3), (3,), (1, 2)])
+def test_prenet_that_upsamples_keeps_padding_out(ratios):
+    """The released prenets keep the frame rate; one that upsamples (a config the loader accepts) batches items of
+    different lengths as exactly: its transposed convolutions and repeats see no padding."""
+    torch.manual_seed(0)
+    prenet = Decoder(FeatDecoderConfig(8, 16, 32, 2, 8, condition_dim=6, sample_ratios=ratios)).eval()
+    lengths = [11, 8, 5]
+    x, condition = torch.randn(3, 8, max(lengths)), torch.randn(3, 6)
+    with torch.no_grad():
+        batched = prenet(x, condition, torch.tensor(lengths))
+        for i, n in enumerate(lengths):
+            alone = prenet(x[i : i + 1, :, :n], condition[i : i + 1])
+            assert alone.shape[-1] == prenet.output_length(n)
+            torch.testing.assert_close(batched[i : i + 1, :, : prenet.output_length(n)], alone, rtol=0, atol=1e-5)
+
+
 def test_decode_length_and_signal(codec, alt_codec):
     for c in (codec, alt_codec):
         g, s = c.tokenize([voice(1.5, 150, 4)])[0]
@@ -231,6 +248,10 @@ def test_config_errors(tiny_dir):
     raw = yaml.safe_load((tiny_dir / "config.yaml").read_text())
     raw["audio_tokenizer"]["speaker_encoder"]["input_dim"] = 99
     with pytest.raises(CheckpointError, match="num_mels"):
+        config_from_dict(raw)
+    raw = yaml.safe_load((tiny_dir / "config.yaml").read_text())
+    raw["audio_tokenizer"]["decoder"]["kernel_sizes"][1] = 10  # against rate 5: 5 * frames + 1 samples
+    with pytest.raises(CheckpointError, match="differ by an even number, got 10 and 5"):
         config_from_dict(raw)
 
 

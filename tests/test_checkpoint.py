@@ -8,14 +8,13 @@ import torch
 from safetensors.torch import save_file
 
 from gpa.checkpoint import (
-    COMPLETE_MARKER,
-    content_hash,
     convert_to_safetensors,
     find_safetensors,
     load_module,
     load_safetensors_strict,
     resolve_checkpoint,
 )
+from gpa.checkpoint_files import COMPLETE_MARKER, content_hash
 from gpa.errors import CheckpointError
 
 

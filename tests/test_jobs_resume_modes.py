@@ -179,7 +179,7 @@ def test_progress_lines_in_a_piped_log_and_rtfx_in_the_summary(tiny_checkpoint, 
 
 def test_the_driver_hashes_a_local_model_without_torch(tiny_checkpoint, manifest, tmp_path):
     """The check runs on the driver, which never loads torch (test_jobs_cli): the hash equals the actors'."""
-    from gpa.checkpoint import content_hash
+    from gpa.checkpoint_files import content_hash
 
     code = f"""
 import sys

@@ -282,6 +282,12 @@ class _FakeCudaGraphs:
         monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
         monkeypatch.setattr(torch.cuda, "set_stream", lambda s: None)
         monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
+        self.devices_set: list[int] = []
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(torch.cuda, "set_device", self.devices_set.append)
+        self.pools_ended: list = []
+        monkeypatch.setattr(torch._C, "_cuda_endAllocateToPool", lambda device, pool: self.pools_ended.append(pool),
+                            raising=False)
         monkeypatch.setattr(torch.cuda, "graph_pool_handle", pool_handle)
         monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
         monkeypatch.setattr(torch.cuda, "graph", graph)
@@ -307,6 +313,7 @@ def test_captured_steps_give_the_reference_tokens_and_are_dropped_with_their_pla
     assert run(tiny_model, engine, "vc", sampled) == reference(tiny_model, "vc", sampled)
     assert len(engine.graphs) >= 2 and engine.cuda_graphs  # several batch buckets: refill and compaction
     assert {c["mode"] for c in fakes.captures} == {"thread_local"}
+    assert fakes.pools_ended == []  # a capture that ends well is ended by PyTorch itself
     assert {c["pool"] for c in fakes.captures} == {("pool", 1)}  # one pool shared by the engine's graphs
     assert {id(c["stream"]) for c in fakes.captures} == {id(engine.capture_stream)}
     captured = len(fakes.captures)
@@ -350,6 +357,9 @@ def test_a_failed_capture_falls_back_to_eager_steps_with_one_warning(tiny_model,
         assert run(tiny_model, engine, "vc", options) == reference(tiny_model, "vc", options)
     assert engine.cuda_graphs is False and engine.graphs == {} and engine.graph_pool is None
     assert len(fakes.captures) == 1
+    # the allocator is told the capture is over (PyTorch < 2.12 skips it when ending a capture fails), and the
+    # caller's device is put back
+    assert fakes.pools_ended == [("pool", 1)] and fakes.devices_set == [0]
     warnings = [r for r in caplog.records if r.name == "gpa.static_generation"]
     assert len(warnings) == 1 and "operation not permitted when stream is capturing" in warnings[0].getMessage()
     assert "eager steps" in warnings[0].getMessage()

@@ -152,6 +152,35 @@ def test_cuda_graphs_replay_the_eager_step(tiny_model):
     assert syncs[0] > 0
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graphs_failed_capture_decodes_eagerly_and_leaves_the_allocator_usable(tiny_model, monkeypatch):
+    """A step that synchronises with the host while being captured: the capture fails, the call still gives the
+    eager tokens, and the allocator still empties its cache and serves allocations afterwards."""
+    model = tiny_model.llm.to("cuda")
+    original = StaticEngine._step
+
+    def step_reading_a_value(engine, batch, keys):
+        original(engine, batch, keys)
+        if torch.cuda.is_current_stream_capturing():
+            int(engine.arena.step[0])  # a host synchronisation: not allowed during a capture
+
+    try:
+        monkeypatch.setattr(StaticEngine, "_step", step_reading_a_value)
+        batch = random_prompts(tiny_model.layout, "stt", 6, seed=3)
+        options = GenerationOptions(max_new_tokens=20)
+        kwargs = dict(layout=tiny_model.layout, task="stt", seeds=list(range(6)), pad_id=0, max_new_tokens=[20] * 6)
+        eager = StaticEngine(model, cuda_graphs=False, max_rows=4).generate(batch, options, **kwargs)
+        engine = StaticEngine(model, cuda_graphs=True, max_rows=4)
+        assert engine.generate(batch, options, **kwargs) == eager
+        assert engine.cuda_graphs is False and not engine.graphs
+        engine.release()  # empties the cache: raised before PyTorch 2.8 while the allocator saw a capture running
+        big = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
+        del big
+        assert engine.generate(batch, options, **kwargs) == eager
+    finally:
+        tiny_model.llm.to("cpu")
+
+
 def test_token_limits_per_second_of_audio_force_lengths(tiny_model):
     """The benchmark's forced lengths: <|im_end|> blocked, each window limited to ceil(rate x its seconds)."""
     import math

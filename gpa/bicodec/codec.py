@@ -34,7 +34,8 @@ class BiCodecModel(nn.Module):
         """(batch, tokens) and (batch, num_quantizers, token_num) -> waveform (batch, samples). ``lengths``: each
         item's own number of tokens (None: every row is whole); samples past an item's share are padding."""
         speaker = self.speaker_encoder.detokenize(global_tokens)
-        x = self.prenet(self.quantizer.detokenize(semantic_tokens), speaker, lengths)
-        if lengths is not None:
-            lengths = [self.prenet.output_length(n) for n in lengths]
-        return self.decoder(x + speaker.unsqueeze(-1), lengths).squeeze(1)
+        lengths_t = None if lengths is None else torch.tensor(lengths).to(semantic_tokens.device, non_blocking=True)
+        x = self.prenet(self.quantizer.detokenize(semantic_tokens), speaker, lengths_t)
+        if lengths_t is not None:
+            lengths_t = self.prenet.output_length(lengths_t)
+        return self.decoder(x + speaker.unsqueeze(-1), lengths_t).squeeze(1)

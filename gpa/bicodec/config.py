@@ -192,6 +192,11 @@ def _validate(config: BiCodecConfig, source: str) -> None:
         )
     if len(config.decoder.rates) != len(config.decoder.kernel_sizes):
         raise CheckpointError(f"{source}: decoder rates and kernel_sizes differ in length")
+    odd = [(k, r) for k, r in zip(config.decoder.kernel_sizes, config.decoder.rates, strict=True) if (k - r) % 2]
+    if odd:
+        # padding (k - r) / 2 then leaves r * frames + 1 samples: a waveform no longer r samples per frame
+        raise CheckpointError(f"{source}: decoder kernel_sizes and rates must differ by an even number, got "
+                              + ", ".join(f"{k} and {r}" for k, r in odd))
     speaker_dim = config.speaker_encoder.out_dim
     links = {
         "mel_params.num_mels == speaker_encoder.input_dim": (config.mel_params.num_mels,

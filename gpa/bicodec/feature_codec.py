@@ -40,16 +40,18 @@ class Encoder(nn.Module):
         Output frames past an item's ``output_length`` are padding."""
         if lengths is None:
             return self.project(self.downsample(self.encoder(x))).transpose(1, 2)
-        x = _resample(self.downsample, self.encoder(x, mask=frame_mask(lengths, x)), lengths)
+        lengths_t = torch.tensor(lengths).to(x.device, non_blocking=True)
+        x = _resample(self.downsample, self.encoder(x, mask=frame_mask(lengths_t, x)), lengths_t)
         return self.project(x).transpose(1, 2)
 
 
-def _resample(blocks: nn.Sequential, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-    """(SamplingBlock, VocosBackbone) pairs over (batch, time, dim) ``x`` whose items have ``lengths`` frames
-    (the rest is padding, kept out of every convolution); returns (batch, time', dim)."""
+def _resample(blocks: nn.Sequential, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(SamplingBlock, VocosBackbone) pairs over (batch, time, dim) ``x`` whose items have ``lengths`` frames (an
+    integer tensor on ``x``'s device; the rest is padding, kept out of every convolution); returns
+    (batch, time', dim)."""
     for sampling, backbone in blocks:
         x = sampling(x, frame_mask(lengths, x.transpose(1, 2)))
-        lengths = [n * sampling.upsample_scale // sampling.downsample_scale for n in lengths]
+        lengths = lengths * sampling.upsample_scale // sampling.downsample_scale
         x = backbone(x, mask=frame_mask(lengths, x))
     return x
 
@@ -75,21 +77,21 @@ class Decoder(nn.Module):
         self.linear = nn.Linear(dim, config.out_channels)
         self.use_tanh_at_final = config.use_tanh_at_final
 
-    def output_length(self, frames: int) -> int:
+    def output_length(self, frames):
+        """Output frames for ``frames`` input frames (an int, or an integer tensor of them)."""
         for sampling, _ in self.downsample:
             frames = frames * sampling.upsample_scale // sampling.downsample_scale
         return frames
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None,
-                lengths: list[int] | None = None) -> torch.Tensor:
-        """``lengths``: each item's own number of input frames (the rest is padding); None: every row is whole.
-        Output frames past an item's ``output_length`` are padding."""
+                lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``lengths``: each item's own number of input frames (an integer tensor on ``x``'s device; the rest is
+        padding); None: every row is whole. Output frames past an item's ``output_length`` are padding."""
         x = self.linear_pre(x.transpose(1, 2))
         if lengths is None:
             x = self.vocos_backbone(self.downsample(x).transpose(1, 2), condition)
         else:
             x = _resample(self.downsample, x, lengths).transpose(1, 2)
-            mask = frame_mask([self.output_length(n) for n in lengths], x)
-            x = self.vocos_backbone(x, condition, mask)
+            x = self.vocos_backbone(x, condition, frame_mask(self.output_length(lengths), x))
         x = self.linear(x).transpose(1, 2)
         return torch.tanh(x) if self.use_tanh_at_final else x

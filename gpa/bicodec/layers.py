@@ -56,11 +56,11 @@ class Snake1d(nn.Module):
         return x + (self.alpha + 1e-9).reciprocal() * torch.sin(self.alpha * x).pow(2)
 
 
-def frame_mask(lengths: list[int], x: torch.Tensor) -> torch.Tensor:
+def frame_mask(lengths: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """(batch, 1, time) in ``x``'s dtype, 1 on each item's first ``lengths[i]`` frames; ``x`` is (batch, C, time).
 
     A convolution whose input is multiplied by it sees, for every item, exactly the zero padding it sees for the
-    item alone, so an item's frames do not depend on its batch mates."""
+    item alone, so an item's frames do not depend on its batch mates. ``lengths`` is an integer tensor on ``x``'s
+    device (made once per batch: a copy from the host per mask would wait for the GPU each time)."""
     frames = torch.arange(x.shape[-1], device=x.device)
-    lengths_t = torch.tensor(lengths, device=x.device)
-    return (frames[None, None, :] < lengths_t[:, None, None]).to(x.dtype)
+    return (frames[None, None, :] < lengths[:, None, None]).to(x.dtype)

@@ -44,12 +44,12 @@ class DecoderBlock(nn.Module):
             ResidualUnit(output_dim, dilation=9),
         )
 
-    def forward(self, x: torch.Tensor, lengths: list[int] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         if lengths is None:
             return self.block(x)
         snake, upsample, *residual_units = self.block
         x = upsample(snake(x) * frame_mask(lengths, x))
-        mask = frame_mask([n * self.stride for n in lengths], x)
+        mask = frame_mask(lengths * self.stride, x)
         for unit in residual_units:
             x = unit(x, mask)
         return x
@@ -68,15 +68,15 @@ class WaveGenerator(nn.Module):
         layers += [Snake1d(last), WNConv1d(last, config.d_out, kernel_size=7, padding=3), nn.Tanh()]
         self.model = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor, lengths: list[int] | None = None) -> torch.Tensor:
-        """``lengths``: each item's own number of input frames (None: every row is whole); output samples past an
-        item's ``lengths[i] * prod(rates)`` are padding."""
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``lengths``: each item's own number of input frames (an integer tensor on ``x``'s device; None: every
+        row is whole); output samples past an item's ``lengths[i] * prod(rates)`` are padding."""
         if lengths is None:
             return self.model(x)
         for layer in self.model:
             if isinstance(layer, DecoderBlock):
                 x = layer(x, lengths)
-                lengths = [n * layer.stride for n in lengths]
+                lengths = lengths * layer.stride
             elif isinstance(layer, WNConv1d):
                 x = layer(x * frame_mask(lengths, x))
             else:
