@@ -187,8 +187,7 @@ class GPA:
     def speakers(self, audios: Sequence[AudioInput]) -> list[Speaker]:
         samples = [self.load(a) for a in audios]
         with stage("speaker encode"):
-            globals_ = self.bicodec.global_tokens(samples)
-            embeddings = self.bicodec.speaker_embedding(samples)
+            globals_, embeddings = self.bicodec.speakers(samples)
         return [Speaker(np.asarray(g), np.asarray(e)) for g, e in zip(globals_, embeddings, strict=True)]
 
     def speaker_embeddings(self, audios: Sequence[AudioInput]) -> np.ndarray:

@@ -159,7 +159,8 @@ class GPAStage:
         # the driver's options (built and checked once), else this config's
         self.options = options if options is not None else self.task.options(self.config)
         self.speakers = SpeakerCache(max_duration_s=self.config.max_duration_s,
-                                     max_bytes=self.config.max_input_bytes)
+                                     max_bytes=self.config.max_input_bytes,
+                                     batch_size=self.config.encoder_batch_size or 16)
         self.source = storage.redact_uri(str(self.model.source or self.config.model))
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -66,22 +66,51 @@ def test_a_crashing_batch_is_retried_row_by_row(stage, monkeypatch):
 
 def test_speaker_cache_encodes_each_reference_once(stage, monkeypatch):
     calls = []
-    real = stage.model.speaker
-    monkeypatch.setattr(stage.model, "speaker", lambda audio: calls.append(1) or real(audio))
+    real = stage.model.speakers
+    monkeypatch.setattr(stage.model, "speakers", lambda audios: calls.append(len(audios)) or real(audios))
     cache = SpeakerCache()
     rows = [{"status": "ok", "ref_audio": str(AUDIO / "espeak_short.flac")} for _ in range(3)]
     rows.append({"status": "ok", "ref_audio": str(AUDIO / "nope.flac")})
     speakers = cache.resolve(stage.model, rows)
-    assert len(calls) == 1 and speakers[0] is speakers[2] and speakers[3] is None
+    assert calls == [1] and speakers[0] is speakers[2] and speakers[3] is None
     assert rows[3]["error_kind"] == "unreadable_audio" and rows[3]["error"].startswith("reference audio")
     cache.resolve(stage.model, rows[:1])
-    assert len(calls) == 1
+    assert calls == [1]
 
     # a reference is decoded whole: over --max-duration-s it is refused (by its header) like any input audio
     strict = SpeakerCache(max_duration_s=0.5)
     row = {"status": "ok", "ref_audio": str(AUDIO / "espeak_weather.flac")}
-    assert strict.resolve(stage.model, [row]) == [None] and len(calls) == 1
+    assert strict.resolve(stage.model, [row]) == [None] and calls == [1]
     assert row["error_kind"] == "too_long_audio" and row["error"].startswith("reference audio")
+
+
+def test_speaker_cache_encodes_a_calls_new_references_together(stage, monkeypatch):
+    """A voice per row (as in many VC manifests): the new references of a call are encoded in batches, not one at a
+    time; one the model fails on errs alone."""
+    import numpy as np
+
+    names = ["espeak_short", "espeak_weather", "espeak_numbers", "espeak_library", "jfk"]
+    refs = [str(AUDIO / f"{n}.flac") for n in names]
+    failing = len(stage.model.load(refs[4]))
+    calls = []
+    real = stage.model.speakers
+
+    def speakers(audios):
+        calls.append(len(audios))
+        if any(len(samples) == failing for samples, _ in audios):
+            raise RuntimeError("speaker encoder failed")
+        return real(audios)
+
+    monkeypatch.setattr(stage.model, "speakers", speakers)
+    rows = [{"status": "ok", "ref_audio": r} for r in refs + refs[:2]]
+    found = SpeakerCache(batch_size=3).resolve(stage.model, rows)
+    assert calls == [3, 2, 1, 1]  # two batched calls; the failing batch's references again one by one
+    assert all(s is not None for s in found[:4]) and found[4] is None
+    assert found[5] is found[0] and found[6] is found[1]
+    assert rows[4]["status"] == "error" and rows[4]["error"].startswith("reference audio: ")
+    assert "speaker encoder failed" in rows[4]["error"] and all(r["status"] == "ok" for r in rows[:4])
+    alone = real([(stage.model.load(refs[1]), 16000)])[0]
+    np.testing.assert_array_equal(found[1].global_tokens, alone.global_tokens)
 
 
 def test_over_long_audio_is_refused_before_it_is_decoded(tmp_path, monkeypatch):

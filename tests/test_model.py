@@ -77,6 +77,21 @@ def test_one_bad_item_does_not_touch_its_batch_mates(tiny_model):
     assert results[0].generated_ids == results[4].generated_ids
 
 
+def test_speakers_come_from_one_pass_of_the_speaker_encoder(tiny_model, monkeypatch):
+    audios = [(voice(2.0, seed=7), 16000), (voice(3.0, seed=8), 16000)]
+    bicodec = tiny_model.bicodec
+    samples = [tiny_model.load(a) for a in audios]
+    expected_tokens, expected_embeddings = bicodec.global_tokens(samples), bicodec.speaker_embedding(samples)
+    passes = []
+    encode = bicodec._speaker
+    monkeypatch.setattr(bicodec, "_speaker", lambda wavs: passes.append(len(wavs)) or encode(wavs))
+    speakers = tiny_model.speakers(audios)
+    assert passes == [2]  # tokens and embeddings together, not one pass each
+    for speaker, tokens, embedding in zip(speakers, expected_tokens, expected_embeddings, strict=True):
+        np.testing.assert_array_equal(speaker.global_tokens, tokens)
+        np.testing.assert_array_equal(speaker.embedding, embedding)
+
+
 def test_synthesize_is_reproducible_per_item_whatever_the_batch(tiny_model):
     ref = wav_bytes(voice(3.0, seed=5))
     texts = ["Hello there.", "A second, somewhat longer sentence to say.", "短い文です。"]

@@ -188,6 +188,11 @@ class BiCodec:
         """(n, out_dim) float32 ECAPA-TDNN utterance embeddings of the reference clips (for speaker similarity)."""
         return self._speaker([self._prepare(a) for a in audios])[1]
 
+    def speakers(self, audios: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+        """:meth:`global_tokens` and :meth:`speaker_embedding` of the reference clips from one pass of the speaker
+        encoder (both come out of it)."""
+        return self._speaker([self._prepare(a) for a in audios])
+
     def wav2vec2_features(self, audios: Sequence[np.ndarray], *, preprocess: bool = True) -> list[torch.Tensor]:
         """(frames, hidden_size) float32 mixed wav2vec2 hidden states per waveform (CPU).
 
