@@ -58,6 +58,20 @@ def test_log_mel_matches_transformers_on_padded_batch(n_mels):
     assert (single - expected[1]).abs().max().item() <= 1e-5
 
 
+def test_log_mel_lengths_treat_each_item_alone():
+    """Reflection at each item's own end, whatever lies past it; an item too short to reflect is refused."""
+    rng = np.random.default_rng(2)
+    lengths = torch.tensor([6400, 1280, 3840])
+    batch = torch.from_numpy(rng.standard_normal((3, 6400)).astype(np.float32))  # noise past each item's end
+    ours = log_mel_spectrogram(batch, 80, lengths=lengths)
+    for row, n in enumerate(lengths.tolist()):
+        alone = log_mel_spectrogram(batch[row, :n], 80)
+        assert torch.equal(ours[row, :, : n // 160], alone)
+        assert not ours[row, :, n // 160 :].any()
+    with pytest.raises(ValueError, match="n_fft // 2"):
+        log_mel_spectrogram(batch, 80, lengths=torch.tensor([6400, 160, 3840]))
+
+
 @pytest.mark.parametrize("size", SIZES)
 def test_features_equal_feature_extractor_alone(checkpoints, tokenizers, size):
     tokenizer = tokenizers[size]

@@ -67,15 +67,18 @@ def log_mel_spectrogram(
     half = n_fft // 2
     if lengths is None:
         lengths = torch.full((batch,), total, dtype=torch.long, device=audio.device)
+    if int(lengths.min()) <= half:  # (the tokenizer's lengths are on the host: no wait for the device)
+        raise ValueError(f"every item needs more than n_fft // 2 = {half} samples to be reflect-padded")
     lengths = lengths.to(device=audio.device, dtype=torch.long)
-    # Centre each item on its own: reflect-pad by n_fft // 2 at both of its ends (torch.stft(center=True)),
-    # done for the whole batch at once as one gather.
-    source = torch.arange(-half, total + half, device=audio.device)[None, :].expand(batch, -1)
-    end = lengths[:, None]
-    index = source.abs()
-    index = torch.where(index >= end, 2 * (end - 1) - index, index)
-    inside = source < end + half
-    framed = torch.gather(audio, 1, index.clamp(0, total - 1)) * inside
+    # Centre each item on its own: reflect-pad by n_fft // 2 at both of its ends (torch.stft(center=True)). Only
+    # the 2 x n_fft // 2 reflected samples per item are gathered; the rest is one copy of the (own) samples.
+    own_samples = torch.arange(total, device=audio.device)[None, :] < lengths[:, None]
+    framed = audio.new_zeros(batch, total + 2 * half)
+    framed[:, half : half + total] = audio * own_samples
+    framed[:, :half] = audio[:, 1 : half + 1].flip(1)
+    edge = torch.arange(half, device=audio.device)[None, :]
+    # item b's samples past its end: audio[b, end - 2], audio[b, end - 3], ...
+    framed.scatter_(1, half + lengths[:, None] + edge, torch.gather(audio, 1, lengths[:, None] - 2 - edge))
     window = torch.hann_window(n_fft, device=audio.device)
     spec = torch.stft(framed, n_fft, hop_length, window=window, center=False, return_complex=True)
     power = (spec[..., :n_frames].abs() ** 2).contiguous()
