@@ -124,8 +124,9 @@ class JobConfig:
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         for name in sorted({s for t in TASKS.values() for s in t.task_settings}):
             if getattr(self, name) != defaults[name] and name not in get_task(self.job).task_settings:
-                owners = ", ".join(t.name for t in TASKS.values() if name in t.task_settings)
-                raise ValueError(f"--{name.replace('_', '-')} is a setting of {owners}, not of {self.job}")
+                owners = [t for t in TASKS.values() if name in t.task_settings]
+                raise ValueError(f"--{name.replace('_', '-')} is a setting of {', '.join(t.name for t in owners)}, "
+                                 f"not of {self.job}: {owners[0].task_settings[name]}")
         if self.encoder_precision not in ("float32", "bfloat16"):
             raise ValueError(f"--encoder-precision must be float32 or bfloat16, got {self.encoder_precision!r}")
         if self.stages not in ("fused", "split"):

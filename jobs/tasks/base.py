@@ -79,8 +79,8 @@ class Task:
     audio_fields: ClassVar[tuple[str, ...]] = ()
     options_class: ClassVar[type] = object  # the task's options dataclass (gpa.TranscribeOptions, ...)
     job_settings: ClassVar[tuple[str, ...]] = ("batch_size", "seed")  # options the job sets from its own flags
-    # JobConfig fields that only this task reads; a job of another task refuses them when set
-    task_settings: ClassVar[tuple[str, ...]] = ()
+    # JobConfig fields that only this task reads -> what they do, for the refusal a job of another task gives
+    task_settings: ClassVar[dict[str, str]] = {}
     work_fields: ClassVar[list[pa.Field]] = []  # result columns the model stage fills in
     output_fields: ClassVar[list[pa.Field]] = []  # output columns after schema.COMMON
     # metrics: the output columns holding the audio seconds read and written, which of them the throughput and

@@ -18,7 +18,8 @@ class TranscribeTask(Task):
     manifest_names = ("stt", "asr", "")  # a GPA row without a task is an ASR row
     manifest_fields = {"audio": True, "text": False, "begin_time": False, "end_time": False}
     audio_fields = ("audio",)
-    task_settings = ("keep_tokens",)
+    task_settings = {"keep_tokens": "it keeps each row's GLM and semantic token ids, which synthesize and convert "
+                                    "rows always keep"}
     options_class = TranscribeOptions
     work_fields = [
         pa.field("out_text", pa.string()), pa.field("segments", pa.list_(S.SEGMENT)),
