@@ -15,6 +15,7 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -347,6 +348,22 @@ def parameter_counts(directory: str | os.PathLike) -> dict[str, int]:
     return counts
 
 
+def _unpickling_reason(exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, without PyTorch's advice to load it unsafely."""
+    text = str(exc)
+    if not text.startswith("Weights only load failed"):  # not a refusal: a damaged or foreign file
+        return text.strip().split("\n")[0].split(". ")[0][:200] or type(exc).__name__
+    found = re.search(r"WeightsUnpickler error:[ \t]*(\S.*)", text)
+    if found:
+        reason = found.group(1)
+    else:  # the reason is the paragraph between PyTorch's advice and its pointer to the documentation
+        paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
+        rest = [p for p in paragraphs if not p.startswith(("Weights only load failed", "Check the documentation"))]
+        reason = rest[0] if rest else "it holds more than tensors"
+    reason = " ".join(reason.split()).split(". Please")[0].rstrip(".")
+    return f"the safe unpickler refused it ({reason[:200]})"
+
+
 def convert_to_safetensors(path: str | os.PathLike) -> Path:
     """Convert a pickle-based weights file to ``<stem>.safetensors`` beside it, once, on the user's request.
 
@@ -357,11 +374,13 @@ def convert_to_safetensors(path: str | os.PathLike) -> Path:
     if path.suffix not in PICKLE_SUFFIXES:
         raise CheckpointError(f"{path.name} is not a pickle weights file ({', '.join(PICKLE_SUFFIXES)})")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # its notes on pickle protocols: the refusal below says what matters
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
     except Exception as exc:
-        raise CheckpointError(
-            f"{path.name} is not a plain tensor checkpoint: {str(exc).splitlines()[0][:200]}"
-        ) from None
+        raise CheckpointError(f"{path.name} is not a plain tensor checkpoint: {_unpickling_reason(exc)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -73,6 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     except GPAError as exc:  # an unusable checkpoint or input: a message, not a traceback
         print(f"gpa {args.command}: {exc.kind}: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a folder that cannot be written, a file where a folder should be
+        if exc.strerror is None:
+            reason = str(exc)
+        elif args.command == "make-checkpoint":  # its own file names are temporary: name the folder asked for
+            reason = f"cannot write {args.directory}: {exc.strerror}"
+        else:
+            reason = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+        print(f"gpa {args.command}: {reason}", file=sys.stderr)
+        return 1
 
 
 # --out extensions and their soundfile formats (16 kHz mono; WAV and FLAC as 16-bit PCM)
@@ -111,9 +120,16 @@ def _run(args) -> int:
             print(convert_to_safetensors(path))
         return 0
     if args.command == "make-checkpoint":
+        from pathlib import Path
+
         from .checkpoint import parameter_counts
         from .testing import make_tiny_checkpoint
 
+        existing = next(p for p in (Path(args.directory).absolute(), *Path(args.directory).absolute().parents)
+                        if p.exists())
+        if not existing.is_dir():
+            print(f"gpa make-checkpoint: cannot write {args.directory}: {existing} is a file", file=sys.stderr)
+            return 1
         directory = make_tiny_checkpoint(args.directory, args.seed, arch=args.arch, size=args.size)
         for name, count in parameter_counts(directory).items():  # stderr: scripts read the path from stdout
             print(f"{name}: {count:,} parameters", file=sys.stderr)

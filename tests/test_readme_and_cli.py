@@ -74,6 +74,34 @@ def test_bad_out_is_refused_in_one_line_before_the_model_loads(tmp_path, capsys)
     assert "cannot write .m4a" in capsys.readouterr().err
 
 
+def test_make_checkpoint_and_convert_weights_failures_are_one_line(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    (tmp_path / "code.pt").write_bytes(b"\x80\x04cos\nsystem\n(S'true'\ntR.")  # a pickle that runs a command
+    (tmp_path / "junk.bin").write_text("x")
+    cases = {
+        ("make-checkpoint", str(a_file)): f"cannot write {a_file}: {a_file} is a file",
+        ("make-checkpoint", str(a_file / "deeper")): f"cannot write {a_file / 'deeper'}: {a_file} is a file",
+        ("make-checkpoint", str(tmp_path / "other")): "holds other files (not a random checkpoint made with seed 0, "
+                                                      "arch qwen3, size tiny); name a new or empty folder",
+        ("convert-weights", str(tmp_path / "code.pt")): "code.pt is not a plain tensor checkpoint: the safe "
+                                                        "unpickler refused it (Trying to load unsupported GLOBAL "
+                                                        "os.system whose module os is blocked)",
+        ("convert-weights", str(tmp_path / "junk.bin")): "junk.bin is not a plain tensor checkpoint: the safe "
+                                                         "unpickler refused it",
+        ("convert-weights", str(tmp_path / "gone.bin")): f"cannot read {tmp_path / 'gone.bin'}: No such file",
+    }
+    for argv, reason in cases.items():
+        assert main(list(argv)) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and reason in err and "Traceback" not in err, err
+        assert err.startswith(f"gpa {argv[0]}: ") and "weights_only" not in err
+    assert [p.name for p in (tmp_path / "other").iterdir()] == ["notes.txt"]
+    assert not list(tmp_path.glob("*.safetensors"))
+
+
 def test_readme_says_where_the_tools_are_and_what_a_second_demo_does():
     """The quick start's claims: the tools live in the Makefile's venv (named as the project's scripts), and a
     second ``make demo`` prints the note the demo prints for an output that is already complete."""

@@ -56,7 +56,9 @@ def make_tiny_checkpoint(
     if marker.is_file() and json.loads(marker.read_text()) == wanted:
         return path
     if path.exists() and any(path.iterdir()):
-        raise FileExistsError(f"{path} exists and is not a random checkpoint made with {wanted}")
+        made_with = ", ".join(f"{key} {value}" for key, value in wanted.items())
+        raise FileExistsError(f"{path} holds other files (not a random checkpoint made with {made_with}); "
+                              "name a new or empty folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
