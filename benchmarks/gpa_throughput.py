@@ -114,6 +114,8 @@ def main() -> None:
     parser.add_argument("--sequential", action="store_true", help="also run one item at a time (the ratio)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--encoder-precision", default="float32", choices=["float32", "bfloat16"],
+                        help="the GLM, wav2vec2 and BiCodec encoders' arithmetic (bfloat16: CUDA only)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads on the CPU")
     parser.add_argument("--no-stage-sync", dest="stage_sync", action="store_false",
                         help="do not synchronise the GPU around stages (stage times then blur, totals are exact)")
@@ -133,7 +135,7 @@ def main() -> None:
         generated_s = time.perf_counter() - start
         dtype = getattr(torch, args.dtype) if args.dtype else None
         start = time.perf_counter()
-        model = GPA.from_pretrained(source, device=args.device, dtype=dtype)
+        model = GPA.from_pretrained(source, device=args.device, dtype=dtype, encoder_precision=args.encoder_precision)
         load_s = time.perf_counter() - start
         data = workload(args.items)
         speaker = model.speaker((data["reference"], SAMPLE_RATE))
@@ -156,7 +158,8 @@ def main() -> None:
         device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
         report = {
             "date": datetime.date.today().isoformat(), "device": device_name, "torch": torch.__version__,
-            "dtype": str(dtype or torch.float32), "engine": engine, "checkpoint": args.model or f"random {args.size}",
+            "dtype": str(dtype or torch.float32), "encoder_precision": args.encoder_precision, "engine": engine,
+            "checkpoint": args.model or f"random {args.size}",
             "items_per_task": args.items, "batch_size": args.batch_size,
             "checkpoint_generation_s": round(generated_s, 1), "model_load_s": round(load_s, 1), "tasks": {},
         }
@@ -164,8 +167,8 @@ def main() -> None:
         if (out is None and args.device.startswith("cuda")) or (out and (out.endswith("/") or Path(out).is_dir())):
             slug = "".join(c if c.isalnum() else "-" for c in device_name).strip("-").lower()
             out = str(Path(out or "benchmarks/results") / f"{report['date']}-{slug}.json")
-        print(f"device={device_name} dtype={report['dtype']} engine={engine} checkpoint={report['checkpoint']} "
-              f"items={args.items} batch={args.batch_size}")
+        print(f"device={device_name} dtype={report['dtype']} encoders={args.encoder_precision} engine={engine} "
+              f"checkpoint={report['checkpoint']} items={args.items} batch={args.batch_size}")
         print(f"{'task':<10} {'mode':<11} {'items/s':>9} {'RTFx':>9} {'speed-up':>9} {'cuda MB':>9}  stages (s)")
         for name in tasks:
             fn, items, seconds_of = runs[name]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmarks in one go (docs/performance.md): the library's throughput by the protocol (real-size random
-# checkpoint, 1,000 clips, batch 256, bfloat16, static engine), then optionally the bf16 encoders' token agreement
-# and the job against in-process GPA, in that order.
+# checkpoint, 1,000 clips, batch 256, bfloat16 LLM and encoders, static engine), then optionally the bf16
+# encoders' token agreement and the job against in-process GPA, in that order.
 #
 #   bash benchmarks/gpu.sh                              # gpa_throughput on a real-size random checkpoint
 #   BENCHES="gpa_throughput encoder_agreement pipeline" N=4000 bash benchmarks/gpu.sh
@@ -21,6 +21,8 @@ N=${N:-4000}
 BATCH=${BATCH:-256}
 BUDGET_S=${BUDGET_S:-60}  # per task: gpa_throughput starts no batch after it, so every task fits one device slot
 CLIPS=${CLIPS:-256}  # encoder_agreement: speech-like clips of 2-10 s
+ENCODERS=${ENCODERS:-bfloat16}  # the encoders' arithmetic in gpa_throughput and pipeline (encoder_agreement: its
+                                # token agreement with float32)
 BENCHES=${BENCHES:-gpa_throughput}
 export PYTHONUNBUFFERED=1
 mkdir -p "$RESULTS"
@@ -47,10 +49,11 @@ bench() {  # name, then the command; one failing benchmark does not stop the oth
 }
 status=0
 bench gpa_throughput $PY benchmarks/gpa_throughput.py --model "$CHECKPOINT" --device cuda --dtype bfloat16 \
-  --items "$ITEMS" --batch-size "$BATCH" --budget-s "$BUDGET_S" --out "$RESULTS/" ${ENGINE:+--engine "$ENGINE"} \
+  --items "$ITEMS" --batch-size "$BATCH" --budget-s "$BUDGET_S" --encoder-precision "$ENCODERS" --out "$RESULTS/" \
+  ${ENGINE:+--engine "$ENGINE"} \
   || status=1
 bench encoder_agreement $PY benchmarks/encoder_agreement.py --model "$CHECKPOINT" --device cuda --precision bfloat16 \
   --clips "$CLIPS" || status=1
 bench pipeline $PY benchmarks/pipeline.py --model "$CHECKPOINT" --n "$N" --actors 1 --gpus-per-actor 1 \
-  --batch-size "$BATCH" --no-unbucketed --stages fused,split || status=1
+  --batch-size "$BATCH" --encoder-precision "$ENCODERS" --no-unbucketed --stages fused,split || status=1
 exit $status

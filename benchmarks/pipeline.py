@@ -78,7 +78,7 @@ def padding_waste(lengths: list[int], batch: int, window: int) -> float:
 
 
 def in_process(model_path: str, manifest: Path, batch_size: int, max_new_tokens: int, device: str, dtype: str,
-               threads: int, warm_up: bool = True) -> tuple[float, list[int]]:
+               threads: int, warm_up: bool = True, encoder_precision: str = "float32") -> tuple[float, list[int]]:
     """Seconds to decode and transcribe every clip with a loaded, warmed-up model, and the clips' lengths."""
     import torch
 
@@ -86,7 +86,8 @@ def in_process(model_path: str, manifest: Path, batch_size: int, max_new_tokens:
     from gpa.audio import load_audio
 
     torch.set_num_threads(threads)
-    model = GPA.from_pretrained(model_path, device=device, dtype=getattr(torch, dtype))
+    model = GPA.from_pretrained(model_path, device=device, dtype=getattr(torch, dtype),
+                                encoder_precision=encoder_precision)
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     options = TranscribeOptions(batch_size=batch_size, max_new_tokens=max_new_tokens)
     if warm_up:
@@ -100,11 +101,11 @@ def in_process(model_path: str, manifest: Path, batch_size: int, max_new_tokens:
 
 
 def in_process_script(model_path: str, manifest: Path, batch_size: int, max_new_tokens: int, device: str,
-                      dtype: str, threads: int) -> float:
+                      dtype: str, threads: int, encoder_precision: str = "float32") -> float:
     """Wall seconds of a fresh process that imports GPA, loads the model, then decodes and transcribes every clip."""
     code = (f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); import pipeline as b; "
             f"b.in_process({model_path!r}, b.Path({str(manifest)!r}), {batch_size}, {max_new_tokens}, {device!r}, "
-            f"{dtype!r}, {threads}, warm_up=False)")
+            f"{dtype!r}, {threads}, warm_up=False, encoder_precision={encoder_precision!r})")
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True)
     return time.perf_counter() - start
@@ -148,6 +149,8 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="default: cuda with --gpus-per-actor, else cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                         help="default, as in a job: bfloat16 on cuda, float32 on cpu")
+    parser.add_argument("--encoder-precision", default="float32", choices=("float32", "bfloat16"),
+                        help="the encoders' arithmetic, in the job and the baselines (bfloat16: CUDA only)")
     parser.add_argument("--torch-threads", type=int, default=1, help="per actor, and for the in-process baseline")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--min-s", type=float, default=1.0)
@@ -171,13 +174,14 @@ def main() -> None:
     job = JobConfig(job="transcribe", input=str(manifest), output="", model=model, batch_size=args.batch_size,
                     torch_threads=args.torch_threads, gpus_per_actor=args.gpus_per_actor,
                     cpus_per_actor=args.cpus_per_actor, options={"max_new_tokens": args.max_new_tokens},
-                    device=device, dtype=args.dtype).for_cluster(cluster_gpus=int(device.startswith("cuda")))
+                    device=device, dtype=args.dtype, encoder_precision=args.encoder_precision,
+                    ).for_cluster(cluster_gpus=int(device.startswith("cuda")))
     dtype = job.model_dtype(device)
     args.batch_size = job.batch_size
     model_work, lengths = in_process(model, manifest, args.batch_size, args.max_new_tokens, device, dtype,
-                                     args.torch_threads)
+                                     args.torch_threads, encoder_precision=args.encoder_precision)
     script = in_process_script(model, manifest, args.batch_size, args.max_new_tokens, device, dtype,
-                               args.torch_threads)
+                               args.torch_threads, args.encoder_precision)
     rows = [("in-process: model work", "-", "all", model_work, None),
             ("in-process: script", "-", "all", script, None)]
     print(f"model work {model_work:.1f} s, script {script:.1f} s", file=sys.stderr, flush=True)
@@ -186,7 +190,8 @@ def main() -> None:
     pooled = None
     if device == "cpu" and most_actors > 1:
         # the same cores as the largest pool, used the in-process way: intra-op threads
-        pooled, _ = in_process(model, manifest, args.batch_size, args.max_new_tokens, device, dtype, pool_threads)
+        pooled, _ = in_process(model, manifest, args.batch_size, args.max_new_tokens, device, dtype, pool_threads,
+                               encoder_precision=args.encoder_precision)
         rows.append((f"in-process: {pool_threads} threads", "-", "all", pooled, None))
     ray_start = time.perf_counter()
     started = ensure_ray()
@@ -216,7 +221,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)  # the clips, the outputs and their MLflow store
     n = args.n
     print(f"\n{n} clips, {seconds:.0f} s of audio, batch {args.batch_size}, {args.torch_threads} torch "
-          f"thread(s) per model, {device} {dtype}, model {model}")
+          f"thread(s) per model, {device} {dtype}, encoders {args.encoder_precision}, model {model}")
     print(f"{'mode':<24} {'actors':>6} {'bucket':>6} {'wall s':>7} {'rows/s':>7} {'audio s/s':>9} "
           f"{'ratio':>6} {'ratio':>7} {'first s':>7} {'last s':>6} {'steady rows/s':>13} {'steady ratio':>12}")
     print(f"{'':<24} {'':>6} {'':>6} {'':>7} {'':>7} {'':>9} {'work':>6} {'script':>7}")

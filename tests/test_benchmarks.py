@@ -24,6 +24,7 @@ def test_gpa_throughput_writes_every_task_with_its_stages(tmp_path):
     report = json.loads(out.read_text())
     assert report["cuda_graphs"] is False  # the static engine on the CPU: eager steps
     assert report["engine"] == "static" and set(report["tasks"]) == {"transcribe", "synthesize", "convert"}
+    assert report["encoder_precision"] == "float32"  # the default; gpu.sh asks for bfloat16
     for name, figures in report["tasks"].items():
         batched = figures["batched"]
         assert batched["items"] == 3 and batched["realtime_factor"] > 0, name
