@@ -66,8 +66,8 @@ def log_mel_spectrogram(
     n_frames = total // hop_length
     half = n_fft // 2
     if lengths is None:
-        lengths = torch.full((batch,), total, dtype=torch.long, device=audio.device)
-    if int(lengths.min()) <= half:  # (the tokenizer's lengths are on the host: no wait for the device)
+        lengths = torch.full((batch,), total, dtype=torch.long)
+    if int(lengths.min()) <= half:  # lengths on the host (the tokenizer's are): no wait for the device
         raise ValueError(f"every item needs more than n_fft // 2 = {half} samples to be reflect-padded")
     lengths = lengths.to(device=audio.device, dtype=torch.long)
     # Centre each item on its own: reflect-pad by n_fft // 2 at both of its ends (torch.stft(center=True)). Only
