@@ -83,17 +83,19 @@ def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
     return torch.autocast(device.type, enabled=False)
 
 
-def length_batches(lengths: Sequence[int], batch_size: int, max_padding: float = 0.25) -> list[list[int]]:
+def length_batches(lengths: Sequence[int], batch_size: int, max_padding: float = 0.25,
+                   max_tokens: int | None = None) -> list[list[int]]:
     """Indices of ``lengths`` in batches of at most ``batch_size``, longest first. A batch closes early rather than
     pad more than ``max_padding`` of its content (padded size = items x longest): padded frames are computed and
-    thrown away."""
+    thrown away. ``max_tokens`` also bounds a batch's padded size (an item longer than that is a batch alone)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
     content = 0
     for i in order:
         padded = (len(current) + 1) * (lengths[current[0]] if current else lengths[i])
-        if current and (len(current) >= batch_size or padded > (1 + max_padding) * (content + lengths[i])):
+        if current and (len(current) >= batch_size or padded > (1 + max_padding) * (content + lengths[i])
+                        or (max_tokens is not None and padded > max_tokens)):
             batches.append(current)
             current, content = [], 0
         current.append(i)

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from .generation import GenerationOutput
-from .inference import cuda_capture_lock, empty_cuda_cache, inference_mode
+from .inference import cuda_capture_lock, empty_cuda_cache, inference_mode, length_batches
 from .options import GenerationOptions
 from .profiling import stage
 from .sampling import block_stop, choose, process_logits, row_uniforms
@@ -342,14 +342,10 @@ class StaticEngine:
     def _fill(self, placed: list[tuple[int, int]], prompts, uniforms, limits) -> None:
         """Prefill ``(slot, prompt index)`` pairs and reset those slots' state."""
         arena = self.arena
-        chunk: list[tuple[int, int]] = []
-        for slot, item in placed:  # placed longest first: the first prompt of a chunk is its longest
-            if chunk and (len(chunk) + 1) * len(prompts[chunk[0][1]]) > PREFILL_TOKENS:
-                self._prefill_chunk(chunk, prompts)
-                chunk = []
-            chunk.append((slot, item))
-        if chunk:
-            self._prefill_chunk(chunk, prompts)
+        # chunks of similar lengths: a prefill computes every padded position
+        for chunk in length_batches([len(prompts[item]) for _, item in placed], len(placed),
+                                    max_tokens=PREFILL_TOKENS):
+            self._prefill_chunk([placed[k] for k in chunk], prompts)
         slots = torch.tensor([s for s, _ in placed], device=self.device)
         items = [i for _, i in placed]
         arena.position.index_copy_(0, slots, torch.tensor([len(prompts[i]) for i in items], device=self.device))

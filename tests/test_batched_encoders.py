@@ -180,6 +180,9 @@ def test_length_batches():
         content = sum(lengths[i] for i in batch)
         assert len(batch) == 1 or len(batch) * lengths[batch[0]] <= 1.25 * content
     assert length_batches([], 4) == []
+    # a bound on padded tokens too (the static engine's prefill chunks); an item over it is a batch alone
+    bounded = length_batches([300, 40, 45, 50, 48], batch_size=10, max_tokens=150)
+    assert bounded == [[0], [3, 4, 2], [1]]
 
 
 def test_bfloat16_is_refused_off_cuda(codecs, glms, tiny_checkpoint):
