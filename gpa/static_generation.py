@@ -14,7 +14,7 @@ and waits for the GPU once per step, so a 0.3B model is bound by the host, not t
   prompts (continuous batching) and, when no prompt waits, moves the running rows down so that a smaller batch
   bucket serves them.
 * **Prompts are right-aligned at position 0 of their row** (no left padding): a row's cache index is its position.
-  Prefill runs the same layer code over a padded chunk of prompts with a causal and padding mask.
+  Prefill runs the same layer code over a right-padded chunk of prompts with causal attention.
 * **Constrained decoding computes the output layer over the allowed ids only** (the semantic tokens for TTS/VC:
   8,193 of 180,445 rows of the output matrix); scores, penalty and sampling work in that candidate space.
 
@@ -376,10 +376,7 @@ class StaticEngine:
         rows, width, _ = embeddings.shape
         positions = torch.arange(width, device=self.device).expand(rows, width)
         cos, sin = self.rotary(embeddings, positions)
-        index = torch.arange(width, device=self.device)
-        causal = index[None, :] <= index[:, None]  # (query, key)
-        mask = causal[None] & (index[None, None, :] < lengths[:, None, None])  # (rows, query, key)
-        hidden = self._layers(embeddings, cos, sin, mask[:, None], slots, None, width)
+        hidden = self._layers(embeddings, cos, sin, None, slots, None, width)
         last = hidden[torch.arange(rows, device=self.device), lengths - 1]
         self.arena.logits.index_copy_(0, slots, self._logits(last))
 
@@ -414,12 +411,21 @@ class StaticEngine:
         return self.norm(hidden)
 
     def _attend(self, q, k, v, mask) -> torch.Tensor:
-        """Grouped-query attention without repeating keys: the ``group`` query heads that share a key head are
-        laid out as extra query positions of that head (any SDPA backend, no copy of the cache)."""
+        """Attention of ``q`` (rows, heads, width, head_dim) over the keys and values of their key heads.
+
+        ``mask`` None: a prefill of right-padded prompts, where causal attention alone is exact for every real
+        position (padding comes after them); what padded positions compute is never read, and their cache entries
+        lie past the row's position, masked until decoding overwrites them. Causal attention needs no mask tensor
+        and lets SDPA use its fastest kernels; keys and values are repeated per query head, a copy of the
+        chunk's own.
+        Decoding: grouped-query attention without repeating the cache: the ``group`` query heads that share a key
+        head are laid out as extra query positions of that head."""
         rows, _, width, _ = q.shape
+        if mask is None:
+            k, v = k.repeat_interleave(self.group, dim=1), v.repeat_interleave(self.group, dim=1)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling)
+            return out.transpose(1, 2).reshape(rows, width, -1)
         q = q.reshape(rows, self.kv_heads, self.group * width, self.head_dim)
-        if width > 1:
-            mask = mask.repeat(1, 1, self.group, 1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling)
         return out.view(rows, self.heads, width, self.head_dim).transpose(1, 2).reshape(rows, width, -1)
 
