@@ -126,6 +126,8 @@ def main() -> None:
                                       "the tasks it finished); a folder: <date>-<device>.json in it (the default "
                                       "on a GPU: benchmarks/results/)")
     args = parser.parse_args()
+    if args.encoder_precision == "bfloat16" and not args.device.startswith("cuda"):
+        parser.error("--encoder-precision bfloat16 needs a CUDA device (bf16 convolutions are wrong on CPUs)")
     torch.set_num_threads(args.threads)
     tasks = args.tasks.split(",")
 

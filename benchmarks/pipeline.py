@@ -157,6 +157,9 @@ def main() -> None:
     parser.add_argument("--max-s", type=float, default=8.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    device = args.device or ("cuda" if args.gpus_per_actor else "cpu")
+    if args.encoder_precision == "bfloat16" and not device.startswith("cuda"):
+        parser.error("--encoder-precision bfloat16 needs a CUDA device (bf16 convolutions are wrong on CPUs)")
 
     from jobs.config import JobConfig
     from jobs.run.ray_runtime import ensure_ray, shutdown_ray
@@ -170,7 +173,6 @@ def main() -> None:
     (work / "clips").mkdir()
     manifest, seconds = make_clips(work / "clips", args.n, args.seed, args.min_s, args.max_s)
     # the job and the baselines on the same device, with the same dtype and batch size (the job's defaults for it)
-    device = args.device or ("cuda" if args.gpus_per_actor else "cpu")
     job = JobConfig(job="transcribe", input=str(manifest), output="", model=model, batch_size=args.batch_size,
                     torch_threads=args.torch_threads, gpus_per_actor=args.gpus_per_actor,
                     cpus_per_actor=args.cpus_per_actor, options={"max_new_tokens": args.max_new_tokens},

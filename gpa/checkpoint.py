@@ -353,6 +353,8 @@ def _unpickling_reason(exc: Exception) -> str:
     text = str(exc)
     if not text.startswith("Weights only load failed"):  # not a refusal: a damaged or foreign file
         return text.strip().split("\n")[0].split(". ")[0][:200] or type(exc).__name__
+    if re.search(r"Unsupported operand \d+", text):  # an opcode its unpickler lacks: not a pickle it can read
+        return "not a PyTorch checkpoint, or a damaged one"
     found = re.search(r"WeightsUnpickler error:[ \t]*(\S.*)", text)
     if found:
         reason = found.group(1)
@@ -383,7 +385,8 @@ def convert_to_safetensors(path: str | os.PathLike) -> Path:
         raise CheckpointError(f"{path.name} is not a plain tensor checkpoint: {_unpickling_reason(exc)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
         raise CheckpointError(f"{path.name} does not hold a flat mapping of names to tensors")
     # safetensors refuses shared storage: store independent, contiguous copies.
     tensors = {name: tensor.detach().clone().contiguous() for name, tensor in state.items()}
@@ -392,5 +395,8 @@ def convert_to_safetensors(path: str | os.PathLike) -> Path:
     )
     from safetensors.torch import save_file
 
-    save_file(tensors, str(target), metadata={"format": "pt", "converted_from": path.name})
+    try:
+        save_file(tensors, str(target), metadata={"format": "pt", "converted_from": path.name})
+    except Exception as exc:  # OSError, or safetensors' own error for an unwritable target
+        raise CheckpointError(f"cannot write {target}: {str(exc).strip().splitlines()[0][:200]}") from None
     return target

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as exc:  # a folder that cannot be written, a file where a folder should be
         if exc.strerror is None:
-            reason = str(exc)
+            reason = str(exc).strip().split("\n")[0] or type(exc).__name__
         elif args.command == "make-checkpoint":  # its own file names are temporary: name the folder asked for
             reason = f"cannot write {args.directory}: {exc.strerror}"
         else:

@@ -372,7 +372,8 @@ class StaticEngine:
 
     def _prefill(self, slots: torch.Tensor, embeddings: torch.Tensor, lengths: torch.Tensor) -> None:
         """Run ``embeddings`` (``(rows, width, hidden)``, right-padded to ``lengths``) into the cache rows ``slots``
-        and leave each row's last-token logits in the arena."""
+        and leave each row's last-token logits in the arena. The padding must be finite (token ids embed to finite
+        vectors): its cache entries are masked later, and a masked NaN would still poison the attention."""
         rows, width, _ = embeddings.shape
         positions = torch.arange(width, device=self.device).expand(rows, width)
         cos, sin = self.rotary(embeddings, positions)

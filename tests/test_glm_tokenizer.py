@@ -63,6 +63,7 @@ def test_log_mel_lengths_treat_each_item_alone():
     rng = np.random.default_rng(2)
     lengths = torch.tensor([6400, 1280, 3840])
     batch = torch.from_numpy(rng.standard_normal((3, 6400)).astype(np.float32))  # noise past each item's end
+    batch[1, 3000] = torch.nan  # even non-finite samples there
     ours = log_mel_spectrogram(batch, 80, lengths=lengths)
     for row, n in enumerate(lengths.tolist()):
         alone = log_mel_spectrogram(batch[row, :n], 80)
@@ -70,6 +71,8 @@ def test_log_mel_lengths_treat_each_item_alone():
         assert not ours[row, :, n // 160 :].any()
     with pytest.raises(ValueError, match="n_fft // 2"):
         log_mel_spectrogram(batch, 80, lengths=torch.tensor([6400, 160, 3840]))
+    with pytest.raises(ValueError, match="exceeds the 6400 samples"):
+        log_mel_spectrogram(batch, 80, lengths=torch.tensor([6400, 1280, 6560]))
 
 
 @pytest.mark.parametrize("size", SIZES)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import torch
 
 from gpa.cli import main
 
@@ -81,6 +82,8 @@ def test_make_checkpoint_and_convert_weights_failures_are_one_line(tmp_path, cap
     (tmp_path / "other" / "notes.txt").write_text("mine")
     (tmp_path / "code.pt").write_bytes(b"\x80\x04cos\nsystem\n(S'true'\ntR.")  # a pickle that runs a command
     (tmp_path / "junk.bin").write_text("x")
+    (tmp_path / "blocked" / "model.safetensors").mkdir(parents=True)  # a folder where the converted file goes
+    torch.save({"w": torch.zeros(2)}, tmp_path / "blocked" / "model.bin")
     cases = {
         ("make-checkpoint", str(a_file)): f"cannot write {a_file}: {a_file} is a file",
         ("make-checkpoint", str(a_file / "deeper")): f"cannot write {a_file / 'deeper'}: {a_file} is a file",
@@ -89,8 +92,10 @@ def test_make_checkpoint_and_convert_weights_failures_are_one_line(tmp_path, cap
         ("convert-weights", str(tmp_path / "code.pt")): "code.pt is not a plain tensor checkpoint: the safe "
                                                         "unpickler refused it (Trying to load unsupported GLOBAL "
                                                         "os.system whose module os is blocked)",
-        ("convert-weights", str(tmp_path / "junk.bin")): "junk.bin is not a plain tensor checkpoint: the safe "
-                                                         "unpickler refused it",
+        ("convert-weights", str(tmp_path / "junk.bin")): "junk.bin is not a plain tensor checkpoint: not a "
+                                                         "PyTorch checkpoint, or a damaged one",
+        ("convert-weights", str(tmp_path / "blocked" / "model.bin")): "cannot write "
+                                                                       f"{tmp_path / 'blocked' / 'model.safetensors'}",
         ("convert-weights", str(tmp_path / "gone.bin")): f"cannot read {tmp_path / 'gone.bin'}: No such file",
     }
     for argv, reason in cases.items():

@@ -69,12 +69,14 @@ def log_mel_spectrogram(
         lengths = torch.full((batch,), total, dtype=torch.long)
     if int(lengths.min()) <= half:  # lengths on the host (the tokenizer's are): no wait for the device
         raise ValueError(f"every item needs more than n_fft // 2 = {half} samples to be reflect-padded")
-    lengths = lengths.to(device=audio.device, dtype=torch.long)
+    if int(lengths.max()) > total:
+        raise ValueError(f"an item's length exceeds the {total} samples given")
+    lengths = lengths.to(device=audio.device, dtype=torch.long, non_blocking=True)
     # Centre each item on its own: reflect-pad by n_fft // 2 at both of its ends (torch.stft(center=True)). Only
     # the 2 x n_fft // 2 reflected samples per item are gathered; the rest is one copy of the (own) samples.
     own_samples = torch.arange(total, device=audio.device)[None, :] < lengths[:, None]
     framed = audio.new_zeros(batch, total + 2 * half)
-    framed[:, half : half + total] = audio * own_samples
+    framed[:, half : half + total] = audio.masked_fill(~own_samples, 0.0)  # whatever lies past an item's end
     framed[:, :half] = audio[:, 1 : half + 1].flip(1)
     edge = torch.arange(half, device=audio.device)[None, :]
     # item b's samples past its end: audio[b, end - 2], audio[b, end - 3], ...
