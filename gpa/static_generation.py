@@ -210,16 +210,22 @@ class StaticEngine:
         if highest >= self.vocab or lowest < 0:
             bad = highest if highest >= self.vocab else lowest
             raise ValueError(f"prompt token id {bad} is outside the model's vocabulary ({self.vocab})")
+        limits = list(max_new_tokens)
         with self.lock:
-            self._prepare(_Plan.of(options, normalize_task(task), layout.im_end), layout, prompts,
+            self._prepare(_Plan.of(options, normalize_task(task), layout.im_end), layout, prompts, limits,
                           options.max_new_tokens)
             uniforms = row_uniforms(seeds, len(prompts), options.max_new_tokens) if options.do_sample else None
-            return self._decode(prompts, uniforms, list(max_new_tokens), layout, pad_id)
+            return self._decode(prompts, uniforms, limits, layout, pad_id)
 
     # --- set-up ---------------------------------------------------------------------------------------------
 
-    def _prepare(self, plan: _Plan, layout: TokenLayout, prompts: list[list[int]], steps: int) -> None:
-        """Candidates of ``plan`` and an arena that fits the call; graphs of another plan or arena are dropped."""
+    def _prepare(self, plan: _Plan, layout: TokenLayout, prompts: list[list[int]], limits: list[int],
+                 steps: int) -> None:
+        """Candidates of ``plan`` and an arena that fits the call; graphs of another plan or arena are dropped.
+
+        A row needs its prompt, its own token limit and one more position (a finished row keeps writing at its
+        frozen position), not ``steps`` (``max_new_tokens``) for every prompt: with per-input limits (ASR's tokens
+        per second of a window), more rows fit."""
         if plan != self.plan:
             self._drop_graphs()
             self.plan = plan
@@ -236,7 +242,7 @@ class StaticEngine:
                 self.candidate_ids = self.candidate_weight = self.candidate_of = None
                 self.stop_candidate = layout.im_end
         candidates = self.vocab if self.candidate_ids is None else len(self.candidate_ids)
-        positions = _round_up(max(len(p) for p in prompts) + steps + 1, KEY_BUCKET)
+        positions = _round_up(max(len(p) + limit for p, limit in zip(prompts, limits, strict=True)) + 1, KEY_BUCKET)
         arena = self.arena
         fits = (arena is not None and arena.candidates == candidates and arena.positions >= positions
                 and arena.steps == steps and arena.rows >= min(len(prompts), self._row_capacity(arena.positions,

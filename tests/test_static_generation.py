@@ -85,6 +85,21 @@ def test_the_arena_is_kept_and_grown_between_calls(tiny_model):
     assert engine.arena is not arena and engine.arena.positions >= max(map(len, long)) + 20
 
 
+def test_rows_are_sized_by_their_own_token_limits(tiny_model):
+    """Per-prompt limits (ASR's tokens per second of a window) size the cache rows, not max_new_tokens: a row
+    that reaches its limit keeps writing at its frozen position, which must stay inside the row."""
+    engine = StaticEngine(tiny_model.llm, check_every=8)
+    options = GenerationOptions(max_new_tokens=200, min_new_tokens=200)  # every row runs to its limit
+    prompts = [p for p in random_prompts(tiny_model.layout, "stt", 20, seed=8) if 60 <= len(p) <= 240][:3]
+    limits = [255 - len(p) for p in prompts]  # prompt + limit + 1 == 256 for every row: one key bucket
+    assert len(prompts) == 3 and max(limits) <= 200
+    kwargs = dict(layout=tiny_model.layout, task="stt", seeds=None, pad_id=0, max_new_tokens=limits)
+    ours = engine.generate(prompts, options, **kwargs)
+    assert engine.arena.positions == 256  # max_new_tokens would have asked for 512
+    assert ours == generate_reference(tiny_model.llm, prompts, options, **kwargs)
+    assert [len(out.ids) for out in ours] == limits
+
+
 def test_engine_choice(tiny_model):
     assert resolve_engine(tiny_model.llm, "auto") == "reference"  # the CPU default keeps the exact numerics
     assert resolve_engine(tiny_model.llm, "static") == "static"
