@@ -106,10 +106,11 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_padding: float =
 
 
 def isolated(run: Callable[[list], list], items: list, batch_size: int, size: Callable | None = None) -> list:
-    """``run`` over ``items`` in batches (of similar ``size`` when given); when a batch fails, its items are retried
-    one by one so the failure lands only on the items that cause it. Returns one output or :class:`GPAError` per
-    item."""
-    order = sorted(range(len(items)), key=lambda i: size(items[i])) if size else list(range(len(items)))
+    """``run`` over ``items`` in batches (of similar ``size`` when given, largest first: the first batch meets the
+    largest memory need, so a generation engine sizes its cache once and an out-of-memory shows at once); when a
+    batch fails, its items are retried one by one so the failure lands only on the items that cause it. Returns
+    one output or :class:`GPAError` per item."""
+    order = sorted(range(len(items)), key=lambda i: -size(items[i])) if size else list(range(len(items)))
     outputs: list = [None] * len(items)
     for first in range(0, len(order), max(1, batch_size)):
         chunk = order[first : first + batch_size]

@@ -17,8 +17,9 @@ from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from gpa.bicodec import BiCodec
 from gpa.bicodec.wav2vec2 import Wav2Vec2Features
+from gpa.errors import GPAError
 from gpa.glm_tokenizer import GLMSpeechTokenizer
-from gpa.inference import length_batches
+from gpa.inference import isolated, length_batches
 from gpa.model import GPA
 from gpa.testing import speech_like
 from gpa.testing.bicodec import write_random_checkpoint as write_bicodec
@@ -183,6 +184,23 @@ def test_length_batches():
     # a bound on padded tokens too (the static engine's prefill chunks); an item over it is a batch alone
     bounded = length_batches([300, 40, 45, 50, 48], batch_size=10, max_tokens=150)
     assert bounded == [[0], [3, 4, 2], [1]]
+
+
+def test_isolated_runs_the_largest_first_and_a_failure_errs_alone():
+    calls: list[list[str]] = []
+
+    def run(batch: list[str]) -> list[int]:
+        calls.append(batch)
+        if "x" in batch:
+            raise ValueError("cannot take 'x'")
+        return [len(x) for x in batch]
+
+    items = ["aa", "x", "a", "aaaa", "aaa"]
+    out = isolated(run, items, 2, size=len)
+    assert calls[0] == ["aaaa", "aaa"]  # largest first: a generation engine sizes its cache once
+    assert out[0] == 2 and out[2] == 1 and out[3] == 4 and out[4] == 3
+    assert isinstance(out[1], GPAError) and "cannot take 'x'" in str(out[1])
+    assert calls[1:] == [["aa", "x"], ["aa"], ["x"], ["a"]]  # the failed batch's items retried one by one
 
 
 def test_bfloat16_is_refused_off_cuda(codecs, glms, tiny_checkpoint):
