@@ -48,8 +48,8 @@ for name in ("torch", "transformers", "soundfile", "soxr", "ray.data", "gpa", "j
 EOF
 if [ -n "${DRY_RUN:-}" ]; then
   echo "device_run: kit installed in $SITE and imports checked; would run BENCHES='$BENCHES' ITEMS=$ITEMS N=$N" \
-    "BATCH=$BATCH BUDGET_S=$BUDGET_S CLIPS=$CLIPS ENCODERS=${ENCODERS:-bfloat16} bash benchmarks/gpu.sh (at most $TIMEOUT_GPA_THROUGHPUT s," \
-    "$TIMEOUT_ENCODER_AGREEMENT s and $TIMEOUT_PIPELINE s), results in $OUT"
+    "BATCH=$BATCH BUDGET_S=$BUDGET_S CLIPS=$CLIPS ENCODERS=${ENCODERS:-bfloat16} bash benchmarks/gpu.sh" \
+    "(at most $TIMEOUT_GPA_THROUGHPUT s, $TIMEOUT_ENCODER_AGREEMENT s and $TIMEOUT_PIPELINE s), results in $OUT"
   exit 0
 fi
 
