@@ -429,7 +429,8 @@ class StaticEngine:
         head are laid out as extra query positions of that head."""
         rows, _, width, _ = q.shape
         if mask is None:
-            k, v = k.repeat_interleave(self.group, dim=1), v.repeat_interleave(self.group, dim=1)
+            if self.group > 1:
+                k, v = k.repeat_interleave(self.group, dim=1), v.repeat_interleave(self.group, dim=1)
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling)
             return out.transpose(1, 2).reshape(rows, width, -1)
         q = q.reshape(rows, self.kv_heads, self.group * width, self.head_dim)
