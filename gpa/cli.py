@@ -120,14 +120,14 @@ def _run(args) -> int:
             print(convert_to_safetensors(path))
         return 0
     if args.command == "make-checkpoint":
-        from pathlib import Path
+        import os
 
         from .checkpoint import parameter_counts
+        from .storage import nearest_existing
         from .testing import make_tiny_checkpoint
 
-        existing = next(p for p in (Path(args.directory).absolute(), *Path(args.directory).absolute().parents)
-                        if p.exists())
-        if not existing.is_dir():
+        existing = nearest_existing(args.directory)
+        if not os.path.isdir(existing):
             print(f"gpa make-checkpoint: cannot write {args.directory}: {existing} is a file", file=sys.stderr)
             return 1
         directory = make_tiny_checkpoint(args.directory, args.seed, arch=args.arch, size=args.size)

@@ -25,6 +25,15 @@ def is_uri(path: str) -> bool:
     return bool(_SCHEME.match(path)) and not path.startswith("file://")
 
 
+def nearest_existing(path: str | os.PathLike) -> str:
+    """``path`` if it exists, else its nearest existing ancestor: what a folder to be made at ``path`` is made in
+    (a file there means the folder cannot be made)."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    return existing
+
+
 def redact_uri(uri: str) -> str:
     """``uri`` without user info, query or fragment, so it can go into logs, params and error messages."""
     text = str(uri)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from gpa.checkpoint_files import CheckpointSummary, inspect_local, inspect_s3, is_hf_repo_id
 from gpa.errors import CheckpointError
-from gpa.storage import s3_endpoint
+from gpa.storage import nearest_existing, s3_endpoint
 from jobs.config import JobConfig
 from jobs.io import storage
 from jobs.io.manifest import check_columns
@@ -52,9 +52,7 @@ def check_output(uri: str, s3: _S3Clients) -> None:
     path = storage.normalize(uri)
     if os.path.exists(path) and not os.path.isdir(path):
         raise JobError(f"--output {where} is a file; give a directory (it is made if missing)")
-    existing = path
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
+    existing = nearest_existing(path)
     if not os.path.isdir(existing):
         raise JobError(f"--output {where}: {existing} is a file, so the directory cannot be made; choose another "
                        "--output")
