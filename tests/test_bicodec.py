@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from gpa.bicodec import BiCodec, load_config
 from gpa.bicodec.config import FeatDecoderConfig, config_from_dict
 from gpa.bicodec.feature_codec import Decoder
+from gpa.bicodec.layers import Snake1d, WNConv1d
 from gpa.bicodec.preprocess import peak_normalize, percentile_normalize, reference_clip
 from gpa.errors import CheckpointError, EmptyAudio, TooShortAudio
 from gpa.testing import speech_like
@@ -172,6 +173,29 @@ def test_prenet_that_upsamples_keeps_padding_out(ratios):
             alone = prenet(x[i : i + 1, :, :n], condition[i : i + 1])
             assert alone.shape[-1] == prenet.output_length(n)
             torch.testing.assert_close(batched[i : i + 1, :, : prenet.output_length(n)], alone, rtol=0, atol=1e-5)
+
+
+def test_inference_layers_equal_their_formulas():
+    """Without autograd Snake works in place on one new tensor and a kernel-1 convolution is a batched matrix
+    product: Snake's values are the formula's bit for bit, the product equals conv1d to rounding, and under
+    autograd both still give gradients."""
+    torch.manual_seed(0)
+    snake, pointwise, tap7 = Snake1d(4), WNConv1d(4, 3, kernel_size=1), WNConv1d(3, 2, kernel_size=7, padding=3)
+    for module in (snake, pointwise, tap7):
+        for param in module.parameters():
+            param.data.uniform_(0.3, 1.5)
+    x = torch.randn(5, 4, 97)
+    with torch.inference_mode():
+        fast = snake(x)
+        conv = pointwise(x)
+    assert torch.equal(fast, x + (snake.alpha + 1e-9).reciprocal() * torch.sin(snake.alpha * x).pow(2))
+    weight = pointwise.weight_v * (pointwise.weight_g / pointwise.weight_v.norm(2, dim=(1, 2), keepdim=True))
+    torch.testing.assert_close(conv, torch.nn.functional.conv1d(x, weight, pointwise.bias), rtol=0, atol=1e-6)
+    x.requires_grad_(True)
+    tap7(pointwise(snake(x)).tanh()).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0 and snake.alpha.grad is not None
+    with torch.no_grad():
+        torch.testing.assert_close(snake(x), fast, rtol=0, atol=0)
 
 
 def test_decode_length_and_signal(codec, alt_codec):

@@ -24,10 +24,12 @@ class ResidualUnit(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if mask is None:
-            return x + self.block(x)  # "same" padding: lengths always match
+        # "Same" padding: lengths always match. In-place steps touch only tensors made here (fewer fresh pages).
         snake, conv, snake_out, pointwise = self.block
-        return x + pointwise(snake_out(conv(snake(x) * mask)))
+        h = snake(x)
+        if mask is not None:
+            h = h.mul_(mask)
+        return pointwise(snake_out(conv(h))).add_(x)
 
 
 class DecoderBlock(nn.Module):
@@ -48,7 +50,7 @@ class DecoderBlock(nn.Module):
         if lengths is None:
             return self.block(x)
         snake, upsample, *residual_units = self.block
-        x = upsample(snake(x) * frame_mask(lengths, x))
+        x = upsample(snake(x).mul_(frame_mask(lengths, x)))
         mask = frame_mask(lengths * self.stride, x)
         for unit in residual_units:
             x = unit(x, mask)
