@@ -72,6 +72,19 @@ def workload(items: int, seed: int = 0) -> dict:
     return {"asr": made[:items], "vc": made[items : 2 * items], "texts": texts, "reference": made[-1]}
 
 
+def cpu_name() -> str:
+    """The CPU's model and core count ("AMD EPYC, 2 cores"): CPU figures move with both."""
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model or 'cpu'}, {os.cpu_count()} cores"
+
+
 def run_task(name, fn, batches, seconds_of, synchronize, budget_s: float | None = None) -> dict:
     """Run ``batches`` through ``fn``; with ``budget_s``, no batch starts after that many seconds (the figures are
     then those of the batches done, marked ``cut``)."""
@@ -157,7 +170,7 @@ def main() -> None:
             "convert": (lambda b: model.convert([(a, SAMPLE_RATE) for a in b], [speaker] * len(b), vc_options),
                         data["vc"], lambda item, r: len(r.audio) / r.sample_rate),
         }
-        device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+        device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_name()
         report = {
             "date": datetime.date.today().isoformat(), "device": device_name, "torch": torch.__version__,
             "dtype": str(dtype or torch.float32), "encoder_precision": args.encoder_precision, "engine": engine,

@@ -96,6 +96,11 @@ def run_job(config: JobConfig, *, progress: bool | None = None, progress_every_s
 def _run(config: JobConfig, run_id: str, started: float, params: dict, store: OutputStore, inputs: InputRows,
          tracking: JobTracking, progress: tuple[bool | None, float | None], run_identity: dict) -> JobResult:
     with storage_failures("could not take over the output"):
+        new_output = not storage.exists(store.uri)
+    # failing to make a new output keeps nothing, and a rerun may fail the same way (a path no preflight can judge)
+    failure = (("could not create the output", "nothing was written: check that --output can be written, then rerun")
+               if new_output else ("could not take over the output", "finished parts are kept: rerun the same command"))
+    with storage_failures(*failure):
         store.start(run_id, config.takeover)  # takes ownership, adopts parts of an interrupted run, removes debris
     tracking.own_output(lambda: store.is_current(run_id), store.output_id)
     # a heartbeat tells later runs that this one is alive, until it is reported (an output's own MLflow store too)

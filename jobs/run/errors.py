@@ -80,7 +80,7 @@ def _line(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def storage_failures(what: str):
+def storage_failures(what: str, advice: str = "finished parts are kept: rerun the same command"):
     """A storage failure around the commit is a :class:`JobError` with a clear message, not a traceback. The commit
     protocol keeps the output consistent: readers see the previous commit (or this one, if its commit file was
     written), and the next run adopts every finished part."""
@@ -91,4 +91,4 @@ def storage_failures(what: str):
     except OutputRefused as exc:
         raise JobError(str(exc)) from None
     except Exception as exc:
-        raise JobError(f"{what} ({root_cause(exc)}); finished parts are kept: rerun the same command") from exc
+        raise JobError(f"{what} ({root_cause(exc)}); {advice}") from exc

@@ -235,6 +235,18 @@ def test_s3_outage_mid_write_and_mid_commit(ray_runtime, s3, tiny_checkpoint, ml
     report.check({"fault.s3_write_outage": report.Figures.of(8, final)})
 
 
+def test_s3_down_while_a_new_output_is_made(s3, tiny_checkpoint, mlflow_uri, tmp_path):
+    """Nothing of the output exists yet, so nothing is kept: the one line says so instead of promising a resume."""
+    bucket = s3.bucket("outage-new")
+    manifest = write_jsonl(tmp_path / "m.jsonl", clip_rows(2))
+    config = small_config("transcribe", manifest, f"s3://{bucket}/out", tiny_checkpoint, mlflow_uri)
+    made = r"could not create the output \(.*EndpointConnectionError.*\); nothing was written: check that --output"
+    with s3.endpoint.faults(), pytest.raises(JobError, match=made):
+        s3.endpoint.arm("PUT", r"/out/", nth=1)
+        run_job(config)
+    assert not [k for k in s3.keys(bucket) if k.startswith("out/")]
+
+
 def test_mlflow_unreachable(ray_runtime, tiny_checkpoint, tmp_path):
     """Tracking down: the job still completes, keeps its metrics beside the output and reports the failure."""
     uri = f"http://gpa:CANARY-mlflow-pw@127.0.0.1:{free_port()}"  # nothing listens there
