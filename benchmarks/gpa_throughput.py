@@ -116,6 +116,12 @@ def run_task(name, fn, batches, seconds_of, synchronize, budget_s: float | None 
     }
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run of median items/s (the faster of the middle two for an even count), with every run's seconds."""
+    median = sorted(runs, key=lambda r: r["items_per_s"])[len(runs) // 2]
+    return {**median, "runs_s": [r["seconds"] for r in runs]} if len(runs) > 1 else median
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint (default: a random one of --size)")
@@ -125,6 +131,9 @@ def main() -> None:
     parser.add_argument("--tasks", default="transcribe,synthesize,convert")
     parser.add_argument("--engine", default="auto", choices=["auto", "reference", "static"])
     parser.add_argument("--sequential", action="store_true", help="also run one item at a time (the ratio)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of each mode, interleaved; the figures are the median run's (a shared CPU's "
+                             "timings move by tens of percent from run to run)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--encoder-precision", default="float32", choices=["float32", "bfloat16"],
@@ -141,6 +150,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.encoder_precision == "bfloat16" and not args.device.startswith("cuda"):
         parser.error("--encoder-precision bfloat16 needs a CUDA device (bf16 convolutions are wrong on CPUs)")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     torch.set_num_threads(args.threads)
     tasks = args.tasks.split(",")
 
@@ -173,6 +184,7 @@ def main() -> None:
         device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_name()
         report = {
             "date": datetime.date.today().isoformat(), "device": device_name, "torch": torch.__version__,
+            "repeat": args.repeat,
             "dtype": str(dtype or torch.float32), "encoder_precision": args.encoder_precision, "engine": engine,
             "checkpoint": args.model or f"random {args.size}",
             "items_per_task": args.items, "batch_size": args.batch_size,
@@ -190,11 +202,15 @@ def main() -> None:
             # warm-up on the longest items: kernels, and an arena sized for every later call with the graphs of a
             # full batch's buckets (a long-running job builds them once too)
             fn(sorted(items, key=len, reverse=True)[: args.batch_size])
-            batches = [items[i : i + args.batch_size] for i in range(0, len(items), args.batch_size)]
-            figures = {"batched": run_task(name, fn, batches, seconds_of, args.stage_sync, args.budget_s)}
+            modes = {"batched": [items[i : i + args.batch_size] for i in range(0, len(items), args.batch_size)]}
             if args.sequential:
-                figures["sequential"] = run_task(name, fn, [[x] for x in items], seconds_of, args.stage_sync,
-                                                 args.budget_s)
+                modes["sequential"] = [[x] for x in items]
+            timed: dict[str, list[dict]] = {mode: [] for mode in modes}
+            for _ in range(args.repeat):
+                for mode, batches in modes.items():
+                    timed[mode].append(run_task(name, fn, batches, seconds_of, args.stage_sync, args.budget_s))
+            figures = {mode: median_run(mode_runs) for mode, mode_runs in timed.items()}
+            if args.sequential:
                 figures["speed_up"] = round(figures["batched"]["items_per_s"] / figures["sequential"]["items_per_s"], 2)
             report["tasks"][name] = figures
             for mode in ("sequential", "batched"):

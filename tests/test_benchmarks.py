@@ -33,6 +33,21 @@ def test_gpa_throughput_writes_every_task_with_its_stages(tmp_path):
     assert "GLM encode" in report["tasks"]["transcribe"]["batched"]["stages_s"]
 
 
+def test_gpa_throughput_repeats_each_mode_and_keeps_the_median_run(tmp_path):
+    out = tmp_path / "figures.json"
+    done = subprocess.run([sys.executable, "benchmarks/gpa_throughput.py", "--items", "2", "--batch-size", "2",
+                           "--tasks", "synthesize", "--sequential", "--repeat", "3", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    figures = report["tasks"]["synthesize"]
+    assert report["repeat"] == 3
+    for mode in ("batched", "sequential"):
+        runs = figures[mode]["runs_s"]
+        assert len(runs) == 3 and figures[mode]["seconds"] == sorted(runs)[1], mode  # the median of three
+    assert figures["speed_up"] == round(figures["batched"]["items_per_s"] / figures["sequential"]["items_per_s"], 2)
+
+
 def test_gpa_throughput_budget_cuts_each_task_and_keeps_the_figures(tmp_path):
     # A device slot is short: past the budget no further batch starts, and every task is still reported.
     out = tmp_path / "figures.json"
