@@ -73,7 +73,7 @@ def workload(items: int, seed: int = 0) -> dict:
 
 
 def cpu_name() -> str:
-    """The CPU's model and core count ("AMD EPYC, 2 cores"): CPU figures move with both."""
+    """The CPU's model and the cores this process may use ("AMD EPYC, 2 cores"): CPU figures move with both."""
     model = platform.processor()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -82,7 +82,7 @@ def cpu_name() -> str:
                 break
     except OSError:
         pass
-    return f"{model or 'cpu'}, {os.cpu_count()} cores"
+    return f"{model or 'cpu'}, {len(os.sched_getaffinity(0))} cores"
 
 
 def run_task(name, fn, batches, seconds_of, synchronize, budget_s: float | None = None) -> dict:
@@ -192,7 +192,7 @@ def main() -> None:
         }
         out = args.out
         if (out is None and args.device.startswith("cuda")) or (out and (out.endswith("/") or Path(out).is_dir())):
-            slug = "".join(c if c.isalnum() else "-" for c in device_name).strip("-").lower()
+            slug = "-".join("".join(c if c.isalnum() else " " for c in device_name).lower().split())
             out = str(Path(out or "benchmarks/results") / f"{report['date']}-{slug}.json")
         print(f"device={device_name} dtype={report['dtype']} encoders={args.encoder_precision} engine={engine} "
               f"checkpoint={report['checkpoint']} items={args.items} batch={args.batch_size}")

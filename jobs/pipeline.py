@@ -73,6 +73,7 @@ def run_job(config: JobConfig, *, progress: bool | None = None, progress_every_s
     with storage_failures("could not read the output's lease"):
         store.check_free(run_id, config.takeover)  # before anything is read or logged for a run that cannot go on
         store.check_ours()
+        new_output = not storage.listdir(store.meta)  # no run of ours has written there (read before MLflow's store)
     run_identity = check_output_identity(config, store)
     inputs = load_inputs(config.job, config.input, glob=config.glob, input_format=config.input_format,
                          field_map=config.field_map, reference=config.reference,
@@ -87,19 +88,20 @@ def run_job(config: JobConfig, *, progress: bool | None = None, progress_every_s
                            tags={"gpa_batch.job": config.job, "gpa_batch.run_id": run_id})
     try:
         return _run(config, run_id, started, params, store, inputs, tracking, (progress, progress_every_s),
-                    run_identity)
+                    run_identity, new_output)
     except BaseException as exc:
         track_failure(config, inputs, run_id, params, tracking, exc)
         raise
 
 
 def _run(config: JobConfig, run_id: str, started: float, params: dict, store: OutputStore, inputs: InputRows,
-         tracking: JobTracking, progress: tuple[bool | None, float | None], run_identity: dict) -> JobResult:
-    with storage_failures("could not take over the output"):
-        new_output = not storage.exists(store.uri)
-    # failing to make a new output keeps nothing, and a rerun may fail the same way (a path no preflight can judge)
-    failure = (("could not create the output", "nothing was written: check that --output can be written, then rerun")
-               if new_output else ("could not take over the output", "finished parts are kept: rerun the same command"))
+         tracking: JobTracking, progress: tuple[bool | None, float | None], run_identity: dict,
+         new_output: bool) -> JobResult:
+    # a new output that cannot be made holds no parts to keep, and a rerun may fail the same way (a path no
+    # preflight can judge)
+    failure = (("could not create the output", "no results were written: check that --output can be written, "
+                "then rerun") if new_output else
+               ("could not take over the output", "finished parts are kept: rerun the same command"))
     with storage_failures(*failure):
         store.start(run_id, config.takeover)  # takes ownership, adopts parts of an interrupted run, removes debris
     tracking.own_output(lambda: store.is_current(run_id), store.output_id)

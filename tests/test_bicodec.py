@@ -14,6 +14,7 @@ from gpa.bicodec.config import FeatDecoderConfig, config_from_dict
 from gpa.bicodec.feature_codec import Decoder
 from gpa.bicodec.layers import Snake1d, WNConv1d
 from gpa.bicodec.preprocess import peak_normalize, percentile_normalize, reference_clip
+from gpa.bicodec.wave_generator import ResidualUnit
 from gpa.errors import CheckpointError, EmptyAudio, TooShortAudio
 from gpa.testing import speech_like
 from gpa.testing.bicodec import write_random_checkpoint
@@ -191,6 +192,16 @@ def test_inference_layers_equal_their_formulas():
     assert torch.equal(fast, x + (snake.alpha + 1e-9).reciprocal() * torch.sin(snake.alpha * x).pow(2))
     weight = pointwise.weight_v * (pointwise.weight_g / pointwise.weight_v.norm(2, dim=(1, 2), keepdim=True))
     torch.testing.assert_close(conv, torch.nn.functional.conv1d(x, weight, pointwise.bias), rtol=0, atol=1e-6)
+    unit, mask = ResidualUnit(4, dilation=3), (torch.arange(97) < 60).float().expand(5, 1, 97)
+    for param in unit.parameters():
+        param.data.uniform_(0.3, 1.5)
+    before = x.clone()
+    with torch.inference_mode():
+        in_place = unit(x, mask)
+    with torch.enable_grad():
+        formula = unit(x, mask)
+    assert torch.equal(x, before), "the layers must not write into their input"
+    torch.testing.assert_close(in_place, formula.detach(), rtol=0, atol=0)
     x.requires_grad_(True)
     tap7(pointwise(snake(x)).tanh()).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0 and snake.alpha.grad is not None

@@ -243,6 +243,17 @@ def test_runs_that_start_together_do_not_both_own_the_output(where, tmp_path, re
     assert OutputStore(output).lease().run_id == winner
 
 
+def test_a_start_that_fails_after_taking_the_lease_gives_it_up(tmp_path, monkeypatch):
+    store = OutputStore(str(tmp_path / "out"))
+    monkeypatch.setattr(OutputStore, "_mark", lambda self: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        store.start("run-a")
+    assert store.lease() is None  # a rerun need not wait LEASE_S for it to expire
+    monkeypatch.undo()
+    OutputStore(str(tmp_path / "out")).start("run-b")  # and can start at once
+    assert store.lease().run_id == "run-b"
+
+
 def test_the_lease_is_renewed_while_held_and_given_up_after(tmp_path):
     store = OutputStore(str(tmp_path))
     store.start("r1")

@@ -59,8 +59,9 @@ class Snake1d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
             return x + (self.alpha + 1e-9).reciprocal() * torch.sin(self.alpha * x).pow(2)
-        # Without autograd: one new tensor, worked on in place (the same values bit for bit). Over long batched
-        # inputs a CPU spends more on the fresh pages of the formula's four temporaries than on its arithmetic.
+        # Without autograd: one new tensor, worked on in place (the same values bit for bit outside autocast, where
+        # the decoder runs). Over long batched inputs a CPU spends more on the fresh pages of the formula's four
+        # temporaries than on its arithmetic.
         return torch.mul(self.alpha, x).sin_().square_().mul_((self.alpha + 1e-9).reciprocal()).add_(x)
 
 

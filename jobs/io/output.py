@@ -366,11 +366,21 @@ class OutputStore:
                 return
 
     def start(self, run_id: str | None = None, takeover: bool = False) -> Commit:
-        """Called when a run starts: take ownership (refused while another live run owns the output), adopt
-        finished parts of killed runs, drop debris, un-mark completeness."""
+        """Called when a run starts: take ownership (refused while another live run owns the output), then
+        :meth:`_prepare` the output; if that fails, the lease is given up again."""
         self.check_ours()
-        if run_id is not None:
-            self._take(run_id, takeover)
+        if run_id is None:
+            return self._prepare()
+        self._take(run_id, takeover)
+        try:
+            return self._prepare()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the next run need not wait for the lease to expire; a failing
+                self.release(run_id)                # store must not mask the error that stopped this one
+            raise
+
+    def _prepare(self) -> Commit:
+        """Mark the output as gpa-batch's, adopt finished parts of killed runs, drop debris, un-mark completeness."""
         self.output_id = self._mark()
         storage.remove(self.success_uri)
         commit = self.load()

@@ -236,15 +236,24 @@ def test_s3_outage_mid_write_and_mid_commit(ray_runtime, s3, tiny_checkpoint, ml
 
 
 def test_s3_down_while_a_new_output_is_made(s3, tiny_checkpoint, mlflow_uri, tmp_path):
-    """Nothing of the output exists yet, so nothing is kept: the one line says so instead of promising a resume."""
+    """Nothing of the output exists yet, so no part is kept: the one line says so instead of promising a resume."""
     bucket = s3.bucket("outage-new")
     manifest = write_jsonl(tmp_path / "m.jsonl", clip_rows(2))
     config = small_config("transcribe", manifest, f"s3://{bucket}/out", tiny_checkpoint, mlflow_uri)
-    made = r"could not create the output \(.*EndpointConnectionError.*\); nothing was written: check that --output"
+    made = r"could not create the output \(.*EndpointConnectionError.*\); no results were written: check that --output"
     with s3.endpoint.faults(), pytest.raises(JobError, match=made):
         s3.endpoint.arm("PUT", r"/out/", nth=1)
         run_job(config)
     assert not [k for k in s3.keys(bucket) if k.startswith("out/")]
+
+
+def test_a_local_output_that_cannot_be_made(tiny_checkpoint, mlflow_uri, tmp_path):
+    """A path that every check before the run accepts but the kernel refuses to make (under /proc): the same line,
+    for a local output."""
+    manifest = write_jsonl(tmp_path / "m.jsonl", clip_rows(2))
+    config = small_config("transcribe", manifest, f"/proc/gpa-batch-{os.getpid()}", tiny_checkpoint, mlflow_uri)
+    with pytest.raises(JobError, match=r"could not create the output \(\w*Error: .*\); no results were"):
+        run_job(config)
 
 
 def test_mlflow_unreachable(ray_runtime, tiny_checkpoint, tmp_path):
