@@ -60,7 +60,13 @@ def run_job(config: JobConfig, *, progress: bool | None = None, progress_every_s
     if cluster_gpus == 0 and config.gpus_per_actor is None and config.device is None and on_cluster():
         log.warning("the Ray cluster has no GPU now, so the model actors run on CPU; if its GPU nodes are added on "
                     "demand (a GPU group that starts at zero nodes), pass --gpus-per-actor")
+    asked_gpus = config.gpus_per_actor
     config = config.for_cluster(cluster_gpus, cluster_cpus)
+    if (config.device or "").startswith("cuda") and not config.gpus_per_actor:
+        # an actor without a GPU cannot see one: it would fail only after Ray and the actor pool have started
+        why = "--gpus-per-actor is 0" if asked_gpus is not None else "the Ray cluster has no GPU now"
+        raise JobError(f"--device {config.device} needs GPU actors, but {why}: pass --gpus-per-actor N (a GPU group "
+                       "that is added on demand), or use --device cpu")
     on_gpu = bool(config.gpus_per_actor) and (config.device or "cuda").startswith("cuda")
     if config.encoder_precision != "float32" and not on_gpu:
         raise JobError(f"--encoder-precision {config.encoder_precision} needs GPU actors (bf16 convolutions are "

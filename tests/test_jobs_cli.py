@@ -429,3 +429,19 @@ def test_encoder_precision_is_a_job_setting_refused_without_gpu_actors(tmp_path)
     assert not (tmp_path / "o").exists()
     with pytest.raises(SystemExit):
         build_parser().parse_args(["transcribe", "--encoder-precision", "float16"])
+
+
+def test_a_cuda_device_without_gpu_actors_is_refused_before_ray_starts(tmp_path):
+    from jobs.pipeline import run_job
+    from jobs.run.cluster import cluster_resources
+    from jobs.run.errors import JobError
+
+    args = build_parser().parse_args(["transcribe", "--input", "m.jsonl", "--output", str(tmp_path / "o"),
+                                      "--model", "m", "--device", "cuda:0"])
+    config = config_from_args("transcribe", args)
+    with pytest.raises(JobError, match="--device cuda:0 needs GPU actors, but --gpus-per-actor is 0: pass"):
+        run_job(dataclasses.replace(config, gpus_per_actor=0.0))
+    if cluster_resources(config)[0] == 0:  # what a machine without a GPU (CI) says when nothing was asked
+        with pytest.raises(JobError, match="needs GPU actors, but the Ray cluster has no GPU now"):
+            run_job(config)
+    assert not (tmp_path / "o").exists()
