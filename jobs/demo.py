@@ -8,6 +8,7 @@ directory) runs the same thing with the released weights.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from jobs.config import JOBS, JobConfig
@@ -53,7 +54,10 @@ def run_demo(*, output: str = "gpa-demo", jobs: list[str] | None = None, model: 
     from jobs.run.logs import configure_logging, quiet_ray_console
 
     ray_logging_level = configure_logging("default")  # quiet as the jobs are: before Ray or MLflow are imported
-    from jobs.pipeline import run_job
+    from jobs.io.manifest import InputError
+    from jobs.pipeline import check_config, check_output_identity, run_job
+    from jobs.run.errors import JobError
+    from jobs.run.preflight import preflight
     from jobs.run.ray_runtime import ensure_ray, shutdown_ray
     from jobs.run.summary import format_summary
 
@@ -74,21 +78,29 @@ def run_demo(*, output: str = "gpa-demo", jobs: list[str] | None = None, model: 
         model = str(make_tiny_checkpoint(root / "tiny-checkpoint", seed=seed))
         options = {"max_new_tokens": 64}  # random weights rarely stop by themselves: keep the demo quick
         print(f"tiny checkpoint: {model}")
-    started = ensure_ray(logging_level=ray_logging_level)
-    quiet_ray_console("default")
+    configs = [JobConfig(job=job, input=str(EXAMPLES / f"{job}.jsonl"), output=str(root / job), model=model,
+                         mlflow_uri=mlflow_uri, seed=seed, options=dict(options), batch_size=4, bucket_batches=2)
+               for job in jobs]
     try:
-        for job in jobs:
-            config = JobConfig(job=job, input=str(EXAMPLES / f"{job}.jsonl"), output=str(root / job), model=model,
-                               mlflow_uri=mlflow_uri, seed=seed, options=dict(options), batch_size=4,
-                               bucket_batches=2)
-            result = run_job(config)
-            print()
-            print(format_summary(result))
-            if result.processed == 0 and result.complete:
-                print(already_done_note(job, result.committed_rows, root / job))
-    finally:
-        if started:
-            shutdown_ray()
+        for config in configs:  # the checks a job runs before Ray starts: a wrong --model is one line in a second
+            check_config(config)
+            preflight(config)
+            check_output_identity(config)
+        started = ensure_ray(logging_level=ray_logging_level)
+        quiet_ray_console("default")
+        try:
+            for config in configs:
+                result = run_job(config)
+                print()
+                print(format_summary(result))
+                if result.processed == 0 and result.complete:
+                    print(already_done_note(config.job, result.committed_rows, root / config.job))
+        finally:
+            if started:
+                shutdown_ray()
+    except (InputError, JobError) as exc:
+        print(f"gpa-batch demo: {exc}", file=sys.stderr)
+        return 1
     print()
     print(reading_hint(root, jobs[0]))
     if options:

@@ -380,6 +380,18 @@ def test_demo_prints_counts_matching_the_example_manifest(ray_address, tmp_path)
     assert f"transcribe: already done, {len(rows)} rows in {tmp_path / 'demo' / 'transcribe'}" in again.stdout
 
 
+def test_demo_with_a_wrong_model_says_so_in_one_line_before_ray_starts(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "jobs", "demo", "--model", str(tmp_path / "no-such-checkpoint"),
+                           "--output", str(tmp_path / "demo"), "--jobs", "all"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"})
+    assert done.returncode == 1, done.stderr[-3000:]
+    # RAY_ADDRESS points nowhere: joining Ray would have failed differently, so the check ran before it
+    assert done.stderr.strip().splitlines() == [f"gpa-batch demo: --model {tmp_path / 'no-such-checkpoint'}: no "
+                                                "such directory (nor an s3:// prefix or a Hugging Face repo id "
+                                                "owner/name)"]
+    assert not (tmp_path / "demo").exists()
+
+
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_listed_file_rewritten_in_place_is_redone(where, ray_address, tiny_checkpoint, mlflow_uri, tmp_path,
                                                      s3_bucket):
