@@ -108,6 +108,9 @@ def test_manifests_whose_first_rows_all_lack_a_needed_field_are_refused(tmp_path
     line = refused("synthesize", "--input", EXAMPLES / "synthesize.jsonl", "--output", tmp_path / "out",
                    "--model", tiny_checkpoint, "--field-map", "ref_audio=nosuch")
     assert "or pass --reference FILE for every row" in line
+    line = refused("synthesize", "--input", EXAMPLES / "synthesize.jsonl", "--output", tmp_path / "out",
+                   "--model", tiny_checkpoint, "--reference", tmp_path / "voice.wav")
+    assert line == f"gpa-batch synthesize: --reference {tmp_path / 'voice.wav'}: no such file"
     assert "input not found: " in refused(*transcribe(tmp_path / "out", tiny_checkpoint)[:1], "--input",
                                         tmp_path / "none.jsonl", "--output", tmp_path / "out", "--model",
                                         tiny_checkpoint)

@@ -84,6 +84,9 @@ def check_input(config: JobConfig, s3: _S3Clients) -> None:
     # a manifest may be readable with s3:GetObject alone, which HeadBucket does not take: its read says what fails
     if _is_s3(config.input) and config.glob:
         s3.bucket(config.input, "--input")
+    if config.reference and not storage.is_uri(config.reference) and not os.path.isfile(
+            storage.normalize(config.reference)):  # every row without its own reference would become an error row
+        raise JobError(f"--reference {config.reference}: no such file")
     if config.glob:
         if not storage.is_uri(config.input) and not os.path.isdir(storage.normalize(config.input)):
             raise JobError(f"--input {where}: no such directory to list (--glob {config.glob!r})")
