@@ -159,6 +159,8 @@ def test_bad_exports_are_refused_in_one_line(tmp_path, capsys):
         ((store.uri, "--format", "srt", "--only-kept", "--dest", tmp_path / "d"), "a transcribe output has none"),
         ((store.uri, "--format", "srt", "--dest", tmp_path / "out" / "data" / "srt"), "inside the output's data/"),
         ((store.uri, "--format", "srt", "--dest", tmp_path / "a-file"), "is a file"),
+        ((store.uri, "--format", "srt", "--dest", tmp_path / "a-file" / "d"),
+         f"cannot write {tmp_path / 'a-file' / 'd'} (Not a directory); choose another --dest"),
     ]
     for args, reason in cases:
         code, out, err = export(capsys, *args)

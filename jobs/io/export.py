@@ -263,6 +263,8 @@ def run_command(args) -> int:
         result = export(args.output, args.dest, ExportOptions(format=args.format, only_kept=args.only_kept))
     except Exception as exc:  # noqa: BLE001 - a fatal error is one line (an unreachable store, a full disk, ...)
         message = str(exc) if isinstance(exc, ExportError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, OSError) and exc.strerror and str(exc.filename or "").startswith(str(args.dest)):
+            message = f"cannot write {exc.filename} ({exc.strerror}); choose another --dest"
         print(f"gpa-batch export: {storage.scrub(message.splitlines()[0] if message else message)}",
               file=sys.stderr)
         return 1
