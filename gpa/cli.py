@@ -109,6 +109,14 @@ def prepare_out(out: str) -> str:
         raise ValueError(f"cannot create its folder ({exc.strerror or type(exc).__name__})") from None
     if not os.access(folder, os.W_OK):
         raise ValueError(f"cannot write into {folder} (permission denied)")
+    existed = os.path.exists(out)
+    try:  # what access() cannot tell: a folder of a filesystem that makes no files (/proc), a full quota
+        with open(out, "ab"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot write it ({exc.strerror or type(exc).__name__})") from None
+    if not existed:
+        os.remove(out)
     return fmt
 
 
@@ -143,6 +151,10 @@ def _run(args) -> int:
     from .options import ConvertOptions, SynthesizeOptions, TranscribeOptions
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"gpa {args.command}: --device {device}: this PyTorch ({torch.__version__}) sees no CUDA GPU; use "
+              "--device cpu", file=sys.stderr)
+        return 2
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model = GPA.from_pretrained(args.model, device=device, dtype=dtype)
     overrides = {"seed": args.seed, "constrained": args.constrained}
@@ -179,8 +191,12 @@ def _run(args) -> int:
     if not result.ok:
         print(f"ERROR {result.error.kind}: {result.error}", file=sys.stderr)
         return 1
-    sf.write(args.out, result.audio, result.sample_rate, format=args.out_format,
-             subtype="PCM_16" if args.out_format in ("WAV", "FLAC") else None)
+    try:
+        sf.write(args.out, result.audio, result.sample_rate, format=args.out_format,
+                 subtype="PCM_16" if args.out_format in ("WAV", "FLAC") else None)
+    except (sf.LibsndfileError, OSError) as exc:  # a disk that filled up while the model ran
+        print(f"gpa {args.command}: cannot write {args.out} ({exc})", file=sys.stderr)
+        return 1
     note = " (stopped at max_new_tokens: output may be cut)" if result.truncated else ""
     print(f"wrote {args.out}: {len(result.audio) / result.sample_rate:.2f} s{note}")
     return 0

@@ -73,6 +73,18 @@ def test_bad_out_is_refused_in_one_line_before_the_model_loads(tmp_path, capsys)
         assert err.startswith(f"gpa synthesize: --out {target}: ")
     assert main(["convert", str(wav), str(wav), "--out", str(tmp_path / "vc.m4a"), "--model", "x"]) == 2
     assert "cannot write .m4a" in capsys.readouterr().err
+    # a folder access() calls writable but that makes no files (procfs): refused by a probe that leaves nothing
+    assert main(["synthesize", "--text", "Hi.", "--reference", str(wav), "--out", "/proc/gpa-out.wav",
+                 "--model", str(tmp_path / "no-model")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpa synthesize: --out /proc/gpa-out.wav: cannot write") and err.count("\n") == 1, err
+    assert main(["synthesize", "--text", "Hi.", "--reference", str(wav), "--out", str(tmp_path / "probe.wav"),
+                 "--model", str(tmp_path / "no-model")]) == 1  # past the --out check: the missing model
+    assert not (tmp_path / "probe.wav").exists()  # the probe's file is removed again
+    if not torch.cuda.is_available():
+        assert main(["convert", str(wav), str(wav), "--out", str(tmp_path / "vc.wav"), "--model", "x",
+                     "--device", "cuda"]) == 2
+        assert capsys.readouterr().err.endswith("sees no CUDA GPU; use --device cpu\n")
 
 
 def test_make_checkpoint_and_convert_weights_failures_are_one_line(tmp_path, capsys):
