@@ -67,7 +67,8 @@ def test_log_mel_lengths_treat_each_item_alone():
     ours = log_mel_spectrogram(batch, 80, lengths=lengths)
     for row, n in enumerate(lengths.tolist()):
         alone = log_mel_spectrogram(batch[row, :n], 80)
-        assert torch.equal(ours[row, :, : n // 160], alone)
+        # equal but for rounding: the mel product's kernel may depend on the batch's shape (1 ulp on some CPUs)
+        torch.testing.assert_close(ours[row, :, : n // 160], alone, rtol=0, atol=1e-6)
         assert not ours[row, :, n // 160 :].any()
     with pytest.raises(ValueError, match="n_fft // 2"):
         log_mel_spectrogram(batch, 80, lengths=torch.tensor([6400, 160, 3840]))
