@@ -82,7 +82,8 @@ def cpu_name() -> str:
                 break
     except OSError:
         pass
-    return f"{model or 'cpu'}, {len(os.sched_getaffinity(0))} cores"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model or 'cpu'}, {cores} cores"
 
 
 def run_task(name, fn, batches, seconds_of, synchronize, budget_s: float | None = None) -> dict:

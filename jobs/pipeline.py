@@ -79,7 +79,8 @@ def run_job(config: JobConfig, *, progress: bool | None = None, progress_every_s
     with storage_failures("could not read the output's lease"):
         store.check_free(run_id, config.takeover)  # before anything is read or logged for a run that cannot go on
         store.check_ours()
-        new_output = not storage.listdir(store.meta)  # no run of ours has written there (read before MLflow's store)
+        # no run of ours wrote there (read now: MLflow's default store is made in the output further down)
+        new_output = not storage.listdir(store.meta, recursive=True)
     run_identity = check_output_identity(config, store)
     inputs = load_inputs(config.job, config.input, glob=config.glob, input_format=config.input_format,
                          field_map=config.field_map, reference=config.reference,
